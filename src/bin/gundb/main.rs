@@ -1,0 +1,2 @@
+//! gundb CLI
+fn main() {}

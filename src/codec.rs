@@ -1,0 +1,210 @@
+//! The wire and disk format: the only module that names bincode.
+//!
+//! Every encoded value is one format version byte followed by bincode's standard
+//! encoding. Every decode is of outside bytes, so each one is size-limited (before and
+//! during decoding), rejects trailing bytes (bincode 2 ignores them silently) and returns a
+//! [`CodecError`], never a panic. Swapping the encoder means changing this file only.
+
+use crate::limits;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The format this build writes and reads. Bump it when an encoded type changes shape.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// No bytes at all: not even a version byte.
+    #[error("empty input: expected a format version byte")]
+    Empty,
+    /// Written by another format version; upgrade or downgrade the reader.
+    #[error("format version {found} is not supported (this build reads version {expected})")]
+    Version {
+        /// The version byte read.
+        found: u8,
+        /// The version this build reads.
+        expected: u8,
+    },
+    /// The bytes end before the value does.
+    #[error("truncated input: {missing} more bytes needed")]
+    Truncated {
+        /// How many more bytes the decoder wanted.
+        missing: usize,
+    },
+    /// The value is larger than the limit for this kind of value.
+    #[error("value of {len} bytes or more exceeds the limit of {max} bytes")]
+    Oversized {
+        /// Bytes given or claimed.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Bytes remain after a complete value: the input is not one value.
+    #[error("{count} trailing bytes after the value")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        count: usize,
+    },
+    /// The bytes are not a value of the expected type.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// The value cannot be encoded (for example a map serializer without a known length).
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+}
+
+/// Encodes `value` as a version byte followed by its bincode encoding.
+///
+/// # Errors
+/// [`CodecError::Encode`] when serde cannot encode the value, and
+/// [`CodecError::Oversized`] when it exceeds [`limits::FRAME_BYTES_MAX`].
+///
+/// # Examples
+/// ```
+/// let bytes = gundb::codec::encode(&("hello", 42u32))?;
+/// let back: (String, u32) = gundb::codec::decode(&bytes)?;
+/// assert_eq!(back, ("hello".to_owned(), 42));
+/// # Ok::<(), gundb::codec::CodecError>(())
+/// ```
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, limits::FRAME_BYTES_MAX)
+}
+
+/// Decodes one value written by [`encode`], reading at most [`limits::FRAME_BYTES_MAX`].
+///
+/// # Errors
+/// A [`CodecError`] for empty, wrong-version, truncated, oversized, trailing or malformed
+/// input. Never panics, whatever the bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_limited::<T, { limits::FRAME_BYTES_MAX }>(bytes)
+}
+
+/// Encodes a view snapshot: like [`encode`] but up to [`limits::VIEW_BYTES_MAX`], since a
+/// view may outgrow a frame. Snapshots are read back only from this site's own disk.
+///
+/// # Errors
+/// As [`encode`], with the view limit.
+pub fn encode_view<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, limits::VIEW_BYTES_MAX)
+}
+
+/// Decodes a view snapshot written by [`encode_view`].
+///
+/// # Errors
+/// As [`decode`], with the view limit.
+pub fn decode_view<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_limited::<T, { limits::VIEW_BYTES_MAX }>(bytes)
+}
+
+fn encode_limited<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![FORMAT_VERSION];
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if out.len() > max {
+        return Err(CodecError::Oversized { len: out.len(), max });
+    }
+    Ok(out)
+}
+
+fn decode_limited<T: DeserializeOwned, const MAX: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX {
+        return Err(CodecError::Oversized { len: bytes.len(), max: MAX });
+    }
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version { found: version, expected: FORMAT_VERSION });
+    }
+    // The limit also bounds what a length prefix inside the value may make bincode allocate.
+    let (value, used) = bincode::serde::decode_from_slice(body, config().with_limit::<MAX>())
+        .map_err(|error| decode_error(error, MAX))?;
+    match body.len() - used {
+        0 => Ok(value),
+        count => Err(CodecError::TrailingBytes { count }),
+    }
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn decode_error(error: bincode::error::DecodeError, max: usize) -> CodecError {
+    use bincode::error::DecodeError;
+    match error {
+        DecodeError::UnexpectedEnd { additional } => CodecError::Truncated { missing: additional },
+        DecodeError::LimitExceeded => CodecError::Oversized { len: max + 1, max },
+        other => CodecError::Malformed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::VectorClock;
+    use crate::event::Event;
+    use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+    use proptest::prelude::*;
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            any::<u128>(),
+            any::<(u128, u128)>(),
+            1u64..u64::MAX,
+            proptest::collection::vec((any::<u128>(), 1u64..u64::MAX), 0..8),
+            any::<(u64, u64)>(),
+            "[a-z_.]{0,24}",
+            proptest::collection::vec(any::<u8>(), 0..256),
+        )
+            .prop_map(|(id, (site, stream), seq, deps, (lamport, timestamp_ms), stream_type, payload)| {
+                let lane = Lane::new(SiteId::from_u128(site), StreamId::from_u128(stream));
+                let mut clock: VectorClock =
+                    deps.into_iter().map(|(s, n)| (Lane::new(SiteId::from_u128(s), lane.stream), Seq(n))).collect();
+                clock.set(lane, Seq(seq));
+                Event { id: EventId::from_u128(id), lane, seq: Seq(seq), clock, lamport, timestamp_ms, stream_type, payload }
+            })
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_own_error() {
+        let bytes = encode(&(7u64, "seven".to_owned())).unwrap();
+        assert_eq!(decode::<(u64, String)>(&[]), Err(CodecError::Empty));
+        let mut wrong_version = bytes.clone();
+        wrong_version[0] = FORMAT_VERSION + 1;
+        assert!(matches!(decode::<(u64, String)>(&wrong_version), Err(CodecError::Version { .. })));
+        assert!(matches!(decode::<(u64, String)>(&bytes[..bytes.len() - 2]), Err(CodecError::Truncated { .. })));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(decode::<(u64, String)>(&trailing), Err(CodecError::TrailingBytes { count: 1 }));
+        let oversized = vec![FORMAT_VERSION; limits::FRAME_BYTES_MAX + 1];
+        assert!(matches!(decode::<Vec<u8>>(&oversized), Err(CodecError::Oversized { .. })));
+        // A length prefix claiming 2^60 bytes must fail on the limit, not try to allocate.
+        let mut huge = vec![FORMAT_VERSION, 0xFF];
+        huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Vec<u8>>(&huge).is_err());
+        assert!(matches!(decode::<bool>(&[FORMAT_VERSION, 7]), Err(CodecError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_round_trips(event in arb_event()) {
+            let bytes = encode(&event).unwrap();
+            prop_assert_eq!(decode::<Event>(&bytes).unwrap(), event);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Event>(&bytes);
+            let mut versioned = vec![FORMAT_VERSION];
+            versioned.extend_from_slice(&bytes);
+            let _ = decode::<Event>(&versioned);
+        }
+
+        #[test]
+        fn every_strict_prefix_of_an_event_is_an_error(event in arb_event()) {
+            let bytes = encode(&event).unwrap();
+            for cut in 0..bytes.len() {
+                prop_assert!(decode::<Event>(&bytes[..cut]).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! [`Event`], its canonical [`OrderKey`], and the [`EventMeta`] a view sees.
+//!
+//! Pure data. Every site orders a stream's events by `(lamport, timestamp_ms, id)`: the
+//! Lamport counter puts every dependency first, the timestamp then orders concurrent events
+//! by time as the seed asks, and the id breaks the remaining ties the same way everywhere.
+
+use crate::clock::VectorClock;
+use crate::id::{EventId, Lane, Seq};
+use serde::{Deserialize, Serialize};
+
+/// One event of one lane, as stored on disk and sent between sites.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// The event's identity; copies of it share this id.
+    pub id: EventId,
+    /// The site and stream that wrote it.
+    pub lane: Lane,
+    /// Its position in its lane.
+    pub seq: Seq,
+    /// Its own lane at `seq` plus every lane it depends on, at the counter it had seen.
+    pub clock: VectorClock,
+    /// 1 + the largest Lamport counter of what it depends on.
+    pub lamport: u64,
+    /// Its writer's wall clock when it was written, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The stable name of its stream type.
+    pub stream_type: String,
+    /// The application's event, encoded by [`crate::codec`].
+    pub payload: Vec<u8>,
+}
+
+/// Where an event sorts in its stream's canonical order. Field order is sort order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct OrderKey {
+    /// The event's Lamport counter.
+    pub lamport: u64,
+    /// The event's timestamp.
+    pub timestamp_ms: u64,
+    /// The event's id.
+    pub id: EventId,
+}
+
+impl OrderKey {
+    /// Bytes that sort like the key: big-endian counters then the id.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&self.lamport.to_be_bytes());
+        out[8..16].copy_from_slice(&self.timestamp_ms.to_be_bytes());
+        out[16..].copy_from_slice(self.id.as_uuid().as_bytes());
+        out
+    }
+
+    /// The key written by [`OrderKey::to_bytes`]; `None` when `bytes` is not 32 long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<OrderKey> {
+        let bytes: &[u8; 32] = bytes.try_into().ok()?;
+        let (lamport, rest) = bytes.split_at(8);
+        let (timestamp_ms, id) = rest.split_at(8);
+        Some(OrderKey {
+            lamport: u64::from_be_bytes(lamport.try_into().ok()?),
+            timestamp_ms: u64::from_be_bytes(timestamp_ms.try_into().ok()?),
+            id: EventId(uuid::Uuid::from_slice(id).ok()?),
+        })
+    }
+}
+
+impl Event {
+    /// The event's position in canonical order.
+    pub fn order_key(&self) -> OrderKey {
+        OrderKey { lamport: self.lamport, timestamp_ms: self.timestamp_ms, id: self.id }
+    }
+
+    /// What a view sees of the event besides its payload.
+    pub fn meta(&self) -> EventMeta<'_> {
+        EventMeta {
+            id: self.id,
+            lane: self.lane,
+            seq: self.seq,
+            clock: &self.clock,
+            lamport: self.lamport,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+
+    /// True when `self` is in `other`'s past: `other`'s clock has seen `self`'s lane up to
+    /// `self`'s seq. Exact for events whose clocks name their own lane at their seq.
+    pub fn happened_before(&self, other: &Event) -> bool {
+        self.id != other.id && other.clock.covers(self.lane, self.seq)
+    }
+
+    /// True when the clock names the event's own lane at exactly its seq, as every
+    /// well-formed event's does.
+    pub fn clock_names_own_lane(&self) -> bool {
+        self.seq > Seq::ZERO && self.clock.get(self.lane) == self.seq
+    }
+}
+
+/// An event's metadata, handed to [`crate::View::apply_event`] beside the decoded payload.
+#[derive(Clone, Copy, Debug)]
+pub struct EventMeta<'a> {
+    /// The event's id.
+    pub id: EventId,
+    /// The lane (site, stream) that wrote it.
+    pub lane: Lane,
+    /// Its position in that lane.
+    pub seq: Seq,
+    /// Its vector clock.
+    pub clock: &'a VectorClock,
+    /// Its Lamport counter.
+    pub lamport: u64,
+    /// Its writer's timestamp in milliseconds.
+    pub timestamp_ms: u64,
+}
+
+/// What a local write depends on besides its own stream: other streams' events, as a clock
+/// and the largest Lamport counter among them. Take it from an earlier write's
+/// [`crate::Emitted`] or a view's [`crate::ViewReply`].
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Dependencies {
+    /// The lanes depended on, at the counter seen.
+    pub clock: VectorClock,
+    /// The largest Lamport counter among the events depended on.
+    pub lamport: u64,
+}
+
+impl Dependencies {
+    /// No extra dependencies.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds everything `other` depends on.
+    pub fn merge(&mut self, other: &Dependencies) {
+        self.clock.merge(&other.clock);
+        self.lamport = self.lamport.max(other.lamport);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn order_key_bytes_sort_like_the_key(a in any::<(u64, u64, u128)>(), b in any::<(u64, u64, u128)>()) {
+            let key = |(lamport, timestamp_ms, id): (u64, u64, u128)| OrderKey { lamport, timestamp_ms, id: EventId::from_u128(id) };
+            let (ka, kb) = (key(a), key(b));
+            prop_assert_eq!(ka.cmp(&kb), ka.to_bytes().cmp(&kb.to_bytes()));
+            prop_assert_eq!(OrderKey::from_bytes(&ka.to_bytes()), Some(ka));
+        }
+    }
+}

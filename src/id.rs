@@ -1,0 +1,120 @@
+//! Identities: [`SiteId`], [`StreamId`], [`EventId`], [`Lane`] and [`Seq`].
+//!
+//! Plain newtypes so that a site, a stream and an event can never be mixed up, and a
+//! position in a lane can never be mixed up with a count or an index. Nothing here creates
+//! ids from randomness: callers pass the `Uuid` in, which keeps the pure core replayable.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+macro_rules! uuid_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh random id (UUID v4). Only shells call this; the pure core takes ids as input.
+            pub fn random() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// The id whose 128 bits are `n`: deterministic ids for tests and simulations.
+            pub const fn from_u128(n: u128) -> Self {
+                Self(Uuid::from_u128(n))
+            }
+
+            /// The underlying uuid.
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // The first 8 hex digits are enough to tell ids apart in logs and test output.
+                write!(f, "{}({})", stringify!($name), &self.0.simple().to_string()[..8])
+            }
+        }
+    };
+}
+
+uuid_newtype!(
+    /// One replica: a process or in-process instance with its own database. Created once
+    /// and stored in that database, so it survives restarts.
+    SiteId
+);
+uuid_newtype!(
+    /// A sequence of related events, of one stream type.
+    StreamId
+);
+uuid_newtype!(
+    /// One event. Two different events never share an id; copies of one event do.
+    EventId
+);
+
+/// A position in a lane: 1 for its first event, then 2, 3 … with no gaps. `Seq(0)` means
+/// "nothing yet".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// Nothing delivered yet.
+    pub const ZERO: Seq = Seq(0);
+
+    /// The seq after this one.
+    ///
+    /// # Panics
+    /// At `u64::MAX`, which a lane cannot reach (it would take 584 years at 1 GHz).
+    pub fn next(self) -> Seq {
+        Seq(self.0.checked_add(1).expect("a lane never reaches u64::MAX events"))
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The events one site wrote to one stream. A lane has exactly one writer, so it is totally
+/// ordered by [`Seq`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lane {
+    /// The lane's only writer.
+    pub site: SiteId,
+    /// The stream the lane belongs to.
+    pub stream: StreamId,
+}
+
+impl Lane {
+    /// The lane of `site` in `stream`.
+    pub const fn new(site: SiteId, stream: StreamId) -> Self {
+        Self { site, stream }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lane({}, {})", self.site, self.stream)
+    }
+}
+
+impl fmt::Debug for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lane({:?}, {:?})", self.site, self.stream)
+    }
+}

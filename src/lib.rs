@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! Pure core (no actix, no sled, no wall clock): [`id`], [`clock`], [`event`], [`order`],
+//! [`codec`], [`view`], and [`stream::Ledger`]. Shells: [`storage`] (the only sled user)
+//! and [`stream`] (the actix actor). [`limits`] holds every bound; [`testkit`] generates
+//! seeded histories for tests and benchmarks.
+
+pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod id;
+pub mod limits;
+pub mod order;
+pub mod storage;
+pub mod stream;
+pub mod testkit;
+pub mod view;
+
+pub use clock::{Causality, VectorClock};
+pub use error::Error;
+pub use event::{Dependencies, Event, EventMeta, OrderKey};
+pub use id::{EventId, Lane, Seq, SiteId, StreamId};
+pub use order::{sort_events, OrderError};
+pub use stream::{
+    Decide, DecideError, Deliver, Delivered, Emit, Emitted, GetView, History, HistoryPage, StreamActor, StreamConfig,
+    StreamError, Subscribe, ViewReply,
+};
+pub use view::{Stream, View};

@@ -1,0 +1,68 @@
+//! Every bound in gundb, with the reason for its number.
+//!
+//! These are defaults: the ones a deployment may want to change also live in a `Config`
+//! (for example [`crate::StreamConfig`] or [`crate::storage::SledConfig`]), so tests can
+//! shrink them and exercise the "full" paths.
+
+/// Largest encoded value the codec will decode: an event on the wire or on disk. Bulky
+/// payloads belong outside the event log; this keeps one hostile length prefix from
+/// allocating gigabytes.
+pub const FRAME_BYTES_MAX: usize = 1 << 20;
+
+/// Largest encoded view snapshot. Views may outgrow a frame (they hold a whole stream's
+/// state) but are only read back from this site's own disk.
+pub const VIEW_BYTES_MAX: usize = 256 << 20;
+
+/// Largest payload a local write may carry, leaving room in a frame for the event's
+/// metadata and its clock.
+pub const PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - (64 << 10);
+
+/// Lanes in one event's clock. A clock names every lane of its stream plus extra
+/// dependencies; a stream written by more than a few thousand sites is a design smell, and
+/// the bound keeps `FRAME_BYTES_MAX` reachable (a lane entry is about 40 bytes).
+pub const CLOCK_LANES_MAX: usize = 16_384;
+
+/// Flush requests queued for the group-commit writer. Past it a stream actor waits for
+/// space (backpressure); a few thousand is far more than one flush ever groups.
+pub const COMMIT_QUEUE_MAX: usize = 16_384;
+
+/// Requests one flush acknowledges at most, so one flush's ack loop stays short.
+pub const GROUP_COMMIT_MAX: usize = 4_096;
+
+/// Messages a stream actor's mailbox holds; senders beyond it wait (`send`) or are told
+/// (`try_send`). Big enough for many writers to keep a group commit full.
+pub const STREAM_MAILBOX_MAX: usize = 4_096;
+
+/// Events folded between two view snapshots. A late event costs a replay of at most about
+/// this many events when a snapshot before it is still held.
+pub const SNAPSHOT_EVERY: u32 = 1_024;
+
+/// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
+pub const SNAPSHOTS_KEPT: usize = 8;
+
+/// Events one `History` reply carries; page with its cursor for more.
+pub const HISTORY_LIMIT_MAX: u32 = 10_000;
+
+/// Subscribers of one stream actor.
+pub const SUBSCRIBERS_MAX: usize = 1_024;
+
+/// Events read from storage per subscriber per turn, so one slow subscriber's catch-up
+/// cannot starve the mailbox.
+pub const SUBSCRIBE_BATCH_MAX: usize = 256;
+
+/// Events one `Decide` may write: a decision is a small atomic step, not a bulk import.
+pub const DECIDE_EVENTS_MAX: usize = 1_024;
+
+/// Events a rollback replays in one go, read from storage in pages of this many.
+pub const REPLAY_PAGE_MAX: usize = 4_096;
+
+/// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
+pub const SLED_CACHE_BYTES: u64 = 64 << 20;
+
+/// Bytes of a stream type name; names are stable identifiers, not prose.
+pub const STREAM_TYPE_BYTES_MAX: usize = 128;
+
+const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(GROUP_COMMIT_MAX <= COMMIT_QUEUE_MAX);
+const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
+const _: () = assert!(SNAPSHOTS_KEPT >= 1);

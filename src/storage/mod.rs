@@ -1,0 +1,217 @@
+//! Durable storage of streams: the [`Storage`] trait, its sled implementation
+//! ([`SledStorage`], the only code that names sled) and an in-memory one
+//! ([`MemoryStorage`]) for tests and simulation.
+//!
+//! Per stream it keeps the log in canonical order, an index by (lane, seq), the frontier,
+//! and view snapshots. An event, its index entry and its frontier entry are written in one
+//! atomic batch. Writes become visible to reads at once; [`Storage::commit`] returns a
+//! future that resolves when everything written before it is durable (group commit).
+
+mod memory;
+mod sled;
+
+pub use self::memory::MemoryStorage;
+pub use self::sled::{Durability, SledConfig, SledStorage};
+
+use crate::clock::VectorClock;
+use crate::codec::CodecError;
+use crate::event::{Event, OrderKey};
+use crate::id::{Lane, Seq, SiteId, StreamId};
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
+
+/// Why storage failed. Clone, because one failed flush fails every write it carried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// sled reported an I/O or corruption error. The database may be unusable: restart
+    /// the site to recover what was durable.
+    #[error("sled: {0}")]
+    Sled(String),
+    /// Making writes durable failed (flush or fsync). Their outcome is unknown: they may
+    /// or may not survive a crash. Restart the site.
+    #[error("flush failed: {0}")]
+    Flush(String),
+    /// Stored bytes did not decode.
+    #[error("stored bytes did not decode: {0}")]
+    Codec(#[from] CodecError),
+    /// Stored data breaks an invariant (a key of the wrong length, a frontier ahead of the
+    /// log). The database was damaged outside gundb.
+    #[error("corrupt storage: {0}")]
+    Corrupt(String),
+    /// The stream exists with another stream type.
+    #[error("stream {stream} has type {stored:?}, not {requested:?}")]
+    TypeMismatch {
+        /// The stream.
+        stream: StreamId,
+        /// Its stored type.
+        stored: String,
+        /// The type asked for.
+        requested: String,
+    },
+    /// The group-commit writer has stopped (the storage is closing).
+    #[error("storage is closed")]
+    Closed,
+    /// A fault injected by the `failpoints` feature.
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
+}
+
+/// What storage holds about one stream when it is opened.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRecord {
+    /// Every lane's highest stored seq.
+    pub frontier: VectorClock,
+    /// The largest Lamport counter stored.
+    pub lamport: u64,
+    /// The newest view snapshot: its key and encoded view.
+    pub snapshot: Option<(OrderKey, Vec<u8>)>,
+    /// Keys of every stored snapshot, oldest first.
+    pub snapshot_keys: Vec<OrderKey>,
+}
+
+/// One atomic write to a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    /// The event to add to the log, the index and the frontier.
+    pub event: &'a Event,
+    /// Snapshots that no longer hold (the event sorts before them): deleted.
+    pub stale_snapshots: &'a [OrderKey],
+}
+
+/// Storage of a site's streams. Implementations are shared by every stream actor of a site.
+pub trait Storage: Send + Sync + 'static {
+    /// The site this database belongs to, created once and stored.
+    fn site_id(&self) -> SiteId;
+
+    /// Loads (or creates) `stream` of type `stream_type`.
+    ///
+    /// # Errors
+    /// [`StorageError::TypeMismatch`] when the stream exists with another type, or a
+    /// read failure.
+    fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError>;
+
+    /// Writes an event with its index and frontier entries, atomically. Visible to reads
+    /// at once; durable after the next [`Storage::commit`] resolves.
+    ///
+    /// # Errors
+    /// A write failure; then nothing of the append was written.
+    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError>;
+
+    /// Stores a view snapshot taken after the event at `key`, and deletes the snapshots
+    /// named in `drop`.
+    ///
+    /// # Errors
+    /// A write failure.
+    fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey]) -> Result<(), StorageError>;
+
+    /// The canonical key of the event at (lane, seq), if stored.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError>;
+
+    /// Up to `limit` events from `from` on, in canonical order.
+    ///
+    /// # Errors
+    /// A read failure, or a stored event that does not decode.
+    fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError>;
+
+    /// The streams stored, with their types.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError>;
+
+    /// Makes everything written so far durable. Many commits share one flush.
+    fn commit(&self) -> Commit;
+
+    /// Flush counters.
+    fn stats(&self) -> StorageStats;
+}
+
+/// Counters of the group commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Commits requested.
+    pub commits: u64,
+    /// Flushes done; commits per flush is the group-commit factor.
+    pub flushes: u64,
+}
+
+/// A pending [`Storage::commit`]: resolves once everything written before it is durable.
+#[derive(Debug)]
+pub struct Commit(CommitState);
+
+#[derive(Debug)]
+enum CommitState {
+    Ready(Option<Result<(), StorageError>>),
+    Waiting(oneshot::Receiver<Result<(), StorageError>>),
+}
+
+impl Commit {
+    /// A commit that is already decided.
+    pub fn ready(result: Result<(), StorageError>) -> Self {
+        Self(CommitState::Ready(Some(result)))
+    }
+
+    /// A commit decided when `ack` is sent.
+    pub(crate) fn waiting(ack: oneshot::Receiver<Result<(), StorageError>>) -> Self {
+        Self(CommitState::Waiting(ack))
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<(), StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            CommitState::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(StorageError::Closed))),
+            // A dropped sender means the writer thread stopped before acknowledging.
+            CommitState::Waiting(ack) => Pin::new(ack).poll(cx).map(|r| r.unwrap_or(Err(StorageError::Closed))),
+        }
+    }
+}
+
+/// sled keys of a stream's tree. Shared by both implementations so their orders agree.
+pub(crate) mod keys {
+    use super::*;
+
+    pub const EVENT: u8 = b'e';
+    pub const INDEX: u8 = b'i';
+    pub const FRONTIER: u8 = b'f';
+    pub const SNAPSHOT: u8 = b's';
+    pub const TYPE: &[u8] = b"t";
+
+    pub fn event(key: &OrderKey) -> [u8; 33] {
+        prefixed(EVENT, &key.to_bytes())
+    }
+
+    pub fn snapshot(key: &OrderKey) -> [u8; 33] {
+        prefixed(SNAPSHOT, &key.to_bytes())
+    }
+
+    pub fn index(lane: Lane, seq: Seq) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[0] = INDEX;
+        out[1..17].copy_from_slice(lane.site.as_uuid().as_bytes());
+        out[17..].copy_from_slice(&seq.0.to_be_bytes());
+        out
+    }
+
+    pub fn frontier(lane: Lane) -> [u8; 17] {
+        let mut out = [0u8; 17];
+        out[0] = FRONTIER;
+        out[1..].copy_from_slice(lane.site.as_uuid().as_bytes());
+        out
+    }
+
+    fn prefixed(prefix: u8, key: &[u8; 32]) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        out[0] = prefix;
+        out[1..].copy_from_slice(key);
+        out
+    }
+}

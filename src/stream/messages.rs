@@ -1,0 +1,302 @@
+//! The messages a [`StreamActor`] answers, and its handlers. Requests are imperatives
+//! (`Emit`, `Decide`, `Deliver`); replies say what happened.
+
+use super::{encode_payload, StreamActor, StreamError, Subscriber};
+use crate::clock::VectorClock;
+use crate::event::{Dependencies, Event, OrderKey};
+use crate::id::{EventId, Seq};
+use crate::limits;
+use crate::stream::Check;
+use crate::view::Stream;
+use actix::prelude::*;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use tokio::sync::mpsc;
+
+/// A local write. Replies once the event is durable.
+pub struct Emit<S: Stream> {
+    /// The application's event.
+    pub event: S::Event,
+    /// What the event depends on besides its own stream.
+    pub dependencies: Dependencies,
+}
+
+impl<S: Stream> Emit<S> {
+    /// A write of `event` depending on everything its stream has delivered.
+    pub fn new(event: S::Event) -> Self {
+        Self { event, dependencies: Dependencies::none() }
+    }
+
+    /// Adds dependencies on other streams, for example from another stream's [`Emitted`].
+    pub fn depending_on(mut self, dependencies: &Dependencies) -> Self {
+        self.dependencies.merge(dependencies);
+        self
+    }
+}
+
+impl<S: Stream> Message for Emit<S> {
+    type Result = Result<Emitted, StreamError>;
+}
+
+/// A durable local write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The new event's id.
+    pub id: EventId,
+    /// Its seq in this site's lane.
+    pub seq: Seq,
+    /// Its clock.
+    pub clock: VectorClock,
+    /// Its Lamport counter.
+    pub lamport: u64,
+}
+
+impl Emitted {
+    /// What a later write that depends on this one must name.
+    pub fn dependencies(&self) -> Dependencies {
+        Dependencies { clock: self.clock.clone(), lamport: self.lamport }
+    }
+
+    fn of(event: &Event) -> Self {
+        Self { id: event.id, seq: event.seq, clock: event.clock.clone(), lamport: event.lamport }
+    }
+}
+
+type Decision<S, E> = Box<dyn FnOnce(&<S as Stream>::View) -> Result<Vec<<S as Stream>::Event>, E> + Send>;
+
+/// Reads the current view and writes the events a closure returns, with no other message
+/// in between; replies once they are durable. This is how business rules hold: an event is
+/// only written if it is valid against the state its writer could see.
+pub struct Decide<S: Stream, E> {
+    decide: Decision<S, E>,
+    dependencies: Dependencies,
+}
+
+impl<S: Stream, E> Decide<S, E> {
+    /// A decision: `decide` returns the events to write, or the reason not to.
+    pub fn new(decide: impl FnOnce(&S::View) -> Result<Vec<S::Event>, E> + Send + 'static) -> Self {
+        Self { decide: Box::new(decide), dependencies: Dependencies::none() }
+    }
+
+    /// Adds dependencies on other streams to every event written.
+    pub fn depending_on(mut self, dependencies: &Dependencies) -> Self {
+        self.dependencies.merge(dependencies);
+        self
+    }
+}
+
+/// Why a [`Decide`] wrote nothing (or, for a storage error, an unknown part).
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError<E> {
+    /// The closure said no.
+    #[error("decision rejected: {0}")]
+    Rejected(E),
+    /// The stream refused the write.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+impl<S: Stream, E: 'static> Message for Decide<S, E> {
+    type Result = Result<Vec<Emitted>, DecideError<E>>;
+}
+
+/// Reads the view, once every write it reflects is durable.
+pub struct GetView<S: Stream>(PhantomData<fn() -> S>);
+
+impl<S: Stream> GetView<S> {
+    /// The request.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<S: Stream> Default for GetView<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Stream> Message for GetView<S> {
+    type Result = Result<ViewReply<S::View>, StreamError>;
+}
+
+/// A view and the position it reflects.
+#[derive(Debug, Clone)]
+pub struct ViewReply<V> {
+    /// The view.
+    pub view: V,
+    /// The stream's frontier: every lane's delivered seq.
+    pub frontier: VectorClock,
+    /// The largest Lamport counter delivered.
+    pub lamport: u64,
+}
+
+impl<V> ViewReply<V> {
+    /// What a write that depends on this view must name.
+    pub fn dependencies(&self) -> Dependencies {
+        Dependencies { clock: self.frontier.clone(), lamport: self.lamport }
+    }
+}
+
+/// Reads the log back (unflattening): events in canonical order after a cursor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct History {
+    /// Start after this event's key; from the beginning when `None`.
+    pub after: Option<OrderKey>,
+    /// Events at most (capped at [`limits::HISTORY_LIMIT_MAX`]).
+    pub limit: u32,
+}
+
+impl Message for History {
+    type Result = Result<HistoryPage, StreamError>;
+}
+
+/// One page of a stream's history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Events in canonical order, all durable.
+    pub events: Vec<Event>,
+    /// The cursor for the next page, when this one was full.
+    pub next: Option<OrderKey>,
+}
+
+/// Sends the subscriber every event it lacks (catch-up), then each new event once durable
+/// (live), in an order that respects causality, through a bounded channel. A full channel
+/// pauses the subscription until there is room; a closed one ends it.
+pub struct Subscribe {
+    /// What the subscriber already has: nothing for the whole stream.
+    pub seen: VectorClock,
+    /// Where events go.
+    pub sender: mpsc::Sender<Event>,
+}
+
+impl Message for Subscribe {
+    type Result = Result<(), StreamError>;
+}
+
+/// A remote event whose dependencies are already delivered at this site. Replies once it
+/// is durable.
+#[derive(Debug, Clone)]
+pub struct Deliver(pub Event);
+
+impl Message for Deliver {
+    type Result = Result<Delivered, StreamError>;
+}
+
+/// What a [`Deliver`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Stored and folded into the view.
+    Applied,
+    /// A copy of an event already delivered: nothing changed.
+    Duplicate,
+}
+
+impl<S: Stream> Handler<Emit<S>> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Result<Emitted, StreamError>>;
+
+    fn handle(&mut self, msg: Emit<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        let written = encode_payload(&msg.event).and_then(|payload| self.write_local(&msg.event, payload, &msg.dependencies));
+        match written {
+            Ok(event) => self.when_durable(Emitted::of(&event)),
+            Err(error) => Box::pin(fut::ready(Err(error))),
+        }
+    }
+}
+
+impl<S: Stream, E: 'static> Handler<Decide<S, E>> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Result<Vec<Emitted>, DecideError<E>>>;
+
+    fn handle(&mut self, msg: Decide<S, E>, _ctx: &mut Context<Self>) -> Self::Result {
+        let events = match (msg.decide)(self.ledger.view()) {
+            Ok(events) => events,
+            Err(reason) => return Box::pin(fut::ready(Err(DecideError::Rejected(reason)))),
+        };
+        if events.len() > limits::DECIDE_EVENTS_MAX {
+            let error = StreamError::TooManyEvents { count: events.len(), max: limits::DECIDE_EVENTS_MAX };
+            return Box::pin(fut::ready(Err(error.into())));
+        }
+        let payloads = match events.iter().map(encode_payload).collect::<Result<Vec<_>, _>>() {
+            Ok(payloads) => payloads,
+            Err(error) => return Box::pin(fut::ready(Err(error.into()))),
+        };
+        let mut emitted = Vec::with_capacity(events.len());
+        for (event, payload) in events.iter().zip(payloads) {
+            match self.write_local(event, payload, &msg.dependencies) {
+                Ok(event) => emitted.push(Emitted::of(&event)),
+                // Payloads and dependencies are checked before the first write (the first
+                // stamp checks what every later one would), so only a storage failure
+                // can stop a decision part-way.
+                Err(error) => return Box::pin(fut::ready(Err(error.into()))),
+            }
+        }
+        Box::pin(self.when_durable(emitted).map(|result, _, _| result.map_err(DecideError::from)))
+    }
+}
+
+impl<S: Stream> Handler<GetView<S>> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Result<ViewReply<S::View>, StreamError>>;
+
+    fn handle(&mut self, _msg: GetView<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        let reply = ViewReply {
+            view: self.ledger.view().clone(),
+            frontier: self.ledger.frontier().clone(),
+            lamport: self.ledger.lamport(),
+        };
+        self.when_durable(reply)
+    }
+}
+
+impl<S: Stream> Handler<History> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Result<HistoryPage, StreamError>>;
+
+    fn handle(&mut self, msg: History, _ctx: &mut Context<Self>) -> Self::Result {
+        let limit = msg.limit.min(limits::HISTORY_LIMIT_MAX) as usize;
+        let from = msg.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let events = match self.storage.events_from(self.stream, from, limit) {
+            Ok(events) => events,
+            Err(error) => return Box::pin(fut::ready(Err(error.into()))),
+        };
+        let next = if events.len() == limit { events.last().map(Event::order_key) } else { None };
+        self.when_durable(HistoryPage { events, next })
+    }
+}
+
+impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
+    type Result = Result<(), StreamError>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        if self.subscribers.len() >= limits::SUBSCRIBERS_MAX {
+            return Err(StreamError::TooManySubscribers { max: limits::SUBSCRIBERS_MAX });
+        }
+        self.next_subscriber += 1;
+        self.subscribers.push(Subscriber {
+            id: self.next_subscriber,
+            sender: msg.sender,
+            seen: msg.seen,
+            cursor: Bound::Unbounded,
+            waiting: false,
+        });
+        self.pump(ctx);
+        Ok(())
+    }
+}
+
+impl<S: Stream> Handler<Deliver> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
+
+    fn handle(&mut self, Deliver(event): Deliver, _ctx: &mut Context<Self>) -> Self::Result {
+        let storage = &self.storage;
+        let stream = self.stream;
+        let checked = self.ledger.check(&event, |lane, seq| storage.key_at(stream, lane, seq));
+        match checked {
+            Ok(Check::New(payload)) => match self.write(&event, &payload) {
+                Ok(()) => self.when_durable(Delivered::Applied),
+                Err(error) => Box::pin(fut::ready(Err(error))),
+            },
+            // The original may still be in flight: answer once it is durable.
+            Ok(Check::Duplicate) => self.when_durable(Delivered::Duplicate),
+            Err(error) => Box::pin(fut::ready(Err(error))),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Deterministic generators for tests, simulations and benchmarks: a small seeded RNG,
+//! valid multi-lane histories, and random delivery orders that respect causality.
+//!
+//! Pure and seeded: the same seed gives the same history on every machine, so a failing
+//! seed can be replayed exactly.
+
+use crate::clock::VectorClock;
+use crate::event::Event;
+use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+use std::collections::{HashMap, VecDeque};
+
+/// SplitMix64: tiny, fast and good enough to drive tests; not for cryptography.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0) has no answer");
+        self.next_u64() % n
+    }
+
+    /// An index into a collection of `len` (> 0) items.
+    pub fn index(&mut self, len: usize) -> usize {
+        let len = u64::try_from(len).expect("collections are smaller than u64::MAX");
+        usize::try_from(self.below(len)).expect("the result is below a usize")
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The shape of a generated history.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryShape {
+    /// Writing sites (lanes per stream).
+    pub sites: u32,
+    /// Streams written.
+    pub streams: u32,
+    /// Events in all.
+    pub events: usize,
+    /// Percent of steps in which a site first learns everything another site knows. Lower
+    /// means more concurrency.
+    pub sync_percent: u64,
+}
+
+/// A valid history: every event's clock names its own lane at its seq and what its writer
+/// had seen; Lamport counters exceed those of every dependency; timestamps come from
+/// slightly skewed site clocks, so concurrent events are ordered by time, then id.
+/// Returned in the order written.
+pub fn history(shape: HistoryShape, rng: &mut Rng) -> Vec<Event> {
+    assert!(shape.sites > 0 && shape.streams > 0, "a history needs a site and a stream");
+    let sites: Vec<SiteId> = (0..shape.sites).map(|n| SiteId::from_u128(u128::from(n) + 1)).collect();
+    let streams: Vec<StreamId> =
+        (0..shape.streams).map(|n| StreamId::from_u128((1 << 64) + u128::from(n))).collect();
+    // What each site has seen: a causally closed set, as a clock and its largest lamport.
+    let mut known: Vec<(VectorClock, u64)> = vec![(VectorClock::new(), 0); sites.len()];
+    let mut events = Vec::with_capacity(shape.events);
+    let mut now_ms = 1_700_000_000_000u64;
+    while events.len() < shape.events {
+        let writer = rng.index(sites.len());
+        if rng.chance(shape.sync_percent) {
+            let from = rng.index(sites.len());
+            let (clock, lamport) = known[from].clone();
+            known[writer].0.merge(&clock);
+            known[writer].1 = known[writer].1.max(lamport);
+        }
+        now_ms += rng.below(3);
+        let lane = Lane::new(sites[writer], streams[rng.index(streams.len())]);
+        let (clock, lamport) = &mut known[writer];
+        let seq = clock.increment(lane);
+        *lamport += 1;
+        events.push(Event {
+            id: EventId::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())),
+            lane,
+            seq,
+            clock: clock.clone(),
+            lamport: *lamport,
+            // Site clocks are skewed by up to 5 ms, so time alone does not order events.
+            timestamp_ms: now_ms + rng.below(5),
+            stream_type: "testkit".to_owned(),
+            payload: Vec::new(),
+        });
+    }
+    events
+}
+
+/// A random order of `events` in which every event comes after everything in its clock
+/// that is among `events` (clock entries beyond the set are taken as already delivered).
+pub fn causal_shuffle(events: &[Event], rng: &mut Rng) -> Vec<Event> {
+    let mut lanes: HashMap<Lane, VecDeque<&Event>> = HashMap::new();
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| (e.lane, e.seq));
+    for event in sorted {
+        lanes.entry(event.lane).or_default().push_back(event);
+    }
+    let first_seq: HashMap<Lane, Seq> =
+        lanes.iter().filter_map(|(l, q)| q.front().map(|e| (*l, e.seq))).collect();
+    // Delivered so far, starting just below each lane's first event in the set.
+    let mut delivered: VectorClock = first_seq.iter().map(|(l, s)| (*l, Seq(s.0 - 1))).collect();
+    let ready = |event: &Event, delivered: &VectorClock| {
+        event.clock.iter().all(|(lane, seq)| {
+            let have = if first_seq.contains_key(&lane) { delivered.get(lane) } else { seq };
+            if lane == event.lane { have.next() == seq } else { have >= seq }
+        })
+    };
+    let mut order = Vec::with_capacity(events.len());
+    let mut lane_ids: Vec<Lane> = lanes.keys().copied().collect();
+    lane_ids.sort();
+    while order.len() < events.len() {
+        let candidates: Vec<Lane> = lane_ids
+            .iter()
+            .copied()
+            .filter(|l| lanes[l].front().is_some_and(|e| ready(e, &delivered)))
+            .collect();
+        assert!(!candidates.is_empty(), "a valid history always has a deliverable event");
+        let lane = candidates[rng.index(candidates.len())];
+        let event = lanes.get_mut(&lane).and_then(VecDeque::pop_front).expect("candidate lanes are non-empty");
+        delivered.set(lane, event.seq);
+        order.push(event.clone());
+    }
+    order
+}
