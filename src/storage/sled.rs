@@ -394,3 +394,55 @@ pub mod failpoints {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Requests queued while a flush runs are acknowledged together by the next flush,
+    /// and only after it returned.
+    #[test]
+    fn one_flush_acknowledges_every_queued_request() {
+        let (sender, requests) = channel::bounded(limits::COMMIT_QUEUE_MAX);
+        let mut acks = Vec::new();
+        for _ in 0..100 {
+            let (ack, done) = oneshot::channel();
+            sender.send(ack).unwrap();
+            acks.push(done);
+        }
+        drop(sender);
+        let flushed = Arc::new(AtomicBool::new(false));
+        let stats = Counters::default();
+        let mut receivers = acks;
+        let seen = Arc::clone(&flushed);
+        write_loop(&requests, &stats, move || {
+            seen.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        assert_eq!(stats.flushes.load(Ordering::SeqCst), 1);
+        assert!(flushed.load(Ordering::SeqCst));
+        for done in &mut receivers {
+            assert_eq!(done.try_recv().unwrap(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_request_it_carried() {
+        let (sender, requests) = channel::bounded(8);
+        let (ack, mut done) = oneshot::channel();
+        sender.send(ack).unwrap();
+        drop(sender);
+        write_loop(&requests, &Counters::default(), || Err(StorageError::Flush("disk on fire".into())));
+        assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
+    }
+
+    #[test]
+    fn the_site_id_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStorage::open(dir.path()).unwrap().site_id();
+        let again = SledStorage::open(dir.path()).unwrap().site_id();
+        assert_eq!(first, again);
+        assert_ne!(first, SledStorage::temporary().unwrap().site_id());
+    }
+}

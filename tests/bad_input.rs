@@ -1,0 +1,118 @@
+//! Bad input: each kind of malformed or hostile delivered event gets its own typed error,
+//! the actor keeps serving, and nothing stored changes (view, frontier and history are
+//! the same before and after).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use actix::{Actor, Addr};
+use common::{remote_event, remote_lane, run_site, TrailStream};
+use gundb::storage::{SledStorage, Storage};
+use gundb::{codec, Deliver, Delivered, Emit, Event, GetView, History, Seq, StreamActor, StreamError, StreamId};
+use std::sync::Arc;
+
+type Mangle = fn(&mut Event, StreamId);
+
+/// One scenario: how the event is spoiled, and the error it must get.
+fn check(name: &'static str, mangle: Mangle, expected: fn(&StreamError) -> bool) {
+    run_site(move || async move {
+        let stream = StreamId::from_u128(7);
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let actor = StreamActor::<TrailStream>::open(storage, stream).unwrap().start();
+        let lane = remote_lane(2, stream);
+        actor.send(Emit::new(1)).await.unwrap().unwrap();
+        actor.send(Deliver(remote_event(lane, 1, 1, 10))).await.unwrap().unwrap();
+        let before = state(&actor).await;
+
+        let mut bad = remote_event(lane, 2, 2, 20);
+        mangle(&mut bad, stream);
+        let error = actor.send(Deliver(bad)).await.unwrap().unwrap_err();
+        assert!(expected(&error), "{name}: unexpected error {error:?}");
+        assert!(!error.to_string().is_empty());
+
+        assert_eq!(state(&actor).await, before, "{name}: something stored changed");
+        // Still serving: a good event is taken after the bad one.
+        let good = actor.send(Deliver(remote_event(lane, 2, 2, 20))).await.unwrap().unwrap();
+        assert_eq!(good, Delivered::Applied, "{name}");
+    });
+}
+
+async fn state(actor: &Addr<StreamActor<TrailStream>>) -> (Vec<u64>, gundb::VectorClock, Vec<Event>) {
+    let view = actor.send(GetView::new()).await.unwrap().unwrap();
+    let history = actor.send(History { after: None, limit: 100 }).await.unwrap().unwrap();
+    (view.view.0, view.frontier, history.events)
+}
+
+#[test]
+fn a_payload_that_does_not_decode_is_refused() {
+    check("payload", |e, _| e.payload = vec![codec::FORMAT_VERSION, 0xFF, 0xFF], |e| matches!(e, StreamError::Payload(_)));
+    check("payload version", |e, _| e.payload = vec![99, 1], |e| matches!(e, StreamError::Payload(_)));
+}
+
+#[test]
+fn an_event_of_another_stream_is_refused() {
+    check(
+        "stream",
+        |e, _| {
+            e.lane.stream = StreamId::from_u128(8);
+            e.clock = [(e.lane, e.seq)].into_iter().collect();
+        },
+        |e| matches!(e, StreamError::WrongStream { .. }),
+    );
+    check("type", |e, _| e.stream_type = "other.type".into(), |e| matches!(e, StreamError::WrongStreamType { .. }));
+}
+
+#[test]
+fn an_event_whose_seq_skips_ahead_is_refused() {
+    check(
+        "gap",
+        |e, _| {
+            e.seq = Seq(3);
+            e.clock.set(e.lane, Seq(3));
+        },
+        |e| matches!(e, StreamError::SeqGap { expected: Seq(2), got: Seq(3), .. }),
+    );
+}
+
+#[test]
+fn a_clock_without_its_own_lane_at_its_seq_is_refused() {
+    check("own lane", |e, _| e.clock.set(e.lane, Seq(1)), |e| matches!(e, StreamError::MalformedClock { .. }));
+    check("no lane", |e, _| e.clock = gundb::VectorClock::new(), |e| matches!(e, StreamError::MalformedClock { .. }));
+}
+
+#[test]
+fn a_missing_dependency_and_a_forged_lamport_are_refused() {
+    check(
+        "dependency",
+        |e, stream| e.clock.set(remote_lane(3, stream), Seq(1)),
+        |e| matches!(e, StreamError::DependencyMissing { needed: Seq(1), .. }),
+    );
+    check("lamport", |e, _| e.lamport = 1, |e| matches!(e, StreamError::LamportNotAfterDependency { .. }));
+}
+
+#[test]
+fn a_second_event_on_a_used_lane_and_seq_is_an_equivocation() {
+    check(
+        "equivocation",
+        |e, _| {
+            e.seq = Seq(1);
+            e.clock.set(e.lane, Seq(1));
+            e.lamport = 1;
+        },
+        |e| matches!(e, StreamError::Equivocation { seq: Seq(1), .. }),
+    );
+}
+
+/// A copy of a delivered event is not an error: it is dropped and reported as a duplicate.
+#[test]
+fn a_copy_of_a_delivered_event_is_a_duplicate() {
+    run_site(|| async {
+        let stream = StreamId::from_u128(7);
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let actor = StreamActor::<TrailStream>::open(storage, stream).unwrap().start();
+        let event = remote_event(remote_lane(2, stream), 1, 1, 10);
+        assert_eq!(actor.send(Deliver(event.clone())).await.unwrap().unwrap(), Delivered::Applied);
+        assert_eq!(actor.send(Deliver(event)).await.unwrap().unwrap(), Delivered::Duplicate);
+        assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view.0, vec![10]);
+    });
+}

@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: stream types, a site runner and event makers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use gundb::storage::Storage;
+use gundb::testkit::{history, HistoryShape, Rng};
+use gundb::{codec, Event, EventMeta, Lane, Seq, SiteId, Stream, StreamId, View};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+
+/// A non-commutative view: the events' numbers in the order they were folded.
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trail(pub Vec<u64>);
+
+impl View<u64> for Trail {
+    fn apply_event(&mut self, event: &u64, _meta: &EventMeta<'_>) {
+        self.0.push(*event);
+    }
+}
+
+/// Stream type over [`Trail`].
+pub struct TrailStream;
+
+impl Stream for TrailStream {
+    const TYPE_NAME: &'static str = "test.trail";
+    type Event = u64;
+    type View = Trail;
+}
+
+/// Runs `body` in a fresh actix system on its own thread, and tears everything down
+/// (actors, storage, the sled writer thread) before returning: a site stopping.
+pub fn run_site<F, Fut, T>(body: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || actix::System::new().block_on(body())).join().unwrap()
+}
+
+/// Folds `events` (already in order) into a trail, as a view would.
+pub fn fold(events: &[Event]) -> Trail {
+    let mut view = Trail::default();
+    for event in events {
+        view.apply_event(&codec::decode(&event.payload).unwrap(), &event.meta());
+    }
+    view
+}
+
+/// A history of `events` events by `sites` remote sites in one stream, as `TrailStream`
+/// events numbered in write order.
+pub fn remote_history(seed: u64, sites: u32, events: usize) -> (StreamId, Vec<Event>) {
+    let mut rng = Rng::new(seed);
+    let all = history(HistoryShape { sites, streams: 1, events, sync_percent: 30 }, &mut rng);
+    let stream = all[0].lane.stream;
+    let all = all
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut event)| {
+            event.stream_type = TrailStream::TYPE_NAME.to_owned();
+            event.payload = codec::encode(&(n as u64)).unwrap();
+            event
+        })
+        .collect();
+    (stream, all)
+}
+
+/// A well-formed event of `lane` at `seq` with no other dependencies.
+pub fn remote_event(lane: Lane, seq: u64, lamport: u64, number: u64) -> Event {
+    Event {
+        id: gundb::EventId::random(),
+        lane,
+        seq: Seq(seq),
+        clock: [(lane, Seq(seq))].into_iter().collect(),
+        lamport,
+        timestamp_ms: 1_000 + seq,
+        stream_type: TrailStream::TYPE_NAME.to_owned(),
+        payload: codec::encode(&number).unwrap(),
+    }
+}
+
+/// A lane of a site other than the storage's own.
+pub fn remote_lane(site: u128, stream: StreamId) -> Lane {
+    Lane::new(SiteId::from_u128(site), stream)
+}
+
+/// Storage as the actors take it.
+pub fn shared(storage: impl Storage) -> Arc<dyn Storage> {
+    Arc::new(storage)
+}
