@@ -99,8 +99,7 @@ pub fn decode_view<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 fn encode_limited<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
     if out.len() > max {
         return Err(CodecError::Oversized { len: out.len(), max });
     }
@@ -160,7 +159,16 @@ mod tests {
                 let mut clock: VectorClock =
                     deps.into_iter().map(|(s, n)| (Lane::new(SiteId::from_u128(s), lane.stream), Seq(n))).collect();
                 clock.set(lane, Seq(seq));
-                Event { id: EventId::from_u128(id), lane, seq: Seq(seq), clock, lamport, timestamp_ms, stream_type, payload }
+                Event {
+                    id: EventId::from_u128(id),
+                    lane,
+                    seq: Seq(seq),
+                    clock,
+                    lamport,
+                    timestamp_ms,
+                    stream_type,
+                    payload,
+                }
             })
     }
 

@@ -22,12 +22,13 @@ pub const PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - (64 << 10);
 /// the bound keeps `FRAME_BYTES_MAX` reachable (a lane entry is about 40 bytes).
 pub const CLOCK_LANES_MAX: usize = 16_384;
 
-/// Flush requests queued for the group-commit writer. Past it a stream actor waits for
+/// Writes and flush requests queued for the group-commit writer. Past it a stream actor waits for
 /// space (backpressure); a few thousand is far more than one flush ever groups.
 pub const COMMIT_QUEUE_MAX: usize = 16_384;
 
-/// Requests one flush acknowledges at most, so one flush's ack loop stays short.
-pub const GROUP_COMMIT_MAX: usize = 4_096;
+/// Writes and commit requests one group takes at most: bounds the memory of a merged
+/// batch and the time before its commits are acknowledged.
+pub const GROUP_OPS_MAX: usize = 4_096;
 
 /// Messages a stream actor's mailbox holds; senders beyond it wait (`send`) or are told
 /// (`try_send`). Big enough for many writers to keep a group commit full.
@@ -63,6 +64,6 @@ pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 pub const STREAM_TYPE_BYTES_MAX: usize = 128;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
-const _: () = assert!(GROUP_COMMIT_MAX <= COMMIT_QUEUE_MAX);
+const _: () = assert!(GROUP_OPS_MAX <= COMMIT_QUEUE_MAX);
 const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
 const _: () = assert!(SNAPSHOTS_KEPT >= 1);

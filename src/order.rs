@@ -128,11 +128,7 @@ pub fn check_canonical(events: &[Event]) -> Result<(), OrderError> {
 }
 
 fn lane_of(events: &[Event], id: EventId) -> Lane {
-    events
-        .iter()
-        .find(|e| e.id == id)
-        .map(|e| e.lane)
-        .expect("the id was read from one of these events")
+    events.iter().find(|e| e.id == id).map(|e| e.lane).expect("the id was read from one of these events")
 }
 
 #[cfg(test)]
@@ -189,7 +185,8 @@ mod tests {
     #[test]
     fn concurrent_events_are_ordered_by_timestamp_then_id() {
         let (a, b, c) = (lane(1), lane(2), lane(3));
-        let sorted = sort_events(vec![event(9, a, 1, &[], 1, 5), event(7, b, 1, &[], 1, 5), event(8, c, 1, &[], 1, 4)]).unwrap();
+        let sorted =
+            sort_events(vec![event(9, a, 1, &[], 1, 5), event(7, b, 1, &[], 1, 5), event(8, c, 1, &[], 1, 4)]).unwrap();
         assert_eq!(ids(&sorted), [8, 7, 9]);
     }
 
@@ -206,8 +203,11 @@ mod tests {
         let dependency = event(1, a, 1, &[], 5, 1);
         let dependent = event(2, b, 1, &[(a, 1)], 2, 2); // lamport 2 <= 5: forged
         let err = sort_events(vec![dependency, dependent]).unwrap_err();
-        assert!(matches!(err, OrderError::DependencyAfterDependent { dependency, dependent, .. }
-            if dependency == EventId::from_u128(1) && dependent == EventId::from_u128(2)), "{err}");
+        assert!(
+            matches!(err, OrderError::DependencyAfterDependent { dependency, dependent, .. }
+            if dependency == EventId::from_u128(1) && dependent == EventId::from_u128(2)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,8 +67,7 @@ pub struct HistoryShape {
 pub fn history(shape: HistoryShape, rng: &mut Rng) -> Vec<Event> {
     assert!(shape.sites > 0 && shape.streams > 0, "a history needs a site and a stream");
     let sites: Vec<SiteId> = (0..shape.sites).map(|n| SiteId::from_u128(u128::from(n) + 1)).collect();
-    let streams: Vec<StreamId> =
-        (0..shape.streams).map(|n| StreamId::from_u128((1 << 64) + u128::from(n))).collect();
+    let streams: Vec<StreamId> = (0..shape.streams).map(|n| StreamId::from_u128((1 << 64) + u128::from(n))).collect();
     // What each site has seen: a causally closed set, as a clock and its largest lamport.
     let mut known: Vec<(VectorClock, u64)> = vec![(VectorClock::new(), 0); sites.len()];
     let mut events = Vec::with_capacity(shape.events);
@@ -110,25 +109,25 @@ pub fn causal_shuffle(events: &[Event], rng: &mut Rng) -> Vec<Event> {
     for event in sorted {
         lanes.entry(event.lane).or_default().push_back(event);
     }
-    let first_seq: HashMap<Lane, Seq> =
-        lanes.iter().filter_map(|(l, q)| q.front().map(|e| (*l, e.seq))).collect();
+    let first_seq: HashMap<Lane, Seq> = lanes.iter().filter_map(|(l, q)| q.front().map(|e| (*l, e.seq))).collect();
     // Delivered so far, starting just below each lane's first event in the set.
     let mut delivered: VectorClock = first_seq.iter().map(|(l, s)| (*l, Seq(s.0 - 1))).collect();
     let ready = |event: &Event, delivered: &VectorClock| {
         event.clock.iter().all(|(lane, seq)| {
             let have = if first_seq.contains_key(&lane) { delivered.get(lane) } else { seq };
-            if lane == event.lane { have.next() == seq } else { have >= seq }
+            if lane == event.lane {
+                have.next() == seq
+            } else {
+                have >= seq
+            }
         })
     };
     let mut order = Vec::with_capacity(events.len());
     let mut lane_ids: Vec<Lane> = lanes.keys().copied().collect();
     lane_ids.sort();
     while order.len() < events.len() {
-        let candidates: Vec<Lane> = lane_ids
-            .iter()
-            .copied()
-            .filter(|l| lanes[l].front().is_some_and(|e| ready(e, &delivered)))
-            .collect();
+        let candidates: Vec<Lane> =
+            lane_ids.iter().copied().filter(|l| lanes[l].front().is_some_and(|e| ready(e, &delivered))).collect();
         assert!(!candidates.is_empty(), "a valid history always has a deliverable event");
         let lane = candidates[rng.index(candidates.len())];
         let event = lanes.get_mut(&lane).and_then(VecDeque::pop_front).expect("candidate lanes are non-empty");

@@ -241,7 +241,9 @@ mod tests {
             let payload: u32 = codec::decode(&event.payload).unwrap();
             if let Folded::Rewind { from, .. } = fold.apply(event, &payload) {
                 let after: Vec<&Event> = match from {
-                    Some(k) => log.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).map(|(_, e)| e).collect(),
+                    Some(k) => {
+                        log.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).map(|(_, e)| e).collect()
+                    }
                     None => log.values().collect(),
                 };
                 fold.rewind(from);

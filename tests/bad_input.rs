@@ -45,7 +45,11 @@ async fn state(actor: &Addr<StreamActor<TrailStream>>) -> (Vec<u64>, gundb::Vect
 
 #[test]
 fn a_payload_that_does_not_decode_is_refused() {
-    check("payload", |e, _| e.payload = vec![codec::FORMAT_VERSION, 0xFF, 0xFF], |e| matches!(e, StreamError::Payload(_)));
+    check(
+        "payload",
+        |e, _| e.payload = vec![codec::FORMAT_VERSION, 0xFF, 0xFF],
+        |e| matches!(e, StreamError::Payload(_)),
+    );
     check("payload version", |e, _| e.payload = vec![99, 1], |e| matches!(e, StreamError::Payload(_)));
 }
 

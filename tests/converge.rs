@@ -17,7 +17,12 @@ const ORDERS: u64 = 60;
 const EVENTS: usize = 120;
 
 /// Delivers `order` to a fresh actor on `storage` and returns its view and history.
-fn deliver_all(storage: Arc<dyn Storage>, stream: StreamId, order: Vec<Event>, config: StreamConfig) -> (Trail, Vec<Event>) {
+fn deliver_all(
+    storage: Arc<dyn Storage>,
+    stream: StreamId,
+    order: Vec<Event>,
+    config: StreamConfig,
+) -> (Trail, Vec<Event>) {
     run_site(move || async move {
         let actor = StreamActor::<TrailStream>::open_with(storage, stream, config).unwrap().start();
         // Sent without waiting in between: the mailbox keeps them in order, and many
@@ -74,7 +79,11 @@ fn every_causal_delivery_order_ends_in_the_canonical_view_on_sled() {
 
 #[test]
 fn without_the_rollback_the_check_fails() {
-    let caught: u64 = (0..ORDERS).filter(|&seed| check(seed, shared(MemoryStorage::new(SiteId::from_u128(1_000))), true).is_err()).count().try_into().unwrap();
+    let caught: u64 = (0..ORDERS)
+        .filter(|&seed| check(seed, shared(MemoryStorage::new(SiteId::from_u128(1_000))), true).is_err())
+        .count()
+        .try_into()
+        .unwrap();
     eprintln!("planted bug caught by {caught} of {ORDERS} seeds");
     assert!(caught >= ORDERS / 2, "switching the rollback off must make most seeds diverge");
 }

@@ -8,7 +8,9 @@ mod common;
 use actix::Actor;
 use common::{run_site, Trail, TrailStream};
 use gundb::storage::{SledStorage, Storage, StorageError};
-use gundb::{Decide, DecideError, Emit, EventMeta, GetView, History, Seq, Stream, StreamActor, StreamError, StreamId, View};
+use gundb::{
+    Decide, DecideError, Emit, EventMeta, GetView, History, Seq, Stream, StreamActor, StreamError, StreamId, View,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;

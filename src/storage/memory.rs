@@ -3,7 +3,7 @@
 //! Every commit is durable at once (there is no disk). It keeps the same per-stream
 //! contents as the sled implementation, so code above storage cannot tell them apart.
 
-use super::{Append, Commit, StorageError, StorageStats, StreamRecord, Storage};
+use super::{Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
@@ -83,7 +83,13 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey]) -> Result<(), StorageError> {
+    fn put_snapshot(
+        &self,
+        stream: StreamId,
+        key: OrderKey,
+        view: &[u8],
+        drop: &[OrderKey],
+    ) -> Result<(), StorageError> {
         let mut streams = self.lock();
         let state = streams.entry(stream).or_default();
         state.snapshots.insert(key, view.to_vec());

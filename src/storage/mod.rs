@@ -4,8 +4,9 @@
 //!
 //! Per stream it keeps the log in canonical order, an index by (lane, seq), the frontier,
 //! and view snapshots. An event, its index entry and its frontier entry are written in one
-//! atomic batch. Writes become visible to reads at once; [`Storage::commit`] returns a
-//! future that resolves when everything written before it is durable (group commit).
+//! atomic batch. Writes are applied in the order they are made, and reads see a write once
+//! it is applied, at the latest when the next [`Storage::commit`] resolves: that future
+//! resolves when everything written before it is durable (group commit).
 
 mod memory;
 mod sled;
@@ -93,19 +94,22 @@ pub trait Storage: Send + Sync + 'static {
     /// read failure.
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError>;
 
-    /// Writes an event with its index and frontier entries, atomically. Visible to reads
-    /// at once; durable after the next [`Storage::commit`] resolves.
+    /// Writes an event with its index and frontier entries, atomically, after every write
+    /// made before. Visible to reads and durable once the next [`Storage::commit`] resolves
+    /// (maybe earlier).
     ///
     /// # Errors
-    /// A write failure; then nothing of the append was written.
+    /// The storage is closed or the event does not encode. A failure to apply is reported
+    /// by the next commit instead.
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError>;
 
     /// Stores a view snapshot taken after the event at `key`, and deletes the snapshots
-    /// named in `drop`.
+    /// named in `drop`, ordered like [`Storage::append`].
     ///
     /// # Errors
-    /// A write failure.
-    fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey]) -> Result<(), StorageError>;
+    /// As [`Storage::append`].
+    fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey])
+        -> Result<(), StorageError>;
 
     /// The canonical key of the event at (lane, seq), if stored.
     ///
@@ -125,7 +129,8 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError>;
 
-    /// Makes everything written so far durable. Many commits share one flush.
+    /// Makes everything written so far durable. Many commits share one flush. Resolves to
+    /// an error if any write before it failed to apply or the flush failed.
     fn commit(&self) -> Commit;
 
     /// Flush counters.

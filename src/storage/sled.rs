@@ -1,19 +1,25 @@
 //! [`SledStorage`]: one sled database per site, one tree per stream, and the group-commit
 //! writer thread.
 //!
-//! Writes are applied to sled by the stream actor that makes them, so that its next read
-//! (an equivocation check, a rollback's replay) sees them. Durability is the writer
-//! thread's job: stream actors send it commit requests over a bounded crossbeam channel;
-//! it takes every request queued, flushes once with sled's blocking `flush` (never
-//! `flush_async`, which deadlocks under concurrent use in sled 0.34.7, upstream issue
-//! 1308), optionally fsyncs, and only then acknowledges every request of that flush.
+//! Every write goes to one writer thread over a bounded crossbeam channel, in order. The
+//! writer takes everything queued, applies the writes (each an atomic sled batch), flushes
+//! once with sled's blocking `flush` (never `flush_async`, which deadlocks under concurrent
+//! use in sled 0.34.7, upstream issue 1308), optionally fsyncs, and only then acknowledges
+//! every commit request of that group. Applying on the writer rather than in the stream
+//! actors matters for speed: a sled write made while a flush is running waits for it
+//! (about 110 µs per write measured), which would stall the actor's arbiter.
+//!
+//! The writer fails stop: after one failed write or flush it applies nothing more and fails
+//! every later commit, so a lane can never be stored with a gap. Reopen the database to
+//! recover what was durable.
 
-use super::{keys, Append, Commit, StorageError, StorageStats, StreamRecord, Storage};
+use super::{keys, Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::codec;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -72,13 +78,61 @@ impl SledConfig {
 pub struct SledStorage {
     db: sled::Db,
     site: SiteId,
-    commits: Sender<oneshot::Sender<Result<(), StorageError>>>,
+    ops: Sender<Op>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Counters>,
     #[cfg(feature = "failpoints")]
     failpoints: Arc<failpoints::Failpoints>,
     // Declared last: dropped after the database, so the folder outlives it.
     _temporary: Option<tempfile::TempDir>,
+}
+
+/// What the writer thread is asked to do, in order.
+enum Op {
+    /// Apply these writes to a stream's tree, atomically.
+    Write(sled::Tree, Vec<Write>),
+    /// Acknowledge once everything queued before is durable.
+    Commit(oneshot::Sender<Result<(), StorageError>>),
+}
+
+/// One key written or removed.
+enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+}
+
+/// The writes of one group, merged into one sled batch per tree: one batch of many events
+/// costs far less than many batches (about 21 µs against 41 µs per event measured), and
+/// is still atomic for each event in it.
+#[derive(Default)]
+struct Group {
+    batches: Vec<(sled::Tree, sled::Batch)>,
+    by_tree: HashMap<sled::IVec, usize>,
+    acks: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    ops: usize,
+}
+
+impl Group {
+    fn add(&mut self, op: Op) {
+        self.ops += 1;
+        match op {
+            Op::Commit(ack) => self.acks.push(ack),
+            Op::Write(tree, writes) => {
+                let index = *self.by_tree.entry(tree.name()).or_insert_with(|| {
+                    self.batches.push((tree, sled::Batch::default()));
+                    self.batches.len() - 1
+                });
+                // Later writes to a key replace earlier ones, as if applied one by one.
+                let batch = &mut self.batches[index].1;
+                for write in writes {
+                    match write {
+                        Write::Put(key, value) => batch.insert(key, value),
+                        Write::Remove(key) => batch.remove(key),
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -131,7 +185,7 @@ impl SledStorage {
             Durability::Fsync => Some(File::open(path.join("db")).map_err(io_error)?),
             Durability::Flush => None,
         };
-        let (commits, requests) = channel::bounded(limits::COMMIT_QUEUE_MAX);
+        let (ops, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
         let stats = Arc::new(Counters::default());
         #[cfg(feature = "failpoints")]
         let failpoints = Arc::new(failpoints::Failpoints::default());
@@ -142,19 +196,27 @@ impl SledStorage {
             std::thread::Builder::new()
                 .name("gundb-commit".into())
                 .spawn(move || {
-                    let flush = move || {
-                        #[cfg(feature = "failpoints")]
-                        failpoints.check(&failpoints.flush, "flush")?;
-                        flush_durably(&db, file.as_ref())
-                    };
-                    write_loop(&requests, &stats, flush);
+                    write_loop(
+                        &queue,
+                        &stats,
+                        |tree, batch| {
+                            #[cfg(feature = "failpoints")]
+                            failpoints.check(&failpoints.append, "append")?;
+                            Ok(tree.apply_batch(batch)?)
+                        },
+                        || {
+                            #[cfg(feature = "failpoints")]
+                            failpoints.check(&failpoints.flush, "flush")?;
+                            flush_durably(&db, file.as_ref())
+                        },
+                    );
                 })
                 .map_err(io_error)?
         };
         Ok(Self {
             db,
             site,
-            commits,
+            ops,
             writer: Some(writer),
             stats,
             #[cfg(feature = "failpoints")]
@@ -180,29 +242,43 @@ impl Drop for SledStorage {
     fn drop(&mut self) {
         // Closing the channel ends the writer after it acknowledged what was queued.
         let (closed, _) = channel::bounded(1);
-        drop(std::mem::replace(&mut self.commits, closed));
+        drop(std::mem::replace(&mut self.ops, closed));
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
 }
 
-fn write_loop<F>(requests: &Receiver<oneshot::Sender<Result<(), StorageError>>>, stats: &Counters, flush: F)
+/// The writer thread: applies queued writes in order and acknowledges commits in groups.
+fn write_loop<A, F>(queue: &Receiver<Op>, stats: &Counters, mut apply: A, mut flush: F)
 where
-    F: Fn() -> Result<(), StorageError>,
+    A: FnMut(&sled::Tree, sled::Batch) -> Result<(), StorageError>,
+    F: FnMut() -> Result<(), StorageError>,
 {
-    let mut group = Vec::with_capacity(limits::GROUP_COMMIT_MAX);
-    while let Ok(first) = requests.recv() {
-        group.push(first);
-        while group.len() < limits::GROUP_COMMIT_MAX {
-            match requests.try_recv() {
-                Ok(ack) => group.push(ack),
+    let mut failed: Option<StorageError> = None;
+    while let Ok(first) = queue.recv() {
+        let mut group = Group::default();
+        group.add(first);
+        while group.ops < limits::GROUP_OPS_MAX {
+            match queue.try_recv() {
+                Ok(op) => group.add(op),
                 Err(_) => break,
             }
         }
-        let result = flush();
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        for ack in group.drain(..) {
+        for (tree, batch) in group.batches {
+            if failed.is_none() {
+                failed = apply(&tree, batch).err();
+            }
+        }
+        if group.acks.is_empty() {
+            continue; // writes without a commit yet: the commit that follows flushes them
+        }
+        if failed.is_none() {
+            failed = flush().err();
+            stats.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = failed.clone().map_or(Ok(()), Err);
+        for ack in group.acks {
             // A requester that went away no longer needs the answer.
             let _ = ack.send(result.clone());
         }
@@ -266,7 +342,8 @@ impl Storage for SledStorage {
         for entry in tree.scan_prefix([keys::FRONTIER]) {
             let (key, value) = entry?;
             let site = uuid::Uuid::from_slice(&key[1..]).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let seq = u64::from_be_bytes(value.as_ref().try_into().map_err(|_| StorageError::Corrupt("frontier".into()))?);
+            let seq =
+                u64::from_be_bytes(value.as_ref().try_into().map_err(|_| StorageError::Corrupt("frontier".into()))?);
             record.frontier.set(Lane::new(SiteId(site), stream), Seq(seq));
         }
         if let Some(entry) = tree.scan_prefix([keys::EVENT]).next_back() {
@@ -281,29 +358,28 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError> {
-        #[cfg(feature = "failpoints")]
-        self.failpoints.check(&self.failpoints.append, "append")?;
         let event = append.event;
         let key = event.order_key();
-        let mut batch = sled::Batch::default();
-        batch.insert(&keys::event(&key)[..], codec::encode(event)?);
-        batch.insert(&keys::index(event.lane, event.seq)[..], &key.to_bytes()[..]);
-        batch.insert(&keys::frontier(event.lane)[..], &event.seq.0.to_be_bytes()[..]);
-        for stale in append.stale_snapshots {
-            batch.remove(&keys::snapshot(stale)[..]);
-        }
-        self.tree(stream)?.apply_batch(batch)?;
-        Ok(())
+        let mut writes = vec![
+            Write::Put(keys::event(&key).to_vec(), codec::encode(event)?),
+            Write::Put(keys::index(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()),
+            Write::Put(keys::frontier(event.lane).to_vec(), event.seq.0.to_be_bytes().to_vec()),
+        ];
+        writes.extend(append.stale_snapshots.iter().map(|stale| Write::Remove(keys::snapshot(stale).to_vec())));
+        self.send(Op::Write(self.tree(stream)?, writes))
     }
 
-    fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey]) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(&keys::snapshot(&key)[..], view);
-        for old in drop {
-            batch.remove(&keys::snapshot(old)[..]);
-        }
-        self.tree(stream)?.apply_batch(batch)?;
-        Ok(())
+    fn put_snapshot(
+        &self,
+        stream: StreamId,
+        key: OrderKey,
+        view: &[u8],
+        drop: &[OrderKey],
+    ) -> Result<(), StorageError> {
+        let mut writes = vec![Write::Put(keys::snapshot(&key).to_vec(), view.to_vec())];
+        writes.extend(drop.iter().map(|old| Write::Remove(keys::snapshot(old).to_vec())));
+        // Queued behind the events it covers, so no crash can keep it without them.
+        self.send(Op::Write(self.tree(stream)?, writes))
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
@@ -333,7 +409,8 @@ impl Storage for SledStorage {
             let Some(id) = name.strip_prefix(STREAM_TREE_PREFIX) else { continue };
             let id = uuid::Uuid::from_slice(id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
             let tree = self.db.open_tree(&name)?;
-            let stream_type = tree.get(keys::TYPE)?.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+            let stream_type =
+                tree.get(keys::TYPE)?.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
             streams.push((StreamId(id), stream_type));
         }
         Ok(streams)
@@ -342,15 +419,9 @@ impl Storage for SledStorage {
     fn commit(&self) -> Commit {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         let (ack, done) = oneshot::channel();
-        match self.commits.try_send(ack) {
+        match self.send(Op::Commit(ack)) {
             Ok(()) => Commit::waiting(done),
-            // Backpressure: the writer drains the queue without waiting on anyone, so this
-            // wait is bounded by one flush.
-            Err(TrySendError::Full(ack)) => match self.commits.send(ack) {
-                Ok(()) => Commit::waiting(done),
-                Err(_) => Commit::ready(Err(StorageError::Closed)),
-            },
-            Err(TrySendError::Disconnected(_)) => Commit::ready(Err(StorageError::Closed)),
+            Err(error) => Commit::ready(Err(error)),
         }
     }
 
@@ -358,6 +429,18 @@ impl Storage for SledStorage {
         StorageStats {
             commits: self.stats.commits.load(Ordering::Relaxed),
             flushes: self.stats.flushes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl SledStorage {
+    /// Queues `op` for the writer. A full queue makes the caller wait for room: the writer
+    /// drains it without waiting on anyone, so the wait is bounded by one group's work.
+    fn send(&self, op: Op) -> Result<(), StorageError> {
+        match self.ops.try_send(op) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(op)) => self.ops.send(op).map_err(|_| StorageError::Closed),
+            Err(TrySendError::Disconnected(_)) => Err(StorageError::Closed),
         }
     }
 }
@@ -400,40 +483,88 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    /// Requests queued while a flush runs are acknowledged together by the next flush,
-    /// and only after it returned.
+    fn queue_of(ops: Vec<Op>) -> Receiver<Op> {
+        let (sender, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
+        for op in ops {
+            assert!(sender.send(op).is_ok());
+        }
+        queue
+    }
+
+    fn commit() -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
+        let (ack, done) = oneshot::channel();
+        (Op::Commit(ack), done)
+    }
+
+    /// Requests queued while the writer is busy are acknowledged together by one flush,
+    /// only after it returned, and after the writes queued before them were applied.
     #[test]
     fn one_flush_acknowledges_every_queued_request() {
-        let (sender, requests) = channel::bounded(limits::COMMIT_QUEUE_MAX);
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let mut ops = Vec::new();
         let mut acks = Vec::new();
-        for _ in 0..100 {
-            let (ack, done) = oneshot::channel();
-            sender.send(ack).unwrap();
+        for n in 0u8..100 {
+            ops.push(Op::Write(tree.clone(), vec![Write::Put(vec![n], vec![n])]));
+            let (op, done) = commit();
+            ops.push(op);
             acks.push(done);
         }
-        drop(sender);
-        let flushed = Arc::new(AtomicBool::new(false));
+        let queue = queue_of(ops);
         let stats = Counters::default();
-        let mut receivers = acks;
-        let seen = Arc::clone(&flushed);
-        write_loop(&requests, &stats, move || {
-            seen.store(true, Ordering::SeqCst);
-            Ok(())
-        });
+        let flushed = AtomicBool::new(false);
+        let applied = AtomicU64::new(0);
+        write_loop(
+            &queue,
+            &stats,
+            |tree, batch| {
+                assert!(!flushed.load(Ordering::SeqCst), "every write of the group precedes its flush");
+                applied.fetch_add(1, Ordering::SeqCst);
+                Ok(tree.apply_batch(batch)?)
+            },
+            || {
+                flushed.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+        );
+        assert_eq!(applied.load(Ordering::SeqCst), 1, "one merged batch per tree");
         assert_eq!(stats.flushes.load(Ordering::SeqCst), 1);
-        assert!(flushed.load(Ordering::SeqCst));
-        for done in &mut receivers {
+        assert_eq!(tree.len(), 100);
+        for done in &mut acks {
             assert_eq!(done.try_recv().unwrap(), Ok(()));
         }
     }
 
+    /// After a failed write nothing more is applied and every commit fails, so a lane
+    /// cannot be stored with a gap.
+    #[test]
+    fn the_writer_fails_stop() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let write = |n: u8| Op::Write(tree.clone(), vec![Write::Put(vec![n], vec![n])]);
+        let (first, mut first_done) = commit();
+        let (second, mut second_done) = commit();
+        let queue = queue_of(vec![write(1), first, write(2), second]);
+        let attempts = AtomicU64::new(0);
+        write_loop(
+            &queue,
+            &Counters::default(),
+            |_, _| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                Err(StorageError::Injected("append"))
+            },
+            || Ok(()),
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "nothing is applied after a failure");
+        assert_eq!(first_done.try_recv().unwrap(), Err(StorageError::Injected("append")));
+        assert_eq!(second_done.try_recv().unwrap(), Err(StorageError::Injected("append")));
+    }
+
     #[test]
     fn a_failed_flush_fails_every_request_it_carried() {
-        let (sender, requests) = channel::bounded(8);
-        let (ack, mut done) = oneshot::channel();
-        sender.send(ack).unwrap();
-        drop(sender);
-        write_loop(&requests, &Counters::default(), || Err(StorageError::Flush("disk on fire".into())));
+        let (op, mut done) = commit();
+        let queue = queue_of(vec![op]);
+        write_loop(&queue, &Counters::default(), |_, _| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
         assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
     }
 

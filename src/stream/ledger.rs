@@ -75,7 +75,13 @@ impl<S: Stream> Ledger<S> {
     /// # Errors
     /// [`StreamError::DependencyNotDelivered`] when `extra` names a lane of this stream
     /// beyond what it has delivered.
-    pub fn stamp(&self, id: EventId, timestamp_ms: u64, extra: &Dependencies, payload: Vec<u8>) -> Result<Event, StreamError> {
+    pub fn stamp(
+        &self,
+        id: EventId,
+        timestamp_ms: u64,
+        extra: &Dependencies,
+        payload: Vec<u8>,
+    ) -> Result<Event, StreamError> {
         debug_assert!(payload.len() <= limits::PAYLOAD_BYTES_MAX, "payloads are checked when encoded");
         for (lane, seq) in extra.clock.iter().filter(|(lane, _)| lane.stream == self.stream) {
             if !self.frontier.covers(lane, seq) {
@@ -117,7 +123,12 @@ impl<S: Stream> Ledger<S> {
             if kept.id == event.id {
                 return Ok(Check::Duplicate);
             }
-            return Err(StreamError::Equivocation { lane: event.lane, seq: event.seq, kept: kept.id, rejected: event.id });
+            return Err(StreamError::Equivocation {
+                lane: event.lane,
+                seq: event.seq,
+                kept: kept.id,
+                rejected: event.id,
+            });
         }
         if event.seq != delivered.next() {
             return Err(StreamError::SeqGap { lane: event.lane, expected: delivered.next(), got: event.seq });
@@ -129,7 +140,12 @@ impl<S: Stream> Ledger<S> {
                 continue;
             }
             if !self.frontier.covers(lane, needed) {
-                return Err(StreamError::DependencyMissing { event: event.id, lane, needed, delivered: self.frontier.get(lane) });
+                return Err(StreamError::DependencyMissing {
+                    event: event.id,
+                    lane,
+                    needed,
+                    delivered: self.frontier.get(lane),
+                });
             }
             let dependency = key_at(lane, needed)?
                 .ok_or_else(|| StorageError::Corrupt(format!("no index entry for {lane} seq {needed}")))?;
@@ -153,7 +169,11 @@ impl<S: Stream> Ledger<S> {
             return Err(StreamError::WrongStreamType { expected: S::TYPE_NAME, got: event.stream_type.clone() });
         }
         if !event.clock_names_own_lane() || !event.clock.is_canonical() || event.clock.len() > limits::CLOCK_LANES_MAX {
-            return Err(StreamError::MalformedClock { event: event.id, seq: event.seq, in_clock: event.clock.get(event.lane) });
+            return Err(StreamError::MalformedClock {
+                event: event.id,
+                seq: event.seq,
+                in_clock: event.clock.get(event.lane),
+            });
         }
         Ok(())
     }

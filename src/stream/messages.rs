@@ -151,12 +151,13 @@ impl Message for History {
     type Result = Result<HistoryPage, StreamError>;
 }
 
-/// One page of a stream's history.
+/// One page of a stream's history. A page may end early at a write still in flight; ask
+/// again from `next`.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
     /// Events in canonical order, all durable.
     pub events: Vec<Event>,
-    /// The cursor for the next page, when this one was full.
+    /// The cursor for the next page; `None` at the end of the log.
     pub next: Option<OrderKey>,
 }
 
@@ -196,7 +197,8 @@ impl<S: Stream> Handler<Emit<S>> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Emitted, StreamError>>;
 
     fn handle(&mut self, msg: Emit<S>, _ctx: &mut Context<Self>) -> Self::Result {
-        let written = encode_payload(&msg.event).and_then(|payload| self.write_local(&msg.event, payload, &msg.dependencies));
+        let written =
+            encode_payload(&msg.event).and_then(|payload| self.write_local(&msg.event, payload, &msg.dependencies));
         match written {
             Ok(event) => self.when_durable(Emitted::of(&event)),
             Err(error) => Box::pin(fut::ready(Err(error))),
@@ -252,13 +254,8 @@ impl<S: Stream> Handler<History> for StreamActor<S> {
 
     fn handle(&mut self, msg: History, _ctx: &mut Context<Self>) -> Self::Result {
         let limit = msg.limit.min(limits::HISTORY_LIMIT_MAX) as usize;
-        let from = msg.after.map_or(Bound::Unbounded, Bound::Excluded);
-        let events = match self.storage.events_from(self.stream, from, limit) {
-            Ok(events) => events,
-            Err(error) => return Box::pin(fut::ready(Err(error.into()))),
-        };
-        let next = if events.len() == limit { events.last().map(Event::order_key) } else { None };
-        self.when_durable(HistoryPage { events, next })
+        // Read after the commit, so the page holds every write made before the request.
+        self.after_commit(move |actor| actor.durable_history(msg.after, limit))
     }
 }
 
@@ -286,9 +283,7 @@ impl<S: Stream> Handler<Deliver> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
 
     fn handle(&mut self, Deliver(event): Deliver, _ctx: &mut Context<Self>) -> Self::Result {
-        let storage = &self.storage;
-        let stream = self.stream;
-        let checked = self.ledger.check(&event, |lane, seq| storage.key_at(stream, lane, seq));
+        let checked = self.ledger.check(&event, |lane, seq| self.key_at(lane, seq));
         match checked {
             Ok(Check::New(payload)) => match self.write(&event, &payload) {
                 Ok(()) => self.when_durable(Delivered::Applied),

@@ -1,10 +1,13 @@
 //! [`StreamActor`]: one stream at one site. It owns the stream's log (in storage), its
 //! view, frontier and snapshots, and its subscribers.
 //!
-//! A thin shell around the pure [`Ledger`]: it stamps ids and wall-clock time, writes to
-//! [`Storage`], and answers only once what it answers about is durable. Writes are applied
-//! at once, so the next message already sees them, and acknowledged when the group commit
-//! that carries them returns; many writes are in flight together and share one flush.
+//! A thin shell around the pure [`Ledger`]: it stamps ids and wall-clock time, queues
+//! writes to [`Storage`], and answers only once what it answers about is durable. The
+//! ledger and view change at once, so the next message already sees a write; the write is
+//! acknowledged when the group commit that carries it returns, and many writes are in
+//! flight together and share one flush. Until then the actor keeps the event in memory
+//! ("in flight"), so its own reads (equivocation checks, rollback replays) see it even
+//! before the storage writer has applied it, and nothing shows it to others yet.
 
 mod ledger;
 mod messages;
@@ -21,7 +24,7 @@ use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::view::{Fold, Folded, Stream};
 use actix::prelude::*;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -210,11 +213,13 @@ pub struct StreamActor<S: Stream> {
     stream: StreamId,
     ledger: Ledger<S>,
     config: StreamConfig,
-    /// Events written to storage whose commit has not returned yet.
-    inflight: HashSet<EventId>,
+    /// Events queued to storage whose commit has not returned yet.
+    inflight: BTreeMap<OrderKey, Event>,
+    /// The same events by (lane, seq).
+    inflight_index: HashMap<(Lane, Seq), OrderKey>,
     /// The same events in write order, with their write number, so a returned commit
     /// releases exactly the writes it covers.
-    inflight_order: VecDeque<(u64, EventId)>,
+    inflight_order: VecDeque<(u64, OrderKey)>,
     /// Writes so far; a commit covers every write numbered up to its value at request time.
     written: u64,
     /// Snapshots stored on disk, oldest first.
@@ -255,7 +260,8 @@ impl<S: Stream> StreamActor<S> {
             storage,
             stream,
             config,
-            inflight: HashSet::new(),
+            inflight: BTreeMap::new(),
+            inflight_index: HashMap::new(),
             inflight_order: VecDeque::new(),
             written: 0,
             subscribers: Vec::new(),
@@ -271,16 +277,44 @@ impl<S: Stream> StreamActor<S> {
         self.ledger.own_lane().site
     }
 
-    /// Folds the stored log from `from` on, in pages, storing the snapshots taken.
+    /// Folds the log from `from` on: stored events in pages, merged with the events in
+    /// flight (which the storage writer may not have applied yet). Stores snapshots taken.
     fn replay_from(&mut self, mut from: Bound<OrderKey>) -> Result<(), StreamError> {
+        let mut unstored: VecDeque<Event> =
+            self.inflight.range((from, Bound::Unbounded)).map(|(_, e)| e.clone()).collect();
         loop {
             let page = self.storage.events_from(self.stream, from, limits::REPLAY_PAGE_MAX)?;
-            let Some(last) = page.last() else { return Ok(()) };
-            from = Bound::Excluded(last.order_key());
-            let taken = self.ledger.fold_mut().replay(&page).map_err(StorageError::Codec)?;
+            let last_page = page.len() < limits::REPLAY_PAGE_MAX;
+            let mut merged = Vec::with_capacity(page.len() + unstored.len());
+            for stored in page {
+                let key = stored.order_key();
+                from = Bound::Excluded(key);
+                while unstored.front().is_some_and(|e| e.order_key() < key) {
+                    merged.extend(unstored.pop_front());
+                }
+                if unstored.front().is_some_and(|e| e.order_key() == key) {
+                    unstored.pop_front(); // applied by the writer already
+                }
+                merged.push(stored);
+            }
+            if last_page {
+                merged.extend(unstored.drain(..));
+            }
+            let taken = self.ledger.fold_mut().replay(&merged).map_err(StorageError::Codec)?;
             if let Some(&newest) = taken.last() {
                 self.store_snapshot(newest)?;
             }
+            if last_page {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The stored key of (lane, seq), looking at events in flight first.
+    fn key_at(&self, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
+        match self.inflight_index.get(&(lane, seq)) {
+            Some(key) => Ok(Some(*key)),
+            None => self.storage.key_at(self.stream, lane, seq),
         }
     }
 
@@ -306,8 +340,9 @@ impl<S: Stream> StreamActor<S> {
             self.snapshots.remove(key);
         }
         self.written += 1;
-        self.inflight.insert(event.id);
-        self.inflight_order.push_back((self.written, event.id));
+        self.inflight.insert(key, event.clone());
+        self.inflight_index.insert((event.lane, event.seq), key);
+        self.inflight_order.push_back((self.written, key));
         for subscriber in &mut self.subscribers {
             if let Bound::Excluded(cursor) = subscriber.cursor {
                 if key < cursor {
@@ -326,37 +361,73 @@ impl<S: Stream> StreamActor<S> {
     }
 
     /// Stamps, writes and folds a local event whose encoding is `payload`.
-    fn write_local(&mut self, event: &S::Event, payload: Vec<u8>, extra: &crate::event::Dependencies) -> Result<Event, StreamError> {
+    fn write_local(
+        &mut self,
+        event: &S::Event,
+        payload: Vec<u8>,
+        extra: &crate::event::Dependencies,
+    ) -> Result<Event, StreamError> {
         let stamped = self.ledger.stamp(EventId::random(), now_ms(), extra, payload)?;
         self.write(&stamped, event)?;
         Ok(stamped)
     }
 
-    /// Replies with `reply` once everything written so far is durable. A failed commit
-    /// stops the actor: what it holds in memory may be ahead of the disk.
+    /// Replies with `reply` once everything written so far is durable.
     fn when_durable<R: 'static>(&mut self, reply: R) -> ResponseActFuture<Self, Result<R, StreamError>> {
+        self.after_commit(move |_| Ok(reply))
+    }
+
+    /// Runs `then` once everything written so far is durable (at once when nothing is in
+    /// flight). A failed commit stops the actor: what it holds in memory may be ahead of
+    /// the disk, and a restart recovers from what is durable.
+    fn after_commit<R, F>(&mut self, then: F) -> ResponseActFuture<Self, Result<R, StreamError>>
+    where
+        R: 'static,
+        F: FnOnce(&mut Self) -> Result<R, StreamError> + 'static,
+    {
         if self.inflight.is_empty() {
-            return Box::pin(fut::ready(Ok(reply)));
+            return Box::pin(fut::ready(then(self)));
         }
         let covered = self.written;
         let commit = self.storage.commit();
         Box::pin(fut::wrap_future::<_, Self>(commit).map(move |result, actor, ctx| match result {
             Ok(()) => {
-                while let Some(&(number, id)) = actor.inflight_order.front() {
-                    if number > covered {
-                        break;
-                    }
-                    actor.inflight_order.pop_front();
-                    actor.inflight.remove(&id);
-                }
+                actor.release(covered);
                 actor.pump(ctx);
-                Ok(reply)
+                then(actor)
             }
             Err(error) => {
                 ctx.stop();
                 Err(StreamError::Storage(error))
             }
         }))
+    }
+
+    /// Forgets the in-flight copies of writes numbered up to `covered`: they are durable.
+    fn release(&mut self, covered: u64) {
+        while let Some(&(number, key)) = self.inflight_order.front() {
+            if number > covered {
+                break;
+            }
+            self.inflight_order.pop_front();
+            if let Some(event) = self.inflight.remove(&key) {
+                self.inflight_index.remove(&(event.lane, event.seq));
+            }
+        }
+    }
+
+    /// Up to `limit` durable events after `after`, stopping before the first in flight.
+    fn durable_history(&self, after: Option<OrderKey>, limit: usize) -> Result<HistoryPage, StreamError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut events = self.storage.events_from(self.stream, from, limit)?;
+        let full = events.len() == limit;
+        if let Some(cut) = events.iter().position(|e| self.inflight.contains_key(&e.order_key())) {
+            events.truncate(cut);
+            let next = events.last().map(Event::order_key).or(after);
+            return Ok(HistoryPage { events, next });
+        }
+        let next = if full { events.last().map(Event::order_key) } else { None };
+        Ok(HistoryPage { events, next })
     }
 
     /// Sends every subscriber what it lacks, in canonical order, stopping at events not
@@ -389,7 +460,7 @@ impl<S: Stream> StreamActor<S> {
                 return Ok(Pumped::Done);
             }
             for event in page {
-                if self.inflight.contains(&event.id) {
+                if self.inflight.contains_key(&event.order_key()) {
                     return Ok(Pumped::Done); // sent once its commit returns
                 }
                 let (key, lane, seq) = (event.order_key(), event.lane, event.seq);
