@@ -71,10 +71,58 @@ pub enum OrderError {
 /// # Ok::<(), gundb::OrderError>(())
 /// ```
 pub fn sort_events(mut events: Vec<Event>) -> Result<Vec<Event>, OrderError> {
-    events.sort_unstable_by_key(Event::order_key);
-    events.dedup_by_key(|event| event.id);
+    // Sort small (key, index) pairs rather than moving whole events around, then permute
+    // the events in place: no second vector of events is allocated.
+    let mut order: Vec<(OrderKey, usize)> = events.iter().enumerate().map(|(i, e)| (e.order_key(), i)).collect();
+    order.sort_unstable();
+    let mut destination = vec![usize::MAX; events.len()];
+    let mut kept = 0;
+    let mut copies = events.len();
+    for (rank, &(key, source)) in order.iter().enumerate() {
+        if rank > 0 && order[rank - 1].0.id == key.id {
+            copies -= 1; // a copy of the previous event: moved past the end, then dropped
+            destination[source] = copies;
+        } else {
+            destination[source] = kept;
+            kept += 1;
+        }
+    }
+    debug_assert_eq!(kept, copies);
+    for start in 0..events.len() {
+        while destination[start] != start {
+            let target = destination[start];
+            events.swap(start, target);
+            destination.swap(start, target);
+        }
+    }
+    events.truncate(kept);
     check_canonical(&events)?;
     Ok(events)
+}
+
+/// The events of one lane present in a set, by seq.
+struct LaneEvents {
+    /// (seq, key), sorted by seq.
+    entries: Vec<(Seq, OrderKey)>,
+    /// True when the seqs are contiguous, so a seq's entry is found by subtraction.
+    dense: bool,
+}
+
+impl LaneEvents {
+    /// The key of the latest event at or below `upto`, if any is present.
+    fn latest_at_or_below(&self, upto: Seq) -> Option<OrderKey> {
+        let first = self.entries.first()?.0;
+        if upto < first {
+            return None;
+        }
+        if self.dense {
+            let offset = usize::try_from(upto.0 - first.0).unwrap_or(usize::MAX);
+            let index = offset.min(self.entries.len() - 1);
+            return Some(self.entries[index].1);
+        }
+        let below = self.entries.partition_point(|&(seq, _)| seq <= upto);
+        Some(self.entries[below - 1].1)
+    }
 }
 
 /// Checks that `events`, already sorted by [`OrderKey`] and without copies, respect
@@ -84,8 +132,7 @@ pub fn sort_events(mut events: Vec<Event>) -> Result<Vec<Event>, OrderError> {
 /// As [`sort_events`].
 pub fn check_canonical(events: &[Event]) -> Result<(), OrderError> {
     debug_assert!(events.windows(2).all(|w| w[0].order_key() < w[1].order_key()));
-    // Per lane: (seq, key, id), sorted by seq, for "latest present event at or below c".
-    let mut lanes: HashMap<Lane, Vec<(Seq, OrderKey)>> = HashMap::new();
+    let mut by_lane: HashMap<Lane, Vec<(Seq, OrderKey)>> = HashMap::new();
     for event in events {
         if !event.clock_names_own_lane() {
             return Err(OrderError::MalformedClock {
@@ -94,26 +141,26 @@ pub fn check_canonical(events: &[Event]) -> Result<(), OrderError> {
                 in_clock: event.clock.get(event.lane),
             });
         }
-        lanes.entry(event.lane).or_default().push((event.seq, event.order_key()));
+        by_lane.entry(event.lane).or_default().push((event.seq, event.order_key()));
     }
-    for entries in lanes.values_mut() {
+    // Lanes sorted, so a clock entry finds its lane by binary search instead of hashing.
+    let mut lanes: Vec<(Lane, LaneEvents)> = Vec::with_capacity(by_lane.len());
+    for (lane, mut entries) in by_lane {
         entries.sort_unstable_by_key(|&(seq, _)| seq);
         if let Some(pair) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
-            let (seq, first) = pair[0];
-            let lane = lane_of(events, first.id);
-            return Err(OrderError::Equivocation { lane, seq, first: first.id, second: pair[1].1.id });
+            return Err(OrderError::Equivocation { lane, seq: pair[0].0, first: pair[0].1.id, second: pair[1].1.id });
         }
+        let dense = entries.windows(2).all(|w| w[1].0 == w[0].0.next());
+        lanes.push((lane, LaneEvents { entries, dense }));
     }
+    lanes.sort_unstable_by_key(|(lane, _)| *lane);
     for event in events {
         let key = event.order_key();
         for (lane, upto) in event.clock.iter() {
             // The event's own entry covers itself: its dependency there is seq - 1.
             let upto = if lane == event.lane { Seq(upto.0 - 1) } else { upto };
-            let Some(entries) = lanes.get(&lane) else { continue };
-            let below = entries.partition_point(|&(seq, _)| seq <= upto);
-            let Some(&(_, dependency)) = below.checked_sub(1).and_then(|i| entries.get(i)) else {
-                continue;
-            };
+            let Ok(found) = lanes.binary_search_by_key(&lane, |(l, _)| *l) else { continue };
+            let Some(dependency) = lanes[found].1.latest_at_or_below(upto) else { continue };
             if dependency >= key {
                 return Err(OrderError::DependencyAfterDependent {
                     dependency: dependency.id,
@@ -125,10 +172,6 @@ pub fn check_canonical(events: &[Event]) -> Result<(), OrderError> {
         }
     }
     Ok(())
-}
-
-fn lane_of(events: &[Event], id: EventId) -> Lane {
-    events.iter().find(|e| e.id == id).map(|e| e.lane).expect("the id was read from one of these events")
 }
 
 #[cfg(test)]
