@@ -13,14 +13,21 @@ pub const FRAME_BYTES_MAX: usize = 1 << 20;
 /// state) but are only read back from this site's own disk.
 pub const VIEW_BYTES_MAX: usize = 256 << 20;
 
-/// Largest payload a local write may carry, leaving room in a frame for the event's
-/// metadata and its clock.
-pub const PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - (64 << 10);
-
 /// Lanes in one event's clock. A clock names every lane of its stream plus extra
-/// dependencies; a stream written by more than a few thousand sites is a design smell, and
-/// the bound keeps `FRAME_BYTES_MAX` reachable (a lane entry is about 40 bytes).
-pub const CLOCK_LANES_MAX: usize = 16_384;
+/// dependencies; a stream written by more than a few thousand sites is a design smell.
+pub const CLOCK_LANES_MAX: usize = 4_096;
+
+/// Largest encoding of one clock entry: two uuids with their length prefixes (17 bytes
+/// each) and a varint seq (at most 9).
+const CLOCK_ENTRY_BYTES_MAX: usize = 43;
+
+/// Largest payload a local write may carry: a frame less the largest clock and 8 KiB for
+/// the rest of the event, so every stamped event fits a frame.
+pub const PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - CLOCK_LANES_MAX * CLOCK_ENTRY_BYTES_MAX - (8 << 10);
+
+/// Largest Lamport counter accepted. Half the range: nothing real gets near it, and every
+/// later write can still add one without overflow.
+pub const LAMPORT_MAX: u64 = u64::MAX / 2;
 
 /// Writes and flush requests queued for the group-commit writer. Past it a stream actor waits for
 /// space (backpressure); a few thousand is far more than one flush ever groups.
@@ -60,10 +67,16 @@ pub const REPLAY_PAGE_MAX: usize = 4_096;
 /// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
 pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 
+/// sled's log segment size. sled writes any log item over a quarter segment to a separate
+/// blob file, so 8 MiB keeps every event (at most `FRAME_BYTES_MAX`) in the log. sled stores
+/// this in the database: changing it makes existing databases refuse to open.
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+
 /// Bytes of a stream type name; names are stable identifiers, not prose.
 pub const STREAM_TYPE_BYTES_MAX: usize = 128;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX < SLED_SEGMENT_BYTES / 4);
 const _: () = assert!(GROUP_OPS_MAX <= COMMIT_QUEUE_MAX);
 const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
 const _: () = assert!(SNAPSHOTS_KEPT >= 1);

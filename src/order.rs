@@ -38,6 +38,12 @@ pub enum OrderError {
         /// The other.
         second: EventId,
     },
+    /// Two events share an id but differ: one of them is forged or damaged.
+    #[error("two different events share the id {id}")]
+    ConflictingCopies {
+        /// The shared id.
+        id: EventId,
+    },
     /// An event's clock does not name its own lane at its seq.
     #[error("event {event} claims seq {seq} but its clock has its own lane at {in_clock}")]
     MalformedClock {
@@ -54,8 +60,9 @@ pub enum OrderError {
 ///
 /// # Errors
 /// [`OrderError`] when the set contradicts canonical order: a dependency present in the set
-/// that would come after its dependent, two different events on one (lane, seq), or an
-/// event whose clock does not name its own lane at its seq.
+/// that would come after its dependent, two different events on one (lane, seq), two
+/// different events with one id and key, or an event whose clock does not name its own
+/// lane at its seq.
 ///
 /// # Examples
 /// ```
@@ -80,6 +87,9 @@ pub fn sort_events(mut events: Vec<Event>) -> Result<Vec<Event>, OrderError> {
     let mut copies = events.len();
     for (rank, &(key, source)) in order.iter().enumerate() {
         if rank > 0 && order[rank - 1].0.id == key.id {
+            if events[order[rank - 1].1] != events[source] {
+                return Err(OrderError::ConflictingCopies { id: key.id });
+            }
             copies -= 1; // a copy of the previous event: moved past the end, then dropped
             destination[source] = copies;
         } else {
@@ -238,6 +248,14 @@ mod tests {
         let a = lane(1);
         let e = event(1, a, 1, &[], 1, 1);
         assert_eq!(sort_events(vec![e.clone(), e]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn different_events_with_one_id_are_rejected() {
+        let e = event(1, lane(1), 1, &[], 1, 1);
+        let mut forged = e.clone();
+        forged.payload = vec![1];
+        assert_eq!(sort_events(vec![e, forged]), Err(OrderError::ConflictingCopies { id: EventId::from_u128(1) }));
     }
 
     #[test]

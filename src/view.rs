@@ -106,12 +106,18 @@ impl<S: Stream> Fold<S> {
         }
     }
 
-    /// A fold resumed from a persisted snapshot: `view` after every event up to `key`.
-    pub fn resume(snapshot_every: u32, key: OrderKey, view: S::View) -> Self {
+    /// A fold resumed from persisted snapshots (each the view after every event up to its
+    /// key), at the newest of them; empty when there are none.
+    pub fn resume(snapshot_every: u32, snapshots: impl IntoIterator<Item = (OrderKey, S::View)>) -> Self {
         let mut fold = Self::new(snapshot_every);
-        fold.snapshots.insert(key, view.clone());
-        fold.view = view;
-        fold.last = Some(key);
+        fold.snapshots.extend(snapshots);
+        while fold.snapshots.len() > limits::SNAPSHOTS_KEPT {
+            fold.snapshots.pop_first();
+        }
+        if let Some((key, view)) = fold.snapshots.last_key_value() {
+            fold.view = view.clone();
+            fold.last = Some(*key);
+        }
         fold
     }
 

@@ -1,7 +1,10 @@
 //! [`MemoryStorage`]: the [`Storage`] contract in memory, for tests and simulation.
 //!
-//! Every commit is durable at once (there is no disk). It keeps the same per-stream
-//! contents as the sled implementation, so code above storage cannot tell them apart.
+//! It keeps the same per-stream contents as the sled implementation, so code above storage
+//! cannot tell them apart. By default every write is applied and durable at once. A
+//! [`MemoryStorage::deferred`] one holds writes back (unapplied, unacknowledged) until
+//! [`MemoryStorage::release`], so tests can look at everything that happens while a write
+//! is in flight.
 
 use super::{Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::event::{Event, OrderKey};
@@ -9,14 +12,31 @@ use crate::id::{Lane, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tokio::sync::oneshot;
 
 /// Storage in memory: nothing survives the process.
 #[derive(Debug)]
 pub struct MemoryStorage {
     site: SiteId,
     streams: Mutex<HashMap<StreamId, MemoryStream>>,
+    /// Writes held back, in order, when deferred; `None` applies at once.
+    held: Option<Mutex<Vec<Held>>>,
     commits: AtomicU64,
+    flushes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Held {
+    stream: StreamId,
+    write: Write,
+    ack: Option<oneshot::Sender<Result<(), StorageError>>>,
+}
+
+#[derive(Debug)]
+enum Write {
+    Events(Vec<Event>, Vec<OrderKey>),
+    Snapshot(OrderKey, Vec<u8>, Vec<OrderKey>),
 }
 
 #[derive(Debug, Default)]
@@ -27,16 +47,84 @@ struct MemoryStream {
     snapshots: BTreeMap<OrderKey, Vec<u8>>,
 }
 
+impl MemoryStream {
+    fn apply(&mut self, write: Write) {
+        match write {
+            Write::Events(events, stale) => {
+                for event in events {
+                    self.index.insert((event.lane, event.seq), event.order_key());
+                    self.log.insert(event.order_key(), event);
+                }
+                for key in stale {
+                    self.snapshots.remove(&key);
+                }
+            }
+            Write::Snapshot(key, view, drop) => {
+                self.snapshots.insert(key, view);
+                for old in drop {
+                    self.snapshots.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Locks `mutex`. Every mutation under these locks is a whole insert or remove, so a map
+/// left behind by a panicking holder is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl MemoryStorage {
-    /// Empty storage of site `site`.
+    /// Empty storage of site `site`, durable at once.
     pub fn new(site: SiteId) -> Self {
-        Self { site, streams: Mutex::new(HashMap::new()), commits: AtomicU64::new(0) }
+        Self {
+            site,
+            streams: Mutex::new(HashMap::new()),
+            held: None,
+            commits: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<StreamId, MemoryStream>> {
-        // A panic while holding the lock leaves whole values behind (every mutation below
-        // is a single insert or remove), so a poisoned map is still consistent.
-        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Empty storage of site `site` that holds every write back until [`Self::release`].
+    pub fn deferred(site: SiteId) -> Self {
+        Self { held: Some(Mutex::new(Vec::new())), ..Self::new(site) }
+    }
+
+    /// Applies every held write in order and acknowledges them, as one flush would.
+    /// Returns how many appends it acknowledged.
+    pub fn release(&self) -> usize {
+        let Some(held) = &self.held else { return 0 };
+        let writes = std::mem::take(&mut *lock(held));
+        let mut streams = lock(&self.streams);
+        let mut acked = 0;
+        for Held { stream, write, ack } in writes {
+            streams.entry(stream).or_default().apply(write);
+            if let Some(ack) = ack {
+                let _ = ack.send(Ok(()));
+                acked += 1;
+            }
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.commits.fetch_add(u64::try_from(acked).unwrap_or(u64::MAX), Ordering::Relaxed);
+        acked
+    }
+
+    fn write(&self, stream: StreamId, write: Write, acked: bool) -> Commit {
+        match &self.held {
+            Some(held) => {
+                let (ack, done) = oneshot::channel();
+                lock(held).push(Held { stream, write, ack: acked.then_some(ack) });
+                Commit::waiting(done)
+            }
+            None => {
+                lock(&self.streams).entry(stream).or_default().apply(write);
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                Commit::ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -46,10 +134,11 @@ impl Storage for MemoryStorage {
     }
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
-        let mut streams = self.lock();
-        let state = streams
-            .entry(stream)
-            .or_insert_with(|| MemoryStream { stream_type: stream_type.to_owned(), ..MemoryStream::default() });
+        let mut streams = lock(&self.streams);
+        let state = streams.entry(stream).or_default();
+        if state.stream_type.is_empty() {
+            state.stream_type = stream_type.to_owned();
+        }
         if state.stream_type != stream_type {
             return Err(StorageError::TypeMismatch {
                 stream,
@@ -59,8 +148,7 @@ impl Storage for MemoryStorage {
         }
         let mut record = StreamRecord {
             lamport: state.log.keys().next_back().map_or(0, |k| k.lamport),
-            snapshot: state.snapshots.iter().next_back().map(|(k, v)| (*k, v.clone())),
-            snapshot_keys: state.snapshots.keys().copied().collect(),
+            snapshots: state.snapshots.iter().map(|(k, v)| (*k, v.clone())).collect(),
             ..StreamRecord::default()
         };
         for (lane, seq) in state.index.keys() {
@@ -71,16 +159,9 @@ impl Storage for MemoryStorage {
         Ok(record)
     }
 
-    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError> {
-        let mut streams = self.lock();
-        let state = streams.entry(stream).or_default();
-        let key = append.event.order_key();
-        state.log.insert(key, append.event.clone());
-        state.index.insert((append.event.lane, append.event.seq), key);
-        for stale in append.stale_snapshots {
-            state.snapshots.remove(stale);
-        }
-        Ok(())
+    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
+        let write = Write::Events(append.events.to_vec(), append.stale_snapshots.to_vec());
+        Ok(self.write(stream, write, true))
     }
 
     fn put_snapshot(
@@ -90,36 +171,25 @@ impl Storage for MemoryStorage {
         view: &[u8],
         drop: &[OrderKey],
     ) -> Result<(), StorageError> {
-        let mut streams = self.lock();
-        let state = streams.entry(stream).or_default();
-        state.snapshots.insert(key, view.to_vec());
-        for old in drop {
-            state.snapshots.remove(old);
-        }
+        self.write(stream, Write::Snapshot(key, view.to_vec(), drop.to_vec()), false);
         Ok(())
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
-        Ok(self.lock().get(&stream).and_then(|s| s.index.get(&(lane, seq)).copied()))
+        Ok(lock(&self.streams).get(&stream).and_then(|s| s.index.get(&(lane, seq)).copied()))
     }
 
     fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {
-        let streams = self.lock();
+        let streams = lock(&self.streams);
         let Some(state) = streams.get(&stream) else { return Ok(Vec::new()) };
         Ok(state.log.range((from, Bound::Unbounded)).take(limit).map(|(_, e)| e.clone()).collect())
     }
 
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {
-        Ok(self.lock().iter().map(|(id, s)| (*id, s.stream_type.clone())).collect())
-    }
-
-    fn commit(&self) -> Commit {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        Commit::ready(Ok(()))
+        Ok(lock(&self.streams).iter().map(|(id, s)| (*id, s.stream_type.clone())).collect())
     }
 
     fn stats(&self) -> StorageStats {
-        let commits = self.commits.load(Ordering::Relaxed);
-        StorageStats { commits, flushes: commits }
+        StorageStats { commits: self.commits.load(Ordering::Relaxed), flushes: self.flushes.load(Ordering::Relaxed) }
     }
 }

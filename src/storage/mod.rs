@@ -3,10 +3,12 @@
 //! ([`MemoryStorage`]) for tests and simulation.
 //!
 //! Per stream it keeps the log in canonical order, an index by (lane, seq), the frontier,
-//! and view snapshots. An event, its index entry and its frontier entry are written in one
-//! atomic batch. Writes are applied in the order they are made, and reads see a write once
-//! it is applied, at the latest when the next [`Storage::commit`] resolves: that future
-//! resolves when everything written before it is durable (group commit).
+//! and view snapshots. An append's events, with their index and frontier entries, are
+//! written in one atomic batch. Writes are applied in the order they are made; reads see a
+//! write once it is applied, at the latest when the [`Commit`] that [`Storage::append`]
+//! returned resolves, which is when it is durable. Many appends share one flush (group
+//! commit). Writing never blocks: a full queue refuses the write with
+//! [`StorageError::Busy`] and nothing is written.
 
 mod memory;
 mod sled;
@@ -55,6 +57,13 @@ pub enum StorageError {
     /// The group-commit writer has stopped (the storage is closing).
     #[error("storage is closed")]
     Closed,
+    /// The write queue is full: nothing was written. Retry once earlier writes are
+    /// acknowledged (this is backpressure, not a failure).
+    #[error("storage write queue is full ({capacity} writes queued); retry after earlier writes complete")]
+    Busy {
+        /// The queue's capacity.
+        capacity: usize,
+    },
     /// A fault injected by the `failpoints` feature.
     #[error("injected fault: {0}")]
     Injected(&'static str),
@@ -67,17 +76,16 @@ pub struct StreamRecord {
     pub frontier: VectorClock,
     /// The largest Lamport counter stored.
     pub lamport: u64,
-    /// The newest view snapshot: its key and encoded view.
-    pub snapshot: Option<(OrderKey, Vec<u8>)>,
-    /// Keys of every stored snapshot, oldest first.
-    pub snapshot_keys: Vec<OrderKey>,
+    /// The stored view snapshots, oldest first: the key of the last event each covers,
+    /// and the encoded view.
+    pub snapshots: Vec<(OrderKey, Vec<u8>)>,
 }
 
 /// One atomic write to a stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Append<'a> {
-    /// The event to add to the log, the index and the frontier.
-    pub event: &'a Event,
+    /// The events to add to the log, the index and the frontier, in lane order.
+    pub events: &'a [Event],
     /// Snapshots that no longer hold (the event sorts before them): deleted.
     pub stale_snapshots: &'a [OrderKey],
 }
@@ -94,20 +102,21 @@ pub trait Storage: Send + Sync + 'static {
     /// read failure.
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError>;
 
-    /// Writes an event with its index and frontier entries, atomically, after every write
-    /// made before. Visible to reads and durable once the next [`Storage::commit`] resolves
-    /// (maybe earlier).
+    /// Queues events with their index and frontier entries, as one atomic write after every
+    /// write made before. The returned [`Commit`] resolves once they are durable (they may
+    /// be visible to reads earlier), or to the error that stopped the storage.
     ///
     /// # Errors
-    /// The storage is closed or the event does not encode. A failure to apply is reported
-    /// by the next commit instead.
-    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError>;
+    /// [`StorageError::Busy`] when the queue is full, [`StorageError::Closed`], or an event
+    /// that does not encode: then nothing was queued.
+    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError>;
 
-    /// Stores a view snapshot taken after the event at `key`, and deletes the snapshots
-    /// named in `drop`, ordered like [`Storage::append`].
+    /// Queues a view snapshot taken after the event at `key`, and the deletion of the
+    /// snapshots named in `drop`, ordered like [`Storage::append`]. Durable with the next
+    /// append's commit.
     ///
     /// # Errors
-    /// As [`Storage::append`].
+    /// As [`Storage::append`]; a refused snapshot costs only a longer replay on recovery.
     fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey])
         -> Result<(), StorageError>;
 
@@ -129,10 +138,6 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError>;
 
-    /// Makes everything written so far durable. Many commits share one flush. Resolves to
-    /// an error if any write before it failed to apply or the flush failed.
-    fn commit(&self) -> Commit;
-
     /// Flush counters.
     fn stats(&self) -> StorageStats;
 }
@@ -140,13 +145,13 @@ pub trait Storage: Send + Sync + 'static {
 /// Counters of the group commit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageStats {
-    /// Commits requested.
+    /// Appends acknowledged or failed.
     pub commits: u64,
     /// Flushes done; commits per flush is the group-commit factor.
     pub flushes: u64,
 }
 
-/// A pending [`Storage::commit`]: resolves once everything written before it is durable.
+/// A pending append: resolves once it (and everything written before it) is durable.
 #[derive(Debug)]
 pub struct Commit(CommitState);
 

@@ -1,11 +1,12 @@
 //! [`SledStorage`]: one sled database per site, one tree per stream, and the group-commit
 //! writer thread.
 //!
-//! Every write goes to one writer thread over a bounded crossbeam channel, in order. The
-//! writer takes everything queued, applies the writes (each an atomic sled batch), flushes
-//! once with sled's blocking `flush` (never `flush_async`, which deadlocks under concurrent
-//! use in sled 0.34.7, upstream issue 1308), optionally fsyncs, and only then acknowledges
-//! every commit request of that group. Applying on the writer rather than in the stream
+//! Every write goes to one writer thread over a bounded crossbeam channel, in order; a
+//! full channel refuses the write ([`StorageError::Busy`]) rather than block the caller's
+//! arbiter. The writer takes everything queued, applies the writes (merged into one atomic
+//! sled batch per tree), flushes once with sled's blocking `flush` (never `flush_async`,
+//! which deadlocks under concurrent use in sled 0.34.7, upstream issue 1308), optionally
+//! fsyncs, and only then acknowledges every append of that group. Applying on the writer rather than in the stream
 //! actors matters for speed: a sled write made while a flush is running waits for it
 //! (about 110 µs per write measured), which would stall the actor's arbiter.
 //!
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// What a write survives once acknowledged.
@@ -49,6 +51,9 @@ pub struct SledConfig {
     /// sled's page cache in bytes (sled's own default is 1 GiB).
     pub cache_bytes: u64,
     /// What an acknowledged write survives.
+    ///
+    /// Measured cost (16 writers, this project's CI machine): `Fsync` is about 27% slower
+    /// than `Flush`; see `docs/BENCHMARKS.md`.
     pub durability: Durability,
 }
 
@@ -87,13 +92,15 @@ pub struct SledStorage {
     _temporary: Option<tempfile::TempDir>,
 }
 
-/// What the writer thread is asked to do, in order.
-enum Op {
-    /// Apply these writes to a stream's tree, atomically.
-    Write(sled::Tree, Vec<Write>),
-    /// Acknowledge once everything queued before is durable.
-    Commit(oneshot::Sender<Result<(), StorageError>>),
+/// What the writer thread is asked to do, in order: apply these writes to a stream's tree
+/// atomically, and (when an ack is given) acknowledge once they are durable.
+struct Op {
+    tree: sled::Tree,
+    writes: Vec<Write>,
+    ack: Option<Ack>,
 }
+
+type Ack = oneshot::Sender<Result<(), StorageError>>;
 
 /// One key written or removed.
 enum Write {
@@ -108,28 +115,24 @@ enum Write {
 struct Group {
     batches: Vec<(sled::Tree, sled::Batch)>,
     by_tree: HashMap<sled::IVec, usize>,
-    acks: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    acks: Vec<Ack>,
     ops: usize,
 }
 
 impl Group {
     fn add(&mut self, op: Op) {
         self.ops += 1;
-        match op {
-            Op::Commit(ack) => self.acks.push(ack),
-            Op::Write(tree, writes) => {
-                let index = *self.by_tree.entry(tree.name()).or_insert_with(|| {
-                    self.batches.push((tree, sled::Batch::default()));
-                    self.batches.len() - 1
-                });
-                // Later writes to a key replace earlier ones, as if applied one by one.
-                let batch = &mut self.batches[index].1;
-                for write in writes {
-                    match write {
-                        Write::Put(key, value) => batch.insert(key, value),
-                        Write::Remove(key) => batch.remove(key),
-                    }
-                }
+        self.acks.extend(op.ack);
+        let index = *self.by_tree.entry(op.tree.name()).or_insert_with(|| {
+            self.batches.push((op.tree, sled::Batch::default()));
+            self.batches.len() - 1
+        });
+        // Later writes to a key replace earlier ones, as if applied one by one.
+        let batch = &mut self.batches[index].1;
+        for write in op.writes {
+            match write {
+                Write::Put(key, value) => batch.insert(key, value),
+                Write::Remove(key) => batch.remove(key),
             }
         }
     }
@@ -179,10 +182,11 @@ impl SledStorage {
             .cache_capacity(config.cache_bytes)
             // We flush on every commit; sled's timer would only add flushes nobody waits for.
             .flush_every_ms(None)
+            .segment_size(limits::SLED_SEGMENT_BYTES)
             .open()?;
         let site = load_or_create_site(&db)?;
-        let file = match config.durability {
-            Durability::Fsync => Some(File::open(path.join("db")).map_err(io_error)?),
+        let mut fsync = match config.durability {
+            Durability::Fsync => Some(Fsync::new(&path)?),
             Durability::Flush => None,
         };
         let (ops, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
@@ -207,7 +211,7 @@ impl SledStorage {
                         || {
                             #[cfg(feature = "failpoints")]
                             failpoints.check(&failpoints.flush, "flush")?;
-                            flush_durably(&db, file.as_ref())
+                            flush_durably(&db, fsync.as_mut())
                         },
                     );
                 })
@@ -271,13 +275,14 @@ where
             }
         }
         if group.acks.is_empty() {
-            continue; // writes without a commit yet: the commit that follows flushes them
+            continue; // snapshots only: the next append's flush makes them durable
         }
         if failed.is_none() {
             failed = flush().err();
             stats.flushes.fetch_add(1, Ordering::Relaxed);
         }
         let result = failed.clone().map_or(Ok(()), Err);
+        stats.commits.fetch_add(group.acks.len() as u64, Ordering::Relaxed);
         for ack in group.acks {
             // A requester that went away no longer needs the answer.
             let _ = ack.send(result.clone());
@@ -285,12 +290,52 @@ where
     }
 }
 
-fn flush_durably(db: &sled::Db, file: Option<&File>) -> Result<(), StorageError> {
+fn flush_durably(db: &sled::Db, fsync: Option<&mut Fsync>) -> Result<(), StorageError> {
+    let started = SystemTime::now();
     db.flush().map_err(|e| StorageError::Flush(e.to_string()))?;
-    if let Some(file) = file {
-        file.sync_all().map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
+    if let Some(fsync) = fsync {
+        fsync.sync(started).map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
     }
     Ok(())
+}
+
+/// What `Durability::Fsync` syncs after sled's flush: the database file, and the blob
+/// files sled writes (without fsync) for log items larger than a quarter segment.
+struct Fsync {
+    db: File,
+    blobs: PathBuf,
+    /// When the previous flush started: blobs written since then are not yet synced.
+    since: SystemTime,
+}
+
+impl Fsync {
+    fn new(path: &Path) -> Result<Self, StorageError> {
+        Ok(Self { db: File::open(path.join("db")).map_err(io_error)?, blobs: path.join("blobs"), since: UNIX_EPOCH })
+    }
+
+    fn sync(&mut self, started: SystemTime) -> std::io::Result<()> {
+        self.db.sync_all()?;
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        // A margin for coarse file times; syncing a blob twice is harmless.
+        let since = self.since.checked_sub(Duration::from_secs(2)).unwrap_or(UNIX_EPOCH);
+        let mut synced = false;
+        for entry in entries {
+            let entry = entry?;
+            if entry.metadata()?.modified()? >= since {
+                File::open(entry.path())?.sync_all()?;
+                synced = true;
+            }
+        }
+        if synced {
+            File::open(&self.blobs)?.sync_all()?; // the new names
+        }
+        self.since = started;
+        Ok(())
+    }
 }
 
 fn load_or_create_site(db: &sled::Db) -> Result<SiteId, StorageError> {
@@ -351,22 +396,23 @@ impl Storage for SledStorage {
         }
         for entry in tree.scan_prefix([keys::SNAPSHOT]) {
             let (key, value) = entry?;
-            record.snapshot_keys.push(order_key(&key[1..])?);
-            record.snapshot = Some((order_key(&key[1..])?, value.to_vec()));
+            record.snapshots.push((order_key(&key[1..])?, value.to_vec()));
         }
         Ok(record)
     }
 
-    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<(), StorageError> {
-        let event = append.event;
-        let key = event.order_key();
-        let mut writes = vec![
-            Write::Put(keys::event(&key).to_vec(), codec::encode(event)?),
-            Write::Put(keys::index(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()),
-            Write::Put(keys::frontier(event.lane).to_vec(), event.seq.0.to_be_bytes().to_vec()),
-        ];
+    fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
+        let mut writes = Vec::with_capacity(3 * append.events.len() + append.stale_snapshots.len());
+        for event in append.events {
+            let key = event.order_key();
+            writes.push(Write::Put(keys::event(&key).to_vec(), codec::encode(event)?));
+            writes.push(Write::Put(keys::index(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()));
+            writes.push(Write::Put(keys::frontier(event.lane).to_vec(), event.seq.0.to_be_bytes().to_vec()));
+        }
         writes.extend(append.stale_snapshots.iter().map(|stale| Write::Remove(keys::snapshot(stale).to_vec())));
-        self.send(Op::Write(self.tree(stream)?, writes))
+        let (ack, done) = oneshot::channel();
+        self.send(Op { tree: self.tree(stream)?, writes, ack: Some(ack) })?;
+        Ok(Commit::waiting(done))
     }
 
     fn put_snapshot(
@@ -379,7 +425,7 @@ impl Storage for SledStorage {
         let mut writes = vec![Write::Put(keys::snapshot(&key).to_vec(), view.to_vec())];
         writes.extend(drop.iter().map(|old| Write::Remove(keys::snapshot(old).to_vec())));
         // Queued behind the events it covers, so no crash can keep it without them.
-        self.send(Op::Write(self.tree(stream)?, writes))
+        self.send(Op { tree: self.tree(stream)?, writes, ack: None })
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
@@ -416,15 +462,6 @@ impl Storage for SledStorage {
         Ok(streams)
     }
 
-    fn commit(&self) -> Commit {
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        let (ack, done) = oneshot::channel();
-        match self.send(Op::Commit(ack)) {
-            Ok(()) => Commit::waiting(done),
-            Err(error) => Commit::ready(Err(error)),
-        }
-    }
-
     fn stats(&self) -> StorageStats {
         StorageStats {
             commits: self.stats.commits.load(Ordering::Relaxed),
@@ -434,12 +471,11 @@ impl Storage for SledStorage {
 }
 
 impl SledStorage {
-    /// Queues `op` for the writer. A full queue makes the caller wait for room: the writer
-    /// drains it without waiting on anyone, so the wait is bounded by one group's work.
+    /// Queues `op` for the writer, never waiting: callers run on actor arbiters.
     fn send(&self, op: Op) -> Result<(), StorageError> {
         match self.ops.try_send(op) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(op)) => self.ops.send(op).map_err(|_| StorageError::Closed),
+            Err(TrySendError::Full(_)) => Err(StorageError::Busy { capacity: limits::COMMIT_QUEUE_MAX }),
             Err(TrySendError::Disconnected(_)) => Err(StorageError::Closed),
         }
     }
@@ -491,25 +527,18 @@ mod tests {
         queue
     }
 
-    fn commit() -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
+    fn write(tree: &sled::Tree, n: u8) -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
         let (ack, done) = oneshot::channel();
-        (Op::Commit(ack), done)
+        (Op { tree: tree.clone(), writes: vec![Write::Put(vec![n], vec![n])], ack: Some(ack) }, done)
     }
 
-    /// Requests queued while the writer is busy are acknowledged together by one flush,
-    /// only after it returned, and after the writes queued before them were applied.
+    /// Appends queued while the writer is busy are applied as one merged batch and
+    /// acknowledged together by one flush, only after it returned.
     #[test]
-    fn one_flush_acknowledges_every_queued_request() {
+    fn one_flush_acknowledges_every_queued_append() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let mut ops = Vec::new();
-        let mut acks = Vec::new();
-        for n in 0u8..100 {
-            ops.push(Op::Write(tree.clone(), vec![Write::Put(vec![n], vec![n])]));
-            let (op, done) = commit();
-            ops.push(op);
-            acks.push(done);
-        }
+        let (ops, mut acks): (Vec<Op>, Vec<_>) = (0u8..100).map(|n| write(&tree, n)).unzip();
         let queue = queue_of(ops);
         let stats = Counters::default();
         let flushed = AtomicBool::new(false);
@@ -529,40 +558,45 @@ mod tests {
         );
         assert_eq!(applied.load(Ordering::SeqCst), 1, "one merged batch per tree");
         assert_eq!(stats.flushes.load(Ordering::SeqCst), 1);
+        assert_eq!(stats.commits.load(Ordering::SeqCst), 100);
         assert_eq!(tree.len(), 100);
         for done in &mut acks {
             assert_eq!(done.try_recv().unwrap(), Ok(()));
         }
     }
 
-    /// After a failed write nothing more is applied and every commit fails, so a lane
-    /// cannot be stored with a gap.
+    /// After a failed write nothing more is applied and every later append fails, so a
+    /// lane cannot be stored with a gap.
     #[test]
     fn the_writer_fails_stop() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let write = |n: u8| Op::Write(tree.clone(), vec![Write::Put(vec![n], vec![n])]);
-        let (first, mut first_done) = commit();
-        let (second, mut second_done) = commit();
-        let queue = queue_of(vec![write(1), first, write(2), second]);
-        let attempts = AtomicU64::new(0);
-        write_loop(
-            &queue,
-            &Counters::default(),
-            |_, _| {
-                attempts.fetch_add(1, Ordering::SeqCst);
+        let (sender, queue) = channel::bounded(8);
+        let attempts = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&attempts);
+        let writer = std::thread::spawn(move || {
+            let fail = |_: &sled::Tree, _: sled::Batch| {
+                counted.fetch_add(1, Ordering::SeqCst);
                 Err(StorageError::Injected("append"))
-            },
-            || Ok(()),
-        );
+            };
+            write_loop(&queue, &Counters::default(), fail, || Ok(()));
+        });
+        // One group at a time: the second append is queued after the first was answered.
+        for n in 1..=2 {
+            let (op, done) = write(&tree, n);
+            assert!(sender.send(op).is_ok());
+            assert_eq!(done.blocking_recv().unwrap(), Err(StorageError::Injected("append")));
+        }
+        drop(sender);
+        writer.join().unwrap();
         assert_eq!(attempts.load(Ordering::SeqCst), 1, "nothing is applied after a failure");
-        assert_eq!(first_done.try_recv().unwrap(), Err(StorageError::Injected("append")));
-        assert_eq!(second_done.try_recv().unwrap(), Err(StorageError::Injected("append")));
     }
 
     #[test]
-    fn a_failed_flush_fails_every_request_it_carried() {
-        let (op, mut done) = commit();
+    fn a_failed_flush_fails_every_append_it_carried() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let (op, mut done) = write(&tree, 1);
         let queue = queue_of(vec![op]);
         write_loop(&queue, &Counters::default(), |_, _| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
         assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));

@@ -69,20 +69,23 @@ impl<S: Stream> Ledger<S> {
         Dependencies { clock: self.frontier.clone(), lamport: self.lamport }
     }
 
-    /// The next local event: the next seq of this site's lane, a clock of the stream's
-    /// frontier plus `extra`, and a Lamport counter above everything it depends on.
+    /// The next local events, in order: the next seqs of this site's lane, each with a
+    /// clock of the stream's frontier plus `extra` plus the events before it, and Lamport
+    /// counters above everything they depend on. Changes nothing: [`Ledger::record`] them
+    /// once they are written.
     ///
     /// # Errors
     /// [`StreamError::DependencyNotDelivered`] when `extra` names a lane of this stream
-    /// beyond what it has delivered.
-    pub fn stamp(
+    /// beyond what it has delivered, [`StreamError::MalformedDependencies`],
+    /// [`StreamError::TooManyLanes`] or [`StreamError::LamportOutOfRange`].
+    pub fn stamp_all(
         &self,
-        id: EventId,
-        timestamp_ms: u64,
         extra: &Dependencies,
-        payload: Vec<u8>,
-    ) -> Result<Event, StreamError> {
-        debug_assert!(payload.len() <= limits::PAYLOAD_BYTES_MAX, "payloads are checked when encoded");
+        stamps: impl ExactSizeIterator<Item = (EventId, u64, Vec<u8>)>,
+    ) -> Result<Vec<Event>, StreamError> {
+        if !extra.clock.is_canonical() {
+            return Err(StreamError::MalformedDependencies);
+        }
         for (lane, seq) in extra.clock.iter().filter(|(lane, _)| lane.stream == self.stream) {
             if !self.frontier.covers(lane, seq) {
                 return Err(StreamError::DependencyNotDelivered { lane, seq, delivered: self.frontier.get(lane) });
@@ -90,19 +93,37 @@ impl<S: Stream> Ledger<S> {
         }
         let lane = self.own_lane();
         let mut clock = self.frontier.clone();
-        clock.merge(&extra.clock);
-        let seq = self.frontier.get(lane).next();
-        clock.set(lane, seq);
-        Ok(Event {
-            id,
-            lane,
-            seq,
-            clock,
-            lamport: self.lamport.max(extra.lamport) + 1,
-            timestamp_ms,
-            stream_type: S::TYPE_NAME.to_owned(),
-            payload,
-        })
+        clock.merge(&extra.clock); // own-stream lanes of `extra` are covered: own lane unchanged
+        let lanes = clock.len() + usize::from(clock.get(lane) == Seq::ZERO);
+        if lanes > limits::CLOCK_LANES_MAX {
+            return Err(StreamError::TooManyLanes { lanes, max: limits::CLOCK_LANES_MAX });
+        }
+        let mut lamport = self.lamport.max(extra.lamport);
+        let count = u64::try_from(stamps.len()).unwrap_or(u64::MAX);
+        if lamport.saturating_add(count) > limits::LAMPORT_MAX {
+            return Err(StreamError::LamportOutOfRange {
+                event: EventId::from_u128(0),
+                lamport,
+                max: limits::LAMPORT_MAX,
+            });
+        }
+        let mut events = Vec::with_capacity(stamps.len());
+        for (id, timestamp_ms, payload) in stamps {
+            debug_assert!(payload.len() <= limits::PAYLOAD_BYTES_MAX, "payloads are checked when encoded");
+            let seq = clock.increment(lane);
+            lamport += 1;
+            events.push(Event {
+                id,
+                lane,
+                seq,
+                clock: clock.clone(),
+                lamport,
+                timestamp_ms,
+                stream_type: S::TYPE_NAME.to_owned(),
+                payload,
+            });
+        }
+        Ok(events)
     }
 
     /// Judges a remote event. `key_at` looks up the stored key of (lane, seq).

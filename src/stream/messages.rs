@@ -1,7 +1,7 @@
 //! The messages a [`StreamActor`] answers, and its handlers. Requests are imperatives
 //! (`Emit`, `Decide`, `Deliver`); replies say what happened.
 
-use super::{encode_payload, StreamActor, StreamError, Subscriber};
+use super::{encode_payload, StreamActor, StreamError};
 use crate::clock::VectorClock;
 use crate::event::{Dependencies, Event, OrderKey};
 use crate::id::{EventId, Seq};
@@ -151,14 +151,21 @@ impl Message for History {
     type Result = Result<HistoryPage, StreamError>;
 }
 
-/// One page of a stream's history. A page may end early at a write still in flight; ask
-/// again from `next`.
+/// One page of a stream's history: durable events in canonical order.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
     /// Events in canonical order, all durable.
     pub events: Vec<Event>,
-    /// The cursor for the next page; `None` at the end of the log.
-    pub next: Option<OrderKey>,
+    /// True when more events may follow: the page is full, or it stopped before a write
+    /// still in flight. Ask again from [`HistoryPage::next_after`].
+    pub more: bool,
+}
+
+impl HistoryPage {
+    /// The `after` cursor for the next page, given the one this page was asked with.
+    pub fn next_after(&self, after: Option<OrderKey>) -> Option<OrderKey> {
+        self.events.last().map(Event::order_key).or(after)
+    }
 }
 
 /// Sends the subscriber every event it lacks (catch-up), then each new event once durable
@@ -196,11 +203,12 @@ pub enum Delivered {
 impl<S: Stream> Handler<Emit<S>> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Emitted, StreamError>>;
 
-    fn handle(&mut self, msg: Emit<S>, _ctx: &mut Context<Self>) -> Self::Result {
-        let written =
-            encode_payload(&msg.event).and_then(|payload| self.write_local(&msg.event, payload, &msg.dependencies));
+    fn handle(&mut self, msg: Emit<S>, ctx: &mut Context<Self>) -> Self::Result {
+        let written = encode_payload(&msg.event).and_then(|payload| {
+            self.write_local(std::slice::from_ref(&msg.event), vec![payload], &msg.dependencies, ctx)
+        });
         match written {
-            Ok(event) => self.when_durable(Emitted::of(&event)),
+            Ok(events) => self.when_durable(Emitted::of(&events[0])),
             Err(error) => Box::pin(fut::ready(Err(error))),
         }
     }
@@ -209,30 +217,39 @@ impl<S: Stream> Handler<Emit<S>> for StreamActor<S> {
 impl<S: Stream, E: 'static> Handler<Decide<S, E>> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Vec<Emitted>, DecideError<E>>>;
 
-    fn handle(&mut self, msg: Decide<S, E>, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Decide<S, E>, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(error) = self.refusal() {
+            return Box::pin(fut::ready(Err(error.into())));
+        }
         let events = match (msg.decide)(self.ledger.view()) {
             Ok(events) => events,
-            Err(reason) => return Box::pin(fut::ready(Err(DecideError::Rejected(reason)))),
+            // The view it saw may hold writes in flight: answer once they are durable, so
+            // nobody acts on a state a crash could take back.
+            Err(reason) => {
+                return Box::pin(self.durable().map(|result, _, _| match result {
+                    Ok(()) => Err(DecideError::Rejected(reason)),
+                    Err(error) => Err(DecideError::Stream(error)),
+                }))
+            }
         };
         if events.len() > limits::DECIDE_EVENTS_MAX {
             let error = StreamError::TooManyEvents { count: events.len(), max: limits::DECIDE_EVENTS_MAX };
             return Box::pin(fut::ready(Err(error.into())));
         }
-        let payloads = match events.iter().map(encode_payload).collect::<Result<Vec<_>, _>>() {
-            Ok(payloads) => payloads,
-            Err(error) => return Box::pin(fut::ready(Err(error.into()))),
-        };
-        let mut emitted = Vec::with_capacity(events.len());
-        for (event, payload) in events.iter().zip(payloads) {
-            match self.write_local(event, payload, &msg.dependencies) {
-                Ok(event) => emitted.push(Emitted::of(&event)),
-                // Payloads and dependencies are checked before the first write (the first
-                // stamp checks what every later one would), so only a storage failure
-                // can stop a decision part-way.
-                Err(error) => return Box::pin(fut::ready(Err(error.into()))),
+        // All or nothing: every payload is encoded and every event stamped before one
+        // atomic append.
+        let written = events
+            .iter()
+            .map(encode_payload)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|payloads| self.write_local(&events, payloads, &msg.dependencies, ctx));
+        match written {
+            Ok(written) => {
+                let emitted = written.iter().map(Emitted::of).collect();
+                Box::pin(self.when_durable(emitted).map(|result, _, _| result.map_err(DecideError::from)))
             }
+            Err(error) => Box::pin(fut::ready(Err(error.into()))),
         }
-        Box::pin(self.when_durable(emitted).map(|result, _, _| result.map_err(DecideError::from)))
     }
 }
 
@@ -254,8 +271,27 @@ impl<S: Stream> Handler<History> for StreamActor<S> {
 
     fn handle(&mut self, msg: History, _ctx: &mut Context<Self>) -> Self::Result {
         let limit = msg.limit.min(limits::HISTORY_LIMIT_MAX) as usize;
-        // Read after the commit, so the page holds every write made before the request.
-        self.after_commit(move |actor| actor.durable_history(msg.after, limit))
+        // Read once every write made before the request is durable, so the page holds them.
+        Box::pin(self.durable().map(move |result, actor, _| {
+            result?;
+            actor.durable_history(msg.after, limit)
+        }))
+    }
+}
+
+impl<S: Stream> StreamActor<S> {
+    /// Up to `limit` events after `after`, stopping before the first event in flight.
+    fn durable_history(&self, after: Option<OrderKey>, limit: usize) -> Result<HistoryPage, StreamError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut events = self.storage.events_from(self.stream, from, limit)?;
+        let mut more = events.len() == limit;
+        if let Some(&barrier) = self.inflight.keys().next() {
+            if let Some(cut) = events.iter().position(|e| e.order_key() >= barrier) {
+                events.truncate(cut);
+                more = true;
+            }
+        }
+        Ok(HistoryPage { events, more })
     }
 }
 
@@ -263,18 +299,11 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
     type Result = Result<(), StreamError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        self.refusal()?;
         if self.subscribers.len() >= limits::SUBSCRIBERS_MAX {
             return Err(StreamError::TooManySubscribers { max: limits::SUBSCRIBERS_MAX });
         }
-        self.next_subscriber += 1;
-        self.subscribers.push(Subscriber {
-            id: self.next_subscriber,
-            sender: msg.sender,
-            seen: msg.seen,
-            cursor: Bound::Unbounded,
-            waiting: false,
-        });
-        self.pump(ctx);
+        self.subscribe(msg.seen, msg.sender, ctx);
         Ok(())
     }
 }
@@ -282,15 +311,21 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
 impl<S: Stream> Handler<Deliver> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
 
-    fn handle(&mut self, Deliver(event): Deliver, _ctx: &mut Context<Self>) -> Self::Result {
-        let checked = self.ledger.check(&event, |lane, seq| self.key_at(lane, seq));
-        match checked {
-            Ok(Check::New(payload)) => match self.write(&event, &payload) {
+    fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(error) = self.refusal() {
+            return Box::pin(fut::ready(Err(error)));
+        }
+        match self.ledger.check(&event, |lane, seq| self.key_at(lane, seq)) {
+            Ok(Check::New(payload)) => match self.write(std::slice::from_ref(&event), &[payload], ctx) {
                 Ok(()) => self.when_durable(Delivered::Applied),
                 Err(error) => Box::pin(fut::ready(Err(error))),
             },
             // The original may still be in flight: answer once it is durable.
             Ok(Check::Duplicate) => self.when_durable(Delivered::Duplicate),
+            // The event kept may still be in flight too.
+            Err(error @ StreamError::Equivocation { .. }) => {
+                Box::pin(self.durable().map(move |result, _, _| result.and(Err(error))))
+            }
             Err(error) => Box::pin(fut::ready(Err(error))),
         }
     }

@@ -1,0 +1,139 @@
+//! [`StreamError`]: why a stream actor refused a message.
+
+use crate::codec::CodecError;
+use crate::id::{EventId, Lane, Seq, StreamId};
+use crate::storage::StorageError;
+
+/// Why a stream actor refused a message. The actor keeps serving after every variant
+/// except a [`StreamError::Storage`] failure under a write it had applied: from then on it
+/// refuses every message with that error, and the stream must be reopened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The event belongs to another stream: route it there.
+    #[error("event of stream {got} delivered to stream {expected}")]
+    WrongStream {
+        /// This actor's stream.
+        expected: StreamId,
+        /// The event's stream.
+        got: StreamId,
+    },
+    /// The event was written by another stream type.
+    #[error("event of stream type {got:?} delivered to a stream of type {expected:?}")]
+    WrongStreamType {
+        /// This actor's type name.
+        expected: &'static str,
+        /// The event's type name.
+        got: String,
+    },
+    /// The event's clock does not name its own lane at its seq (or holds zero entries, or
+    /// too many lanes): it was not written by gundb.
+    #[error("event {event} at seq {seq} has a malformed clock (its own lane at {in_clock})")]
+    MalformedClock {
+        /// The event.
+        event: EventId,
+        /// Its seq.
+        seq: Seq,
+        /// Its clock's entry for its own lane.
+        in_clock: Seq,
+    },
+    /// The event skips ahead in its lane: deliver the events before it first.
+    #[error("{lane} expects seq {expected}, got {got}")]
+    SeqGap {
+        /// The lane.
+        lane: Lane,
+        /// The next seq this stream can take.
+        expected: Seq,
+        /// The event's seq.
+        got: Seq,
+    },
+    /// The event depends on a lane of this stream not yet delivered this far.
+    #[error("event {event} depends on {lane} seq {needed}, delivered only to {delivered}")]
+    DependencyMissing {
+        /// The event.
+        event: EventId,
+        /// The lane it depends on.
+        lane: Lane,
+        /// How far it needs that lane.
+        needed: Seq,
+        /// How far that lane is delivered here.
+        delivered: Seq,
+    },
+    /// A local write named a dependency this stream has not delivered.
+    #[error("a write may only depend on what is delivered: {lane} seq {seq} (delivered: {delivered})")]
+    DependencyNotDelivered {
+        /// The lane named.
+        lane: Lane,
+        /// The seq named.
+        seq: Seq,
+        /// How far that lane is delivered here.
+        delivered: Seq,
+    },
+    /// The event's Lamport counter is not above a dependency's: it would sort before
+    /// what it depends on. Not written by gundb.
+    #[error("event {event} has lamport {lamport}, not above its dependency {dependency} at {dependency_lamport}")]
+    LamportNotAfterDependency {
+        /// The event.
+        event: EventId,
+        /// Its Lamport counter.
+        lamport: u64,
+        /// The dependency.
+        dependency: EventId,
+        /// The dependency's counter.
+        dependency_lamport: u64,
+    },
+    /// Two different events claim one (lane, seq): the one delivered first is kept, the
+    /// other is never applied.
+    #[error("equivocation on {lane} at seq {seq}: kept {kept}, rejected {rejected}")]
+    Equivocation {
+        /// The lane.
+        lane: Lane,
+        /// The seq claimed twice.
+        seq: Seq,
+        /// The event kept.
+        kept: EventId,
+        /// The event rejected.
+        rejected: EventId,
+    },
+    /// The payload does not decode into the stream's event type (or is too large).
+    #[error("payload: {0}")]
+    Payload(CodecError),
+    /// A write names more lanes in its clock than [`crate::limits::CLOCK_LANES_MAX`].
+    #[error("a write would carry {lanes} lanes in its clock, more than the limit of {max}")]
+    TooManyLanes {
+        /// Lanes the clock would hold.
+        lanes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A Lamport counter beyond [`crate::limits::LAMPORT_MAX`]: far past anything a real history
+    /// reaches, and a way to overflow the counters of every later write.
+    #[error("event {event} has lamport {lamport}, beyond the limit of {max}")]
+    LamportOutOfRange {
+        /// The event (nil for a local write's dependencies).
+        event: EventId,
+        /// Its Lamport counter.
+        lamport: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Dependencies named by a write hold a zero entry (they were not made by gundb).
+    #[error("dependencies must not hold zero entries")]
+    MalformedDependencies,
+    /// A `Decide` asked to write more events than [`crate::limits::DECIDE_EVENTS_MAX`].
+    #[error("a decision wrote {count} events, more than the limit of {max}")]
+    TooManyEvents {
+        /// Events returned.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream already has [`crate::limits::SUBSCRIBERS_MAX`] subscribers.
+    #[error("too many subscribers (at most {max})")]
+    TooManySubscribers {
+        /// The limit.
+        max: usize,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
