@@ -98,7 +98,7 @@ impl<S: Stream> Ledger<S> {
         if lanes > limits::CLOCK_LANES_MAX {
             return Err(StreamError::TooManyLanes { lanes, max: limits::CLOCK_LANES_MAX });
         }
-        let mut lamport = self.lamport.max(extra.lamport);
+        let lamport = self.lamport.max(extra.lamport);
         let count = u64::try_from(stamps.len()).unwrap_or(u64::MAX);
         if lamport.saturating_add(count) > limits::LAMPORT_MAX {
             return Err(StreamError::LamportOutOfRange {
@@ -108,10 +108,10 @@ impl<S: Stream> Ledger<S> {
             });
         }
         let mut events = Vec::with_capacity(stamps.len());
-        for (id, timestamp_ms, payload) in stamps {
+        // Each event depends on the one before it, so each gets the next counter.
+        for (lamport, (id, timestamp_ms, payload)) in (lamport + 1..).zip(stamps) {
             debug_assert!(payload.len() <= limits::PAYLOAD_BYTES_MAX, "payloads are checked when encoded");
             let seq = clock.increment(lane);
-            lamport += 1;
             events.push(Event {
                 id,
                 lane,
