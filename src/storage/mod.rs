@@ -2,9 +2,9 @@
 //! ([`SledStorage`], the only code that names sled) and an in-memory one
 //! ([`MemoryStorage`]) for tests and simulation.
 //!
-//! Per stream it keeps the log in canonical order, an index by (lane, seq), the frontier,
-//! and view snapshots. An append's events, with their index and frontier entries, are
-//! written in one atomic batch. Writes are applied in the order they are made; reads see a
+//! Per stream it keeps the log in canonical order, an index by (lane, seq) (whose last
+//! entry per lane is the frontier), and view snapshots. An append's events, with their
+//! index entries, are written in one atomic batch. Writes are applied in the order they are made; reads see a
 //! write once it is applied, at the latest when the [`Commit`] that [`Storage::append`]
 //! returned resolves, which is when it is durable. Many appends share one flush (group
 //! commit). Writing never blocks: a full queue refuses the write with
@@ -84,7 +84,7 @@ pub struct StreamRecord {
 /// One atomic write to a stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Append<'a> {
-    /// The events to add to the log, the index and the frontier, in lane order.
+    /// The events to add to the log and the index, in lane order.
     pub events: &'a [Event],
     /// Snapshots that no longer hold (the event sorts before them): deleted.
     pub stale_snapshots: &'a [OrderKey],
@@ -102,7 +102,7 @@ pub trait Storage: Send + Sync + 'static {
     /// read failure.
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError>;
 
-    /// Queues events with their index and frontier entries, as one atomic write after every
+    /// Queues events with their index entries, as one atomic write after every
     /// write made before. The returned [`Commit`] resolves once they are durable (they may
     /// be visible to reads earlier), or to the error that stopped the storage.
     ///
@@ -191,7 +191,6 @@ pub(crate) mod keys {
 
     pub const EVENT: u8 = b'e';
     pub const INDEX: u8 = b'i';
-    pub const FRONTIER: u8 = b'f';
     pub const SNAPSHOT: u8 = b's';
     pub const TYPE: &[u8] = b"t";
 
@@ -208,13 +207,6 @@ pub(crate) mod keys {
         out[0] = INDEX;
         out[1..17].copy_from_slice(lane.site.as_uuid().as_bytes());
         out[17..].copy_from_slice(&seq.0.to_be_bytes());
-        out
-    }
-
-    pub fn frontier(lane: Lane) -> [u8; 17] {
-        let mut out = [0u8; 17];
-        out[0] = FRONTIER;
-        out[1..].copy_from_slice(lane.site.as_uuid().as_bytes());
         out
     }
 

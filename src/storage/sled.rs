@@ -15,6 +15,7 @@
 //! recover what was durable.
 
 use super::{keys, Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use crate::clock::VectorClock;
 use crate::codec;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
@@ -360,6 +361,37 @@ impl From<sled::Error> for StorageError {
     }
 }
 
+/// Every lane's highest stored seq: the last index entry of each site, found by seeking
+/// from one site's entries to the next (O(lanes · log n), not a scan of the index).
+fn frontier(tree: &sled::Tree, stream: StreamId) -> Result<VectorClock, StorageError> {
+    let mut frontier = VectorClock::new();
+    let mut from = vec![keys::INDEX];
+    while let Some(entry) = tree.range(from.as_slice()..).next() {
+        let (first, _) = entry?;
+        if first.first() != Some(&keys::INDEX) {
+            break;
+        }
+        let site = first.get(1..17).ok_or_else(|| StorageError::Corrupt("index key too short".into()))?;
+        let mut last_of_site = vec![keys::INDEX];
+        last_of_site.extend_from_slice(site);
+        last_of_site.extend_from_slice(&[0xFF; 8]);
+        let (last, _) = tree
+            .range(..=last_of_site.as_slice())
+            .next_back()
+            .ok_or_else(|| StorageError::Corrupt("index entry vanished".into()))??;
+        let seq = last
+            .get(17..25)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StorageError::Corrupt("index key too short".into()))?;
+        let site = uuid::Uuid::from_slice(site).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        frontier.set(Lane::new(SiteId(site), stream), Seq(seq));
+        last_of_site.push(0); // the smallest key after this site's entries
+        from = last_of_site;
+    }
+    Ok(frontier)
+}
+
 fn order_key(bytes: &[u8]) -> Result<OrderKey, StorageError> {
     OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
 }
@@ -384,13 +416,7 @@ impl Storage for SledStorage {
             None => drop(tree.insert(keys::TYPE, stream_type.as_bytes())?),
         }
         let mut record = StreamRecord::default();
-        for entry in tree.scan_prefix([keys::FRONTIER]) {
-            let (key, value) = entry?;
-            let site = uuid::Uuid::from_slice(&key[1..]).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let seq =
-                u64::from_be_bytes(value.as_ref().try_into().map_err(|_| StorageError::Corrupt("frontier".into()))?);
-            record.frontier.set(Lane::new(SiteId(site), stream), Seq(seq));
-        }
+        record.frontier = frontier(&tree, stream)?;
         if let Some(entry) = tree.scan_prefix([keys::EVENT]).next_back() {
             record.lamport = order_key(&entry?.0[1..])?.lamport;
         }
@@ -402,12 +428,11 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
-        let mut writes = Vec::with_capacity(3 * append.events.len() + append.stale_snapshots.len());
+        let mut writes = Vec::with_capacity(2 * append.events.len() + append.stale_snapshots.len());
         for event in append.events {
             let key = event.order_key();
             writes.push(Write::Put(keys::event(&key).to_vec(), codec::encode(event)?));
             writes.push(Write::Put(keys::index(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()));
-            writes.push(Write::Put(keys::frontier(event.lane).to_vec(), event.seq.0.to_be_bytes().to_vec()));
         }
         writes.extend(append.stale_snapshots.iter().map(|stale| Write::Remove(keys::snapshot(stale).to_vec())));
         let (ack, done) = oneshot::channel();
@@ -600,6 +625,39 @@ mod tests {
         let queue = queue_of(vec![op]);
         write_loop(&queue, &Counters::default(), |_, _| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
         assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
+    }
+
+    /// The frontier is read back from the index: each lane's highest seq.
+    #[test]
+    fn the_frontier_is_each_lanes_last_index_entry() {
+        let storage = SledStorage::temporary().unwrap();
+        let stream = StreamId::from_u128(3);
+        storage.open_stream(stream, "t").unwrap();
+        let mut events = Vec::new();
+        for (site, seqs) in [(1u128, 3u64), (2, 1), (u128::MAX, 300)] {
+            let lane = Lane::new(SiteId::from_u128(site), stream);
+            for seq in 1..=seqs {
+                events.push(Event {
+                    id: crate::id::EventId::random(),
+                    lane,
+                    seq: Seq(seq),
+                    clock: [(lane, Seq(seq))].into_iter().collect(),
+                    lamport: seq,
+                    timestamp_ms: 0,
+                    stream_type: "t".into(),
+                    payload: Vec::new(),
+                });
+            }
+        }
+        let commit = storage.append(stream, Append { events: &events, stale_snapshots: &[] }).unwrap();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(commit).unwrap();
+        let record = storage.open_stream(stream, "t").unwrap();
+        let expected: VectorClock = [(1u128, 3u64), (2, 1), (u128::MAX, 300)]
+            .into_iter()
+            .map(|(site, seq)| (Lane::new(SiteId::from_u128(site), stream), Seq(seq)))
+            .collect();
+        assert_eq!(record.frontier, expected);
+        assert_eq!(record.lamport, 300);
     }
 
     #[test]

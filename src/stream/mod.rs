@@ -190,8 +190,8 @@ impl<S: Stream> StreamActor<S> {
     }
 
     /// Queues `events` as one atomic append, then records and folds them. A refused append
-    /// changes nothing; a failure after it was queued stops the actor, since memory would
-    /// be ahead of what the caller was told.
+    /// changes nothing; a failure after it was queued poisons the actor (see
+    /// [`StreamActor::fail`]), since memory would be ahead of what the caller was told.
     fn write(&mut self, events: &[Event], payloads: &[S::Event], ctx: &mut Context<Self>) -> Result<(), StreamError> {
         debug_assert_eq!(events.len(), payloads.len());
         self.refusal()?;
