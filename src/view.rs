@@ -71,13 +71,12 @@ pub enum Folded {
         /// Key of a new snapshot, when one was due.
         snapshot: Option<OrderKey>,
     },
-    /// The event sorts before events already applied: call [`Fold::replay`] with the
-    /// log's events after `from` (all of them when `None`), including this one.
+    /// The event sorts before events already applied: call [`Fold::rewind`] and
+    /// [`Fold::replay`] with the log's events after `from` (all of them when `None`),
+    /// including this one. Snapshots after the event were dropped: they lack it.
     Rewind {
         /// The newest snapshot before the event, where the replay starts.
         from: Option<OrderKey>,
-        /// Snapshots taken after the event, now stale: drop them from storage.
-        stale: Vec<OrderKey>,
     },
 }
 
@@ -85,7 +84,6 @@ pub enum Folded {
 pub struct Fold<S: Stream> {
     view: S::View,
     last: Option<OrderKey>,
-    applied: u64,
     since_snapshot: u32,
     snapshot_every: u32,
     snapshots: BTreeMap<OrderKey, S::View>,
@@ -98,7 +96,6 @@ impl<S: Stream> Fold<S> {
         Self {
             view: S::View::default(),
             last: None,
-            applied: 0,
             since_snapshot: 0,
             snapshot_every: snapshot_every.max(1),
             snapshots: BTreeMap::new(),
@@ -149,19 +146,14 @@ impl<S: Stream> Fold<S> {
         let in_order = self.last.is_none_or(|last| key > last);
         if in_order || S::COMMUTATIVE || !self.rollback {
             self.view.apply_event(payload, &event.meta());
-            self.applied += 1;
             if in_order {
                 self.last = Some(key);
                 return Folded::Applied { snapshot: self.maybe_snapshot(key) };
             }
             return Folded::Applied { snapshot: None };
         }
-        let stale: Vec<OrderKey> = self.snapshots.range(key..).map(|(k, _)| *k).collect();
-        for k in &stale {
-            self.snapshots.remove(k);
-        }
-        let from = self.snapshots.keys().next_back().copied();
-        Folded::Rewind { from, stale }
+        drop(self.snapshots.split_off(&key));
+        Folded::Rewind { from: self.snapshots.keys().next_back().copied() }
     }
 
     /// Restores the snapshot at `from` (or the empty view), ready for [`Fold::replay`] of
@@ -191,7 +183,6 @@ impl<S: Stream> Fold<S> {
             assert!(self.last.is_none_or(|last| key > last), "replay must be in canonical order");
             let payload: S::Event = codec::decode(&event.payload)?;
             self.view.apply_event(&payload, &event.meta());
-            self.applied += 1;
             self.last = Some(key);
             taken.extend(self.maybe_snapshot(key));
         }
@@ -245,7 +236,7 @@ mod tests {
         for event in arrivals {
             log.insert(event.order_key(), event.clone());
             let payload: u32 = codec::decode(&event.payload).unwrap();
-            if let Folded::Rewind { from, .. } = fold.apply(event, &payload) {
+            if let Folded::Rewind { from } = fold.apply(event, &payload) {
                 let after: Vec<&Event> = match from {
                     Some(k) => {
                         log.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).map(|(_, e)| e).collect()
@@ -309,7 +300,7 @@ mod tests {
         let first = event(1, 2);
         assert_eq!(fold.apply(&first, &1), Folded::Applied { snapshot: Some(first.order_key()) });
         let late = event(2, 1);
-        assert_eq!(fold.apply(&late, &2), Folded::Rewind { from: None, stale: vec![first.order_key()] });
+        assert_eq!(fold.apply(&late, &2), Folded::Rewind { from: None });
         assert!(fold.snapshot(&first.order_key()).is_none());
     }
 }

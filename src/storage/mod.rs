@@ -14,6 +14,8 @@ mod memory;
 mod sled;
 
 pub use self::memory::MemoryStorage;
+#[cfg(feature = "failpoints")]
+pub use self::sled::failpoints::Failpoints;
 pub use self::sled::{Durability, SledConfig, SledStorage};
 
 use crate::clock::VectorClock;

@@ -415,16 +415,19 @@ impl Storage for SledStorage {
             // Not flushed here: a stream with no durable event has nothing to lose.
             None => drop(tree.insert(keys::TYPE, stream_type.as_bytes())?),
         }
-        let mut record = StreamRecord::default();
-        record.frontier = frontier(&tree, stream)?;
-        if let Some(entry) = tree.scan_prefix([keys::EVENT]).next_back() {
-            record.lamport = order_key(&entry?.0[1..])?.lamport;
-        }
-        for entry in tree.scan_prefix([keys::SNAPSHOT]) {
-            let (key, value) = entry?;
-            record.snapshots.push((order_key(&key[1..])?, value.to_vec()));
-        }
-        Ok(record)
+        // The log is keyed by canonical order, which starts with the Lamport counter.
+        let lamport = match tree.scan_prefix([keys::EVENT]).next_back() {
+            Some(entry) => order_key(&entry?.0[1..])?.lamport,
+            None => 0,
+        };
+        let snapshots = tree
+            .scan_prefix([keys::SNAPSHOT])
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((order_key(&key[1..])?, value.to_vec()))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        Ok(StreamRecord { frontier: frontier(&tree, stream)?, lamport, snapshots })
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {

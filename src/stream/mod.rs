@@ -227,7 +227,7 @@ impl<S: Stream> StreamActor<S> {
         match self.ledger.record(event, payload) {
             Folded::Applied { snapshot: Some(key) } => self.store_snapshot(key),
             Folded::Applied { snapshot: None } => Ok(()),
-            Folded::Rewind { from, .. } => {
+            Folded::Rewind { from } => {
                 self.ledger.fold_mut().rewind(from);
                 self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))
             }
