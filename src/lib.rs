@@ -14,6 +14,7 @@ pub mod event;
 pub mod id;
 pub mod limits;
 pub mod order;
+pub mod router;
 pub mod storage;
 pub mod stream;
 pub mod testkit;

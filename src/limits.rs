@@ -64,6 +64,14 @@ pub const DECIDE_EVENTS_MAX: usize = 1_024;
 /// Events a rollback replays in one go, read from storage in pages of this many.
 pub const REPLAY_PAGE_MAX: usize = 4_096;
 
+/// Events the router holds while their dependencies are missing. Past it, arrivals are
+/// dropped and counted; catch-up fetches them again, so a partitioned peer cannot run us
+/// out of memory.
+pub const PENDING_EVENTS_MAX: usize = 32_768;
+
+/// Bytes the router holds (estimated), for the same reason.
+pub const PENDING_BYTES_MAX: u64 = 64 << 20;
+
 /// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
 pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 

@@ -1,0 +1,450 @@
+//! [`Pending`]: the router's causal buffer. It holds events until everything in their
+//! clock is delivered at this site, then releases them in an order that respects
+//! causality.
+//!
+//! Pure: no actors, no storage, no time. Waiting events are indexed by the one dependency
+//! they wait for, (lane, seq); when that lane reaches that seq, exactly the events waiting
+//! on it are looked at again. So an arrival costs what it releases, never a scan of the
+//! buffer. Delivering is two steps, [`Pending::take_ready`] then
+//! [`Pending::mark_delivered`] (or [`Pending::abandon`]), so the router can hand an event
+//! to its stream and advance the frontier only once the stream has it.
+
+use crate::clock::VectorClock;
+use crate::event::Event;
+use crate::id::{EventId, Lane, Seq};
+use crate::limits;
+use std::collections::{HashMap, VecDeque};
+
+/// Bounds of the buffer. Past them, arrivals are dropped and counted; catch-up fetches
+/// them again later, so nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// Events held at most.
+    pub events_max: usize,
+    /// Payload and clock bytes held at most (estimated).
+    pub bytes_max: u64,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        Self { events_max: limits::PENDING_EVENTS_MAX, bytes_max: limits::PENDING_BYTES_MAX }
+    }
+}
+
+/// What [`Pending::insert`] did with an event. Expected outcomes, not errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// Every dependency is delivered: it is ready.
+    Ready,
+    /// Held until a dependency arrives.
+    Buffered,
+    /// This copy is already held (or being delivered): dropped.
+    Duplicate,
+    /// Its (lane, seq) is already delivered: a copy of that event or an equivocation,
+    /// which only the stream (holding the delivered event's id) can tell apart.
+    Delivered,
+    /// The buffer is full: dropped and counted; catch-up will fetch it again.
+    Overflow,
+}
+
+/// Two different events on one (lane, seq), both seen by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Equivocation {
+    /// The lane claimed twice.
+    pub lane: Lane,
+    /// The seq claimed twice.
+    pub seq: Seq,
+    /// The event held (arrived first).
+    pub kept: EventId,
+    /// The event refused.
+    pub rejected: EventId,
+}
+
+/// Counters of the buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingStats {
+    /// Events held because a dependency was missing.
+    pub buffered: u64,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Copies dropped.
+    pub duplicates: u64,
+    /// Equivocations refused.
+    pub equivocations: u64,
+    /// Events dropped because the buffer was full.
+    pub overflows: u64,
+}
+
+/// Hash maps keyed by lanes that remote peers choose: foldhash is fast and seeded per
+/// map, so a peer cannot precompute colliding keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A (lane, seq) position: where an event sits, or what one waits for.
+type Slot = (Lane, Seq);
+
+/// The router's causal buffer and the site frontier it delivers against.
+///
+/// Held events live in a slab (a vector with a free list) and the maps hold small slab
+/// indices: the buffer is probed once or twice per dependency, and small map entries keep
+/// those probes in cache.
+#[derive(Debug)]
+pub struct Pending {
+    /// Everything delivered at this site, every stream's lanes together.
+    delivered: Map<Lane, Seq>,
+    /// Events held, waiting or ready.
+    slab: Vec<Option<Held>>,
+    /// Free places in `slab`.
+    free: Vec<u32>,
+    /// Where each held event sits in `slab`, by its (lane, seq). Taken events keep their
+    /// place (without the event) until marked delivered or abandoned.
+    held: Map<Slot, u32>,
+    /// The first of the events waiting for a dependency, by that dependency; the rest
+    /// follow through [`Held::next_waiter`]. A list through the held events costs no
+    /// allocation per waiting event, as a vector per dependency would.
+    waiting_on: Map<Slot, u32>,
+    /// Events ready, in the order they became ready.
+    ready: VecDeque<u32>,
+    bytes: u64,
+    limits: PendingLimits,
+    stats: PendingStats,
+}
+
+impl Pending {
+    /// An empty buffer at a site that has delivered `delivered`.
+    pub fn new(delivered: &VectorClock, limits: PendingLimits) -> Self {
+        Self {
+            delivered: delivered.iter().collect(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            held: Map::default(),
+            waiting_on: Map::default(),
+            ready: VecDeque::new(),
+            bytes: 0,
+            limits,
+            stats: PendingStats::default(),
+        }
+    }
+
+    /// Everything delivered at this site, as a clock.
+    pub fn delivered(&self) -> VectorClock {
+        self.delivered.iter().map(|(lane, seq)| (*lane, *seq)).collect()
+    }
+
+    /// How far `lane` is delivered at this site.
+    pub fn delivered_seq(&self, lane: Lane) -> Seq {
+        self.delivered.get(&lane).copied().unwrap_or(Seq::ZERO)
+    }
+
+    /// Events held, including those taken and not yet marked delivered.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> PendingStats {
+        self.stats
+    }
+
+    /// Takes an arriving event.
+    ///
+    /// # Errors
+    /// [`Equivocation`] when a different event already holds its (lane, seq) here.
+    pub fn insert(&mut self, event: Event) -> Result<Insert, Equivocation> {
+        debug_assert!(event.clock_names_own_lane(), "the router checks the clock before buffering");
+        let slot = (event.lane, event.seq);
+        if event.seq <= self.delivered_seq(event.lane) {
+            return Ok(Insert::Delivered);
+        }
+        if let Some(&index) = self.held.get(&slot) {
+            let kept = self.entry(index).id;
+            if kept == event.id {
+                self.stats.duplicates += 1;
+                return Ok(Insert::Duplicate);
+            }
+            self.stats.equivocations += 1;
+            return Err(Equivocation { lane: event.lane, seq: event.seq, kept, rejected: event.id });
+        }
+        let size = size_of(&event);
+        if self.held.len() >= self.limits.events_max || self.bytes + size > self.limits.bytes_max {
+            self.stats.overflows += 1;
+            return Ok(Insert::Overflow);
+        }
+        self.bytes += size;
+        let missing = first_missing(&self.delivered, &event);
+        let index = self.place(Held { id: event.id, event: Some(event), next_waiter: None });
+        self.held.insert(slot, index);
+        match missing {
+            None => {
+                self.ready.push_back(index);
+                Ok(Insert::Ready)
+            }
+            Some(missing) => {
+                self.stats.buffered += 1;
+                self.wait(index, missing);
+                Ok(Insert::Buffered)
+            }
+        }
+    }
+
+    /// Takes the next ready event out of the buffer, for delivery. Its (lane, seq) stays
+    /// reserved until [`Pending::mark_delivered`] or [`Pending::abandon`].
+    pub fn take_ready(&mut self) -> Option<Event> {
+        let index = self.ready.pop_front()?;
+        let event = self.entry_mut(index).event.take().expect("a ready event is not taken yet");
+        self.bytes -= size_of(&event);
+        Some(event)
+    }
+
+    /// Records that (lane, seq) is delivered, and releases what waited for it.
+    ///
+    /// # Panics
+    /// When `seq` does not follow the lane's delivered seq: delivery is in lane order.
+    pub fn mark_delivered(&mut self, lane: Lane, seq: Seq) {
+        assert_eq!(seq, self.delivered_seq(lane).next(), "lane seq must be contiguous");
+        self.delivered.insert(lane, seq);
+        self.release_slot(lane, seq);
+        self.stats.delivered += 1;
+        let mut waiter = self.waiting_on.remove(&(lane, seq));
+        while let Some(index) = waiter {
+            let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
+            waiter = held.next_waiter.take();
+            let event = held.event.as_ref().expect("a waiting event is not taken");
+            match first_missing(&self.delivered, event) {
+                None => self.ready.push_back(index),
+                Some(missing) => self.wait(index, missing),
+            }
+        }
+    }
+
+    /// Gives up delivering a taken event (its stream refused it for now): frees its
+    /// (lane, seq), so a later copy (from catch-up) is taken again.
+    pub fn abandon(&mut self, lane: Lane, seq: Seq) {
+        self.release_slot(lane, seq);
+    }
+
+    /// Frees the place of the taken event at (lane, seq).
+    fn release_slot(&mut self, lane: Lane, seq: Seq) {
+        if let Some(index) = self.held.remove(&(lane, seq)) {
+            debug_assert!(self.entry(index).event.is_none(), "only taken events are released");
+            self.slab[index as usize] = None;
+            self.free.push(index);
+        }
+    }
+
+    fn entry(&self, index: u32) -> &Held {
+        self.slab[index as usize].as_ref().expect("indices in maps point at held events")
+    }
+
+    fn entry_mut(&mut self, index: u32) -> &mut Held {
+        self.slab[index as usize].as_mut().expect("indices in maps point at held events")
+    }
+
+    /// Puts the event at `index` at the head of the list waiting for `missing`.
+    fn wait(&mut self, index: u32, missing: Slot) {
+        let next = self.waiting_on.insert(missing, index);
+        self.slab[index as usize].as_mut().expect("a waiting index is held").next_waiter = next;
+    }
+
+    fn place(&mut self, held: Held) -> u32 {
+        match self.free.pop() {
+            Some(index) => {
+                self.slab[index as usize] = Some(held);
+                index
+            }
+            None => {
+                self.slab.push(Some(held));
+                u32::try_from(self.slab.len() - 1).expect("the buffer holds far fewer than 2^32 events")
+            }
+        }
+    }
+}
+
+/// The one dependency `event` waits for first, or `None` when it is deliverable: its lane
+/// is delivered to exactly seq - 1 and every other entry of its clock is delivered.
+///
+/// The event's own lane is looked at first: its predecessor is the dependency most often
+/// missing, and once it is delivered the others usually are too (the writer had seen
+/// them before writing the predecessor, or just after), so events are rarely re-queued.
+fn first_missing(delivered: &Map<Lane, Seq>, event: &Event) -> Option<Slot> {
+    let at = |lane: Lane| delivered.get(&lane).copied().unwrap_or(Seq::ZERO);
+    let before = Seq(event.seq.0 - 1);
+    if at(event.lane) < before {
+        return Some((event.lane, before));
+    }
+    event.clock.iter().find(|&(lane, seq)| lane != event.lane && at(lane) < seq)
+}
+
+/// An event in the buffer.
+#[derive(Debug)]
+struct Held {
+    id: EventId,
+    /// `None` once taken for delivery.
+    event: Option<Event>,
+    /// The next event waiting for the same dependency as this one.
+    next_waiter: Option<u32>,
+}
+
+/// What an event costs the buffer: its payload, its clock and a fixed overhead.
+fn size_of(event: &Event) -> u64 {
+    let clock = event.clock.len() * 48;
+    u64::try_from(event.payload.len() + event.stream_type.len() + clock + 160).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{SiteId, StreamId};
+    use crate::testkit::{causal_shuffle, history, HistoryShape, Rng};
+    use proptest::prelude::*;
+
+    fn lane(site: u128) -> Lane {
+        Lane::new(SiteId::from_u128(site), StreamId::from_u128(50))
+    }
+
+    fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)]) -> Event {
+        let mut clock: VectorClock = deps.iter().map(|&(l, s)| (l, Seq(s))).collect();
+        clock.set(lane, Seq(seq));
+        Event {
+            id: EventId::from_u128(id),
+            lane,
+            seq: Seq(seq),
+            clock,
+            lamport: seq,
+            timestamp_ms: 0,
+            stream_type: "t".into(),
+            payload: vec![],
+        }
+    }
+
+    /// Takes and marks every ready event; returns them in delivery order.
+    fn drain(pending: &mut Pending) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(event) = pending.take_ready() {
+            pending.mark_delivered(event.lane, event.seq);
+            out.push(event);
+        }
+        out
+    }
+
+    fn pending() -> Pending {
+        Pending::new(&VectorClock::new(), PendingLimits::default())
+    }
+
+    #[test]
+    fn an_event_waits_for_its_lane_and_its_dependencies() {
+        let (a, b) = (lane(1), lane(2));
+        let mut p = pending();
+        assert_eq!(p.insert(event(3, b, 1, &[(a, 2)])).unwrap(), Insert::Buffered);
+        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered);
+        assert!(drain(&mut p).is_empty());
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Ready);
+        let order: Vec<_> = drain(&mut p).iter().map(|e| e.id.as_uuid().as_u128()).collect();
+        assert_eq!(order, [1, 2, 3], "each released by exactly what it waited for");
+        assert!(p.is_empty());
+        assert_eq!(p.bytes(), 0);
+        assert_eq!(p.delivered_seq(b), Seq(1));
+    }
+
+    #[test]
+    fn copies_are_dropped_and_equivocations_refused_with_both_ids() {
+        let a = lane(1);
+        let mut p = pending();
+        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered);
+        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Duplicate);
+        let refused = p.insert(event(9, a, 2, &[])).unwrap_err();
+        assert_eq!(
+            refused,
+            Equivocation { lane: a, seq: Seq(2), kept: EventId::from_u128(2), rejected: EventId::from_u128(9) }
+        );
+        p.insert(event(1, a, 1, &[])).unwrap();
+        assert_eq!(drain(&mut p).len(), 2);
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Delivered, "the stream judges delivered slots");
+        let stats = p.stats();
+        assert_eq!((stats.duplicates, stats.equivocations, stats.delivered), (1, 1, 2));
+    }
+
+    #[test]
+    fn a_taken_event_is_reserved_until_marked_or_abandoned() {
+        let a = lane(1);
+        let mut p = pending();
+        p.insert(event(1, a, 1, &[])).unwrap();
+        let taken = p.take_ready().unwrap();
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Duplicate);
+        p.abandon(taken.lane, taken.seq);
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Ready, "catch-up may bring it again");
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts() {
+        let a = lane(1);
+        let mut p = Pending::new(&VectorClock::new(), PendingLimits { events_max: 2, bytes_max: u64::MAX });
+        for seq in 2..=3 {
+            assert_eq!(p.insert(event(u128::from(seq), a, seq, &[])).unwrap(), Insert::Buffered);
+        }
+        assert_eq!(p.insert(event(4, a, 4, &[])).unwrap(), Insert::Overflow);
+        assert_eq!(p.stats().overflows, 1);
+        let mut tiny = Pending::new(&VectorClock::new(), PendingLimits { events_max: 10, bytes_max: 10 });
+        assert_eq!(tiny.insert(event(1, a, 1, &[])).unwrap(), Insert::Overflow);
+    }
+
+    proptest! {
+        /// For any arrival order of a valid history, with copies, the buffer delivers
+        /// every event exactly once, each after everything in its clock: the same set
+        /// as a reference model that rescans everything it holds after each arrival.
+        #[test]
+        fn delivers_every_event_once_in_causal_order(seed in any::<u64>(), sites in 1u32..5, streams in 1u32..3, events in 1usize..120) {
+            let mut rng = Rng::new(seed);
+            let all = history(HistoryShape { sites, streams, events, sync_percent: 30 }, &mut rng);
+            let mut arrivals = causal_shuffle(&all, &mut rng);
+            for i in (1..arrivals.len()).rev() {
+                arrivals.swap(i, rng.index(i + 1)); // any order, not only causal ones
+            }
+            let copies: Vec<Event> = arrivals.iter().filter(|_| rng.chance(20)).cloned().collect();
+            arrivals.extend(copies);
+
+            let mut p = pending();
+            let mut delivered: Vec<Event> = Vec::new();
+            let mut model_held: Vec<Event> = Vec::new();
+            let mut model = VectorClock::new();
+            let mut model_count = 0;
+            for event in arrivals {
+                p.insert(event.clone()).unwrap();
+                delivered.extend(drain(&mut p));
+                // Reference model: hold everything new, deliver whatever is deliverable.
+                if event.seq > model.get(event.lane) && !model_held.iter().any(|h| h.id == event.id) {
+                    model_held.push(event);
+                }
+                while let Some(i) = model_held.iter().position(|e| {
+                    e.clock.iter().all(|(l, s)| if l == e.lane { model.get(l).next() == s } else { model.get(l) >= s })
+                }) {
+                    let e = model_held.swap_remove(i);
+                    model.set(e.lane, e.seq);
+                    model_count += 1;
+                }
+            }
+            prop_assert_eq!(delivered.len(), all.len(), "every event once");
+            prop_assert_eq!(model_count, all.len());
+            prop_assert_eq!(p.delivered(), model);
+            prop_assert!(p.is_empty());
+            let mut seen = VectorClock::new();
+            for e in &delivered {
+                for (l, s) in e.clock.iter() {
+                    let needed = if l == e.lane { Seq(s.0 - 1) } else { s };
+                    prop_assert!(seen.get(l) >= needed, "{:?} delivered before its dependency on {:?}", e.id, l);
+                }
+                prop_assert_eq!(seen.get(e.lane).next(), e.seq);
+                seen.set(e.lane, e.seq);
+            }
+        }
+    }
+}
