@@ -29,12 +29,14 @@ pub const PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - CLOCK_LANES_MAX * CLOCK_E
 /// later write can still add one without overflow.
 pub const LAMPORT_MAX: u64 = u64::MAX / 2;
 
-/// Writes and flush requests queued for the group-commit writer. Past it a stream actor waits for
-/// space (backpressure); a few thousand is far more than one flush ever groups.
+/// Appends and snapshots queued for the group-commit writer. Past it a write is refused
+/// with `StorageError::Busy` (backpressure); a few thousand is far more than one flush
+/// ever groups.
 pub const COMMIT_QUEUE_MAX: usize = 16_384;
 
-/// Writes and commit requests one group takes at most: bounds the memory of a merged
-/// batch and the time before its commits are acknowledged.
+/// Queued operations (appends and snapshots) one group takes at most: bounds the work
+/// before a group's appends are acknowledged. An append holds at most
+/// `DECIDE_EVENTS_MAX` events, so a merged batch is bounded too, if generously.
 pub const GROUP_OPS_MAX: usize = 4_096;
 
 /// Messages a stream actor's mailbox holds; senders beyond it wait (`send`) or are told
@@ -79,9 +81,6 @@ pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 /// blob file, so 8 MiB keeps every event (at most `FRAME_BYTES_MAX`) in the log. sled stores
 /// this in the database: changing it makes existing databases refuse to open.
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
-
-/// Bytes of a stream type name; names are stable identifiers, not prose.
-pub const STREAM_TYPE_BYTES_MAX: usize = 128;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX < SLED_SEGMENT_BYTES / 4);

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 /// ```
 pub trait Stream: Send + Unpin + 'static {
     /// A name that identifies the type on disk and on the wire. Never change it once
-    /// events exist; at most [`limits::STREAM_TYPE_BYTES_MAX`] bytes.
+    /// events exist.
     const TYPE_NAME: &'static str;
     /// The application's event.
     type Event: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static;

@@ -92,6 +92,8 @@ fn a_missing_dependency_and_a_forged_lamport_are_refused() {
         |e| matches!(e, StreamError::DependencyMissing { needed: Seq(1), .. }),
     );
     check("lamport", |e, _| e.lamport = 1, |e| matches!(e, StreamError::LamportNotAfterDependency { .. }));
+    // A counter near u64::MAX would stop every later local write of the stream.
+    check("lamport range", |e, _| e.lamport = u64::MAX, |e| matches!(e, StreamError::LamportOutOfRange { .. }));
 }
 
 #[test]

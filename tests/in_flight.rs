@@ -9,7 +9,9 @@ mod common;
 use actix::{Actor, Addr};
 use common::{remote_event, remote_lane, run_site, TrailStream};
 use gundb::storage::{MemoryStorage, Storage};
-use gundb::{Deliver, Emit, GetView, History, SiteId, StreamActor, StreamId, Subscribe, VectorClock};
+use gundb::{
+    Decide, DecideError, Deliver, Emit, GetView, History, SiteId, StreamActor, StreamId, Subscribe, VectorClock,
+};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -87,5 +89,26 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
         let first = within(receiver.recv()).await.unwrap();
         let second = within(receiver.recv()).await.unwrap();
         assert_eq!((first.lamport, second.lamport), (1, 5), "both, in canonical order");
+    });
+}
+
+/// A decision rejected against a view holding a write in flight is answered only once
+/// that write is durable: nobody acts on a state a crash could take back.
+#[test]
+fn a_rejection_waits_for_the_writes_it_saw() {
+    run_site(|| async {
+        let storage = Arc::new(MemoryStorage::deferred(SiteId::from_u128(1)));
+        let shared: Arc<dyn Storage> = storage.clone();
+        let actor = StreamActor::<TrailStream>::open(shared, StreamId::from_u128(9)).unwrap().start();
+        let emitted = actor.send(Emit::new(1));
+        let mut rejected =
+            Box::pin(actor.send(Decide::new(
+                |trail: &common::Trail| if trail.0.is_empty() { Ok(vec![2]) } else { Err("taken") },
+            )));
+        settle(&actor).await;
+        assert!(is_pending(rejected.as_mut()), "a rejection based on a write in flight was answered");
+        storage.release();
+        emitted.await.unwrap().unwrap();
+        assert!(matches!(rejected.await.unwrap(), Err(DecideError::Rejected("taken"))));
     });
 }

@@ -8,7 +8,11 @@ mod common;
 use actix::Actor;
 use common::{remote_event, remote_lane, run_site, Trail, TrailStream};
 use gundb::storage::{SledStorage, Storage};
-use gundb::{Deliver, Delivered, Emit, Event, GetView, History, Seq, StreamActor, StreamConfig, StreamId, VectorClock};
+use gundb::{
+    Deliver, Delivered, Emit, Event, EventMeta, GetView, History, Seq, Stream, StreamActor, StreamConfig, StreamId,
+    VectorClock, View,
+};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 type Snapshot = (Trail, VectorClock, Vec<Event>, Seq);
@@ -58,6 +62,8 @@ fn a_reopened_site_has_the_same_view_frontier_and_history_and_continues_its_lane
     let (after, next) = run_site(move || async move {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&path).unwrap());
         let own = gundb::Lane::new(storage.site_id(), stream);
+        let stored = storage.open_stream(stream, "test.trail").unwrap();
+        assert!(!stored.snapshots.is_empty(), "the reopen resumes from a snapshot, not from nothing");
         let actor = StreamActor::<TrailStream>::open_with(storage, stream, config()).unwrap().start();
         let after = read_back(&actor, own).await;
         let next = actor.send(Emit::new(99)).await.unwrap().unwrap();
@@ -68,4 +74,54 @@ fn a_reopened_site_has_the_same_view_frontier_and_history_and_continues_its_lane
     assert_eq!(after.2, before.2, "history");
     assert_eq!(next.seq, Seq(8), "the lane continues with no gap and no reuse");
     assert_eq!(common::fold(&before.2), before.0, "the view is the fold of the history");
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
+struct Sum(u64);
+
+impl View<u64> for Sum {
+    fn apply_event(&mut self, n: &u64, _meta: &EventMeta<'_>) {
+        self.0 += n;
+    }
+}
+
+struct Adder;
+impl Stream for Adder {
+    const TYPE_NAME: &'static str = "test.adder";
+    type Event = u64;
+    type View = Sum;
+    const COMMUTATIVE: bool = true;
+}
+
+/// A commutative stream folds late events on top instead of rolling back; the snapshots
+/// taken before a late event no longer hold and must go, or a reopen would resume from one
+/// and miss the late event.
+#[test]
+fn a_commutative_stream_drops_stale_snapshots_and_recovers_late_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::from_u128(43);
+    let path = dir.path().to_path_buf();
+    let every = StreamConfig { snapshot_every: 2, ..StreamConfig::default() };
+    let config = every.clone();
+    run_site(move || async move {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&path).unwrap());
+        let actor = StreamActor::<Adder>::open_with(storage, stream, config).unwrap().start();
+        for n in 1..=6 {
+            actor.send(Emit::new(n)).await.unwrap().unwrap(); // lamports 1..=6, snapshots at 2, 4, 6
+        }
+        let remote = remote_lane(2, stream);
+        for seq in 1..=3 {
+            let mut late = remote_event(remote, seq, seq, 100);
+            late.stream_type = Adder::TYPE_NAME.into();
+            actor.send(Deliver(late)).await.unwrap().unwrap();
+        }
+        assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view, Sum(321));
+    });
+    let path = dir.path().to_path_buf();
+    let view = run_site(move || async move {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&path).unwrap());
+        let actor = StreamActor::<Adder>::open_with(storage, stream, every).unwrap().start();
+        actor.send(GetView::new()).await.unwrap().unwrap().view
+    });
+    assert_eq!(view, Sum(321), "1 + 2 + ... + 6 + 3 × 100");
 }

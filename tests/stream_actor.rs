@@ -132,3 +132,41 @@ fn a_stream_cannot_be_reopened_as_another_type() {
     let error = StreamActor::<Account>::open(storage, stream).err().unwrap();
     assert!(matches!(error, StreamError::Storage(StorageError::TypeMismatch { .. })), "{error}");
 }
+
+/// One writer per lane means one actor per stream per site: a second actor for an open
+/// stream is refused, and the stream opens again once the first is gone.
+#[test]
+fn a_stream_has_one_actor_at_a_time() {
+    let storage = temporary();
+    let stream = StreamId::random();
+    let first = StreamActor::<TrailStream>::open(Arc::clone(&storage), stream).unwrap();
+    let error = StreamActor::<TrailStream>::open(Arc::clone(&storage), stream).err().unwrap();
+    assert!(matches!(error, StreamError::Storage(StorageError::StreamInUse { .. })), "{error}");
+    drop(first);
+    assert!(StreamActor::<TrailStream>::open(storage, stream).is_ok());
+}
+
+/// `History` pages: a page of `limit` events says there may be more, the last one does
+/// not, and a limit of 0 still makes progress.
+#[test]
+fn history_pages_through_the_log() {
+    run_site(|| async {
+        let actor = StreamActor::<TrailStream>::open(temporary(), StreamId::random()).unwrap().start();
+        for n in 0..5 {
+            actor.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        let (mut after, mut seen, mut pages) = (None, Vec::new(), 0);
+        loop {
+            let page = actor.send(History { after, limit: 2 }).await.unwrap().unwrap();
+            pages += 1;
+            after = page.next_after(after);
+            seen.extend(page.events.iter().map(|e| e.seq.0));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+        assert_eq!(pages, 3);
+        assert_eq!(actor.send(History::default()).await.unwrap().unwrap().events.len(), 1);
+    });
+}

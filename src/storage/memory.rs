@@ -6,7 +6,7 @@
 //! [`MemoryStorage::release`], so tests can look at everything that happens while a write
 //! is in flight.
 
-use super::{Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use super::{Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,7 @@ pub struct MemoryStorage {
     held: Option<Mutex<Vec<Held>>>,
     commits: AtomicU64,
     flushes: AtomicU64,
+    claims: Claims,
 }
 
 #[derive(Debug)]
@@ -84,6 +85,7 @@ impl MemoryStorage {
             held: None,
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            claims: Claims::default(),
         }
     }
 
@@ -131,6 +133,14 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     fn site_id(&self) -> SiteId {
         self.site
+    }
+
+    fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {
+        self.claims.claim(stream)
+    }
+
+    fn release_stream(&self, stream: StreamId) {
+        self.claims.release(stream);
     }
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {

@@ -22,9 +22,11 @@ use crate::clock::VectorClock;
 use crate::codec::CodecError;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
+use std::collections::HashSet;
 use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
@@ -66,6 +68,13 @@ pub enum StorageError {
         /// The queue's capacity.
         capacity: usize,
     },
+    /// Another stream actor has this stream open on this storage. A lane has one writer,
+    /// so a stream has one actor per site: use the one that is open.
+    #[error("stream {stream} is already open on this storage")]
+    StreamInUse {
+        /// The stream.
+        stream: StreamId,
+    },
     /// A fault injected by the `failpoints` feature.
     #[error("injected fault: {0}")]
     Injected(&'static str),
@@ -96,6 +105,15 @@ pub struct Append<'a> {
 pub trait Storage: Send + Sync + 'static {
     /// The site this database belongs to, created once and stored.
     fn site_id(&self) -> SiteId;
+
+    /// Claims `stream` for one stream actor until [`Storage::release_stream`].
+    ///
+    /// # Errors
+    /// [`StorageError::StreamInUse`] when it is claimed already.
+    fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError>;
+
+    /// Releases a claim made with [`Storage::claim_stream`].
+    fn release_stream(&self, stream: StreamId);
 
     /// Loads (or creates) `stream` of type `stream_type`.
     ///
@@ -142,6 +160,26 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Flush counters.
     fn stats(&self) -> StorageStats;
+}
+
+/// The streams claimed by live stream actors, shared by both implementations.
+#[derive(Debug, Default)]
+pub(crate) struct Claims(Mutex<HashSet<StreamId>>);
+
+impl Claims {
+    pub(crate) fn claim(&self, stream: StreamId) -> Result<(), StorageError> {
+        // Every update is one insert or remove, so a poisoned set is still consistent.
+        let mut claimed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if claimed.insert(stream) {
+            Ok(())
+        } else {
+            Err(StorageError::StreamInUse { stream })
+        }
+    }
+
+    pub(crate) fn release(&self, stream: StreamId) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&stream);
+    }
 }
 
 /// Counters of the group commit.

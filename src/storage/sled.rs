@@ -6,15 +6,17 @@
 //! arbiter. The writer takes everything queued, applies the writes (merged into one atomic
 //! sled batch per tree), flushes once with sled's blocking `flush` (never `flush_async`,
 //! which deadlocks under concurrent use in sled 0.34.7, upstream issue 1308), optionally
-//! fsyncs, and only then acknowledges every append of that group. Applying on the writer rather than in the stream
-//! actors matters for speed: a sled write made while a flush is running waits for it
-//! (about 110 µs per write measured), which would stall the actor's arbiter.
+//! fsyncs, and only then acknowledges every append of that group. Applying on the writer
+//! rather than in the stream actors matters for speed: a sled write made while a flush is
+//! running waits for it (about 110 µs per write measured), which would stall the actor's
+//! arbiter.
 //!
-//! The writer fails stop: after one failed write or flush it applies nothing more and fails
-//! every later commit, so a lane can never be stored with a gap. Reopen the database to
+//! The writer fails stop: after one failed write or flush it applies nothing more, and
+//! every later call on the storage returns that failure, so a lane can never be stored
+//! with a gap and nothing sled holds only in memory is read. Reopen the database to
 //! recover what was durable.
 
-use super::{keys, Append, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use super::{keys, Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::codec;
 use crate::event::{Event, OrderKey};
@@ -40,7 +42,8 @@ pub enum Durability {
     Fsync,
     /// sled's flush only: data is written with `sync_file_range`, which neither flushes
     /// the disk's cache nor the file's size and metadata. Survives a process crash
-    /// (SIGKILL, panic); may lose acknowledged writes on power loss or a kernel crash.
+    /// (SIGKILL, panic); may lose acknowledged writes on power loss or a kernel crash, and
+    /// then reuse their seqs, which other sites that got them see as equivocation.
     Flush,
 }
 
@@ -53,7 +56,7 @@ pub struct SledConfig {
     pub cache_bytes: u64,
     /// What an acknowledged write survives.
     ///
-    /// Measured cost (16 writers, this project's CI machine): `Fsync` is about 27% slower
+    /// Measured cost (16 writers, this project's CI machine): `Fsync` is about 38% slower
     /// than `Flush`; see `docs/BENCHMARKS.md`.
     pub durability: Durability,
 }
@@ -87,6 +90,7 @@ pub struct SledStorage {
     ops: Sender<Op>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Counters>,
+    claims: Claims,
     #[cfg(feature = "failpoints")]
     failpoints: Arc<failpoints::Failpoints>,
     // Declared last: dropped after the database, so the folder outlives it.
@@ -139,10 +143,28 @@ impl Group {
     }
 }
 
+/// State the writer thread shares with the storage handle.
 #[derive(Default)]
 struct Counters {
     commits: AtomicU64,
     flushes: AtomicU64,
+    /// The failure that stopped the writer. Once set, every storage call returns it: what
+    /// sled holds in memory may be ahead of the disk, so nothing may be read or written
+    /// until the database is reopened.
+    failed: std::sync::Mutex<Option<StorageError>>,
+}
+
+impl Counters {
+    fn fail(&self, error: &StorageError) {
+        self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(|| error.clone());
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        match &*self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
 }
 
 const SITE_ID_KEY: &[u8] = b"gundb.site_id";
@@ -224,6 +246,7 @@ impl SledStorage {
             ops,
             writer: Some(writer),
             stats,
+            claims: Claims::default(),
             #[cfg(feature = "failpoints")]
             failpoints,
             _temporary: temporary,
@@ -281,6 +304,9 @@ where
         if failed.is_none() {
             failed = flush().err();
             stats.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(error) = &failed {
+            stats.fail(error);
         }
         let result = failed.clone().map_or(Ok(()), Err);
         stats.commits.fetch_add(group.acks.len() as u64, Ordering::Relaxed);
@@ -401,7 +427,16 @@ impl Storage for SledStorage {
         self.site
     }
 
+    fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {
+        self.claims.claim(stream)
+    }
+
+    fn release_stream(&self, stream: StreamId) {
+        self.claims.release(stream);
+    }
+
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
+        self.stats.check()?;
         let tree = self.tree(stream)?;
         match tree.get(keys::TYPE)? {
             Some(stored) if stored != stream_type.as_bytes() => {
@@ -431,6 +466,7 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
+        self.stats.check()?;
         let mut writes = Vec::with_capacity(2 * append.events.len() + append.stale_snapshots.len());
         for event in append.events {
             let key = event.order_key();
@@ -450,6 +486,7 @@ impl Storage for SledStorage {
         view: &[u8],
         drop: &[OrderKey],
     ) -> Result<(), StorageError> {
+        self.stats.check()?;
         let mut writes = vec![Write::Put(keys::snapshot(&key).to_vec(), view.to_vec())];
         writes.extend(drop.iter().map(|old| Write::Remove(keys::snapshot(old).to_vec())));
         // Queued behind the events it covers, so no crash can keep it without them.
@@ -457,6 +494,7 @@ impl Storage for SledStorage {
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
+        self.stats.check()?;
         match self.tree(stream)?.get(keys::index(lane, seq))? {
             Some(bytes) => Ok(Some(order_key(&bytes)?)),
             None => Ok(None),
@@ -464,6 +502,7 @@ impl Storage for SledStorage {
     }
 
     fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {
+        self.stats.check()?;
         let start = match from {
             Bound::Included(key) => Bound::Included(keys::event(&key).to_vec()),
             Bound::Excluded(key) => Bound::Excluded(keys::event(&key).to_vec()),
@@ -478,6 +517,7 @@ impl Storage for SledStorage {
     }
 
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {
+        self.stats.check()?;
         let mut streams = Vec::new();
         for name in self.db.tree_names() {
             let Some(id) = name.strip_prefix(STREAM_TREE_PREFIX) else { continue };

@@ -196,6 +196,13 @@ impl<S: Stream> Ledger<S> {
                 in_clock: event.clock.get(event.lane),
             });
         }
+        if event.lamport > limits::LAMPORT_MAX {
+            return Err(StreamError::LamportOutOfRange {
+                event: event.id,
+                lamport: event.lamport,
+                max: limits::LAMPORT_MAX,
+            });
+        }
         Ok(())
     }
 

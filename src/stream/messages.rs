@@ -143,7 +143,7 @@ impl<V> ViewReply<V> {
 pub struct History {
     /// Start after this event's key; from the beginning when `None`.
     pub after: Option<OrderKey>,
-    /// Events at most (capped at [`limits::HISTORY_LIMIT_MAX`]).
+    /// Events at most (at least 1, capped at [`limits::HISTORY_LIMIT_MAX`]).
     pub limit: u32,
 }
 
@@ -270,7 +270,7 @@ impl<S: Stream> Handler<History> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<HistoryPage, StreamError>>;
 
     fn handle(&mut self, msg: History, _ctx: &mut Context<Self>) -> Self::Result {
-        let limit = msg.limit.min(limits::HISTORY_LIMIT_MAX) as usize;
+        let limit = msg.limit.clamp(1, limits::HISTORY_LIMIT_MAX) as usize;
         // Read once every write made before the request is durable, so the page holds them.
         Box::pin(self.durable().map(move |result, actor, _| {
             result?;

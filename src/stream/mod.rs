@@ -115,7 +115,7 @@ pub struct StreamActor<S: Stream> {
     next_subscriber: u64,
     pump_scheduled: bool,
     /// Set when storage failed under a write already applied in memory: from then on every
-    /// message is refused with it, until the site reopens the stream from what is durable.
+    /// message is refused with it, until the site reopens the database.
     failed: Option<StorageError>,
 }
 
@@ -128,12 +128,19 @@ impl<S: Stream> StreamActor<S> {
         Self::open_with(storage, stream, StreamConfig::default())
     }
 
-    /// Opens `stream`: loads its frontier and snapshots and replays the log after the
-    /// newest snapshot.
+    /// Opens `stream`: claims it (one actor per stream per storage), loads its frontier and
+    /// snapshots and replays the log after the newest snapshot.
     ///
     /// # Errors
-    /// The stream exists with another type, or storage fails or holds damaged data.
+    /// The stream is open in another actor, exists with another type, or storage fails or
+    /// holds damaged data.
     pub fn open_with(storage: Arc<dyn Storage>, stream: StreamId, config: StreamConfig) -> Result<Self, StreamError> {
+        storage.claim_stream(stream)?;
+        Self::load(storage.clone(), stream, config).inspect_err(|_| storage.release_stream(stream))
+    }
+
+    /// Loads a claimed stream (see [`StreamActor::open_with`]).
+    fn load(storage: Arc<dyn Storage>, stream: StreamId, config: StreamConfig) -> Result<Self, StreamError> {
         let record = storage.open_stream(stream, S::TYPE_NAME)?;
         let snapshots = record
             .snapshots
@@ -320,7 +327,7 @@ impl<S: Stream> StreamActor<S> {
 
     /// Storage failed under a write this actor already applied in memory: what it holds
     /// may be ahead of the disk. Fail every waiting reply and refuse everything from now on;
-    /// reopening the stream rebuilds it from what is durable.
+    /// reopening the database rebuilds the stream from what is durable.
     fn fail(&mut self, error: StreamError) {
         let storage = match error {
             StreamError::Storage(error) => error,
@@ -370,6 +377,12 @@ fn encode_payload<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, StreamError
 fn now_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<S: Stream> Drop for StreamActor<S> {
+    fn drop(&mut self) {
+        self.storage.release_stream(self.stream);
+    }
 }
 
 impl<S: Stream> Actor for StreamActor<S> {

@@ -103,10 +103,12 @@ impl<S: Stream> StreamActor<S> {
                     self.wait_for_room(index, ctx);
                     index += 1;
                 }
-                // A closed channel, or a storage error reading for it, ends the subscription.
-                Ok(Pumped::Closed) | Err(_) => {
+                Ok(Pumped::Closed) => {
                     self.subscribers.swap_remove(index);
                 }
+                // Storage that cannot be read cannot be trusted: refuse everything (which
+                // ends every subscription) rather than end one as if normally.
+                Err(error) => return self.fail(error.into()),
             }
         }
         if more {
