@@ -21,6 +21,7 @@ fn deliver_all(arrivals: Vec<Event>) -> Vec<Event> {
         pending.insert(event).expect("no equivocation in a valid history");
         while let Some(ready) = pending.take_ready() {
             pending.mark_delivered(ready.lane, ready.seq);
+            pending.mark_durable(ready.lane, ready.seq);
             delivered.push(ready);
         }
     }

@@ -15,6 +15,7 @@ pub mod id;
 pub mod limits;
 pub mod order;
 pub mod router;
+pub mod site;
 pub mod storage;
 pub mod stream;
 pub mod testkit;
@@ -25,8 +26,9 @@ pub use error::Error;
 pub use event::{Dependencies, Event, EventMeta, OrderKey};
 pub use id::{EventId, Lane, Seq, SiteId, StreamId};
 pub use order::{sort_events, OrderError};
+pub use site::{Site, SiteConfig, SiteError};
 pub use stream::{
-    Decide, DecideError, Deliver, Delivered, Emit, Emitted, GetView, History, HistoryPage, StreamActor, StreamConfig,
-    StreamError, Subscribe, ViewReply,
+    Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, StreamActor,
+    StreamConfig, StreamError, Subscribe, ViewReply,
 };
 pub use view::{Stream, View};

@@ -74,6 +74,10 @@ pub const PENDING_EVENTS_MAX: usize = 32_768;
 /// Bytes the router holds (estimated), for the same reason.
 pub const PENDING_BYTES_MAX: u64 = 64 << 20;
 
+/// Events the router hands a stream in one batch, so one burst cannot starve the
+/// stream's mailbox and one flush carries many deliveries.
+pub const DELIVER_BATCH_MAX: usize = 256;
+
 /// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
 pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 
@@ -87,3 +91,4 @@ const _: () = assert!(FRAME_BYTES_MAX < SLED_SEGMENT_BYTES / 4);
 const _: () = assert!(GROUP_OPS_MAX <= COMMIT_QUEUE_MAX);
 const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
 const _: () = assert!(SNAPSHOTS_KEPT >= 1);
+const _: () = assert!(DELIVER_BATCH_MAX <= PENDING_EVENTS_MAX);

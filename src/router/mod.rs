@@ -1,8 +1,488 @@
-//! The router: holds incoming events until their dependencies are delivered at this site.
+//! The router: one per site. It holds incoming events until everything in their clock is
+//! delivered here, then hands each to the stream actor of its stream (starting it on first
+//! use from the site's registry of stream types). Events of a type the site has not
+//! registered are still stored (and so counted in the frontier and forwarded), just not
+//! folded into a view.
 //!
-//! [`Pending`] is its pure core, the causal buffer. The router actor that feeds it from
-//! sink nodes and hands ready events to stream actors comes with sites.
+//! [`Pending`] is its pure core, the causal buffer; the [`Router`] actor is a thin shell
+//! that feeds it and routes what it releases.
 
 mod pending;
 
 pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats};
+
+use crate::clock::VectorClock;
+use crate::event::Event;
+use crate::id::{Lane, Seq, StreamId};
+use crate::limits;
+use crate::storage::{Append, Storage, StorageError};
+use crate::stream::{DeliverBatch, Delivered, StreamActor, StreamConfig, StreamError, Subscribe};
+use crate::view::Stream;
+use actix::prelude::*;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why the router refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    /// The stream could not be opened.
+    #[error("stream {stream}: {source}")]
+    Stream {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        source: StreamError,
+    },
+    /// The stream exists with another type than the one asked for.
+    #[error("stream {stream} has type {stored:?}, not {requested:?}")]
+    TypeMismatch {
+        /// The stream.
+        stream: StreamId,
+        /// Its type.
+        stored: String,
+        /// The type asked for.
+        requested: &'static str,
+    },
+}
+
+/// Counters of a site's router.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterMetrics {
+    /// Events received from other sites (copies included).
+    pub received: u64,
+    /// Events delivered to a stream (or stored, for unregistered types).
+    pub delivered: u64,
+    /// Copies of events already held or delivered, dropped.
+    pub duplicates: u64,
+    /// Different events on one (lane, seq), refused.
+    pub equivocations: u64,
+    /// Malformed events refused (a clock without its own lane, a counter out of range).
+    pub malformed: u64,
+    /// Events held now, waiting for a dependency.
+    pub pending: u64,
+    /// Events dropped because the buffer was full (catch-up fetches them again).
+    pub dropped_on_overflow: u64,
+    /// Deliveries a stream refused for now (catch-up fetches them again).
+    pub refused: u64,
+}
+
+/// Opens a stream actor of one registered type.
+type Opener = Box<dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Opened, StreamError> + Send>;
+
+/// An open stream actor: how to deliver to it, and its typed address for the site.
+struct Opened {
+    stream_type: &'static str,
+    deliver: Recipient<DeliverBatch>,
+    subscribe: Recipient<Subscribe>,
+    typed: Box<dyn Any>,
+}
+
+fn opener<S: Stream>() -> Opener {
+    Box::new(|storage, stream, config| {
+        let addr = StreamActor::<S>::open_with(storage, stream, config)?.start();
+        Ok(Opened {
+            stream_type: S::TYPE_NAME,
+            deliver: addr.clone().recipient(),
+            subscribe: addr.clone().recipient(),
+            typed: Box::new(addr),
+        })
+    })
+}
+
+/// Events released for one stream, handed to it one batch at a time: one batch in
+/// flight per stream keeps them in order (a second `send` to a full mailbox could
+/// overtake the first) and bounds what the router has outstanding.
+#[derive(Default)]
+struct Outbox {
+    queued: VecDeque<Event>,
+    in_flight: bool,
+}
+
+/// The router actor of one site.
+pub struct Router {
+    storage: Arc<dyn Storage>,
+    pending: Pending,
+    registry: HashMap<&'static str, Opener>,
+    streams: HashMap<StreamId, Opened>,
+    outboxes: HashMap<StreamId, Outbox>,
+    /// Stream types of streams stored without an actor (types not registered).
+    relayed: HashMap<StreamId, String>,
+    stream_config: StreamConfig,
+    metrics: RouterMetrics,
+    /// Requests waiting for the durable frontier to cover a clock.
+    waiters: Vec<(VectorClock, oneshot::Sender<()>)>,
+}
+
+impl Router {
+    /// A router over `storage`, whose frontier starts at what storage holds.
+    ///
+    /// # Errors
+    /// Storage cannot be read.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        limits: PendingLimits,
+        stream_config: StreamConfig,
+    ) -> Result<Self, StorageError> {
+        let mut frontier = VectorClock::new();
+        let mut relayed = HashMap::new();
+        for (stream, stream_type) in storage.streams()? {
+            frontier.merge(&storage.frontier(stream)?);
+            relayed.insert(stream, stream_type);
+        }
+        Ok(Self {
+            storage,
+            pending: Pending::new(&frontier, limits),
+            registry: HashMap::new(),
+            streams: HashMap::new(),
+            outboxes: HashMap::new(),
+            relayed,
+            stream_config,
+            metrics: RouterMetrics::default(),
+            waiters: Vec::new(),
+        })
+    }
+
+    /// The actor of `stream`, opening it when its type is registered; `None` for a type
+    /// this site does not know.
+    fn open(
+        &mut self,
+        stream: StreamId,
+        stream_type: &str,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<&Opened>, StreamError> {
+        if !self.streams.contains_key(&stream) {
+            let Some(open) = self.registry.get(stream_type) else { return Ok(None) };
+            let opened = open(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
+            self.follow(&opened, ctx);
+            self.relayed.remove(&stream);
+            self.streams.insert(stream, opened);
+        }
+        Ok(self.streams.get(&stream))
+    }
+
+    /// Subscribes to a stream actor, so that what it makes durable (its local writes
+    /// included) moves the site's frontier.
+    fn follow(&self, opened: &Opened, ctx: &mut Context<Self>) {
+        let (sender, mut receiver) = mpsc::channel(limits::SUBSCRIBE_BATCH_MAX);
+        let subscribe = opened.subscribe.clone();
+        let seen = self.pending.durable();
+        let router = ctx.address();
+        let forward = async move {
+            if !matches!(subscribe.send(Subscribe { seen, sender }).await, Ok(Ok(()))) {
+                return;
+            }
+            while let Some(event) = receiver.recv().await {
+                if router.send(Observed(event.lane, event.seq)).await.is_err() {
+                    return;
+                }
+            }
+        };
+        ctx.spawn(forward.into_actor(self));
+    }
+
+    /// Takes an event from another site.
+    fn receive(&mut self, event: Event) {
+        self.metrics.received += 1;
+        if !well_formed(&event) {
+            self.metrics.malformed += 1;
+            return;
+        }
+        let (lane, seq, id) = (event.lane, event.seq, event.id);
+        match self.pending.insert(event) {
+            Ok(Insert::Ready | Insert::Buffered) => {}
+            Ok(Insert::Duplicate) => self.metrics.duplicates += 1,
+            Ok(Insert::Overflow) => self.metrics.dropped_on_overflow += 1,
+            // Its slot is delivered here: a copy, or an equivocation if another id holds it.
+            Ok(Insert::Delivered) => match self.storage.key_at(lane.stream, lane, seq) {
+                Ok(Some(kept)) if kept.id != id => self.metrics.equivocations += 1,
+                _ => self.metrics.duplicates += 1,
+            },
+            Err(Equivocation { .. }) => self.metrics.equivocations += 1,
+        }
+    }
+
+    /// Moves every ready event to its stream's outbox and sends what can be sent.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        while let Some(event) = self.pending.take_ready() {
+            let (lane, seq) = (event.lane, event.seq);
+            match self.open(lane.stream, &event.stream_type, ctx) {
+                Ok(Some(opened)) if opened.stream_type == event.stream_type => {
+                    self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
+                    // Its stream applies in mailbox order, so its own successors may follow.
+                    self.pending.mark_delivered(lane, seq);
+                }
+                Ok(Some(_)) => {
+                    self.metrics.malformed += 1; // another type than its stream's
+                    self.refuse(lane, seq);
+                }
+                Ok(None) => self.store_unregistered(event, ctx),
+                Err(_) => self.refuse(lane, seq),
+            }
+        }
+        let streams: Vec<StreamId> =
+            self.outboxes.iter().filter(|(_, o)| !o.in_flight && !o.queued.is_empty()).map(|(s, _)| *s).collect();
+        for stream in streams {
+            self.send_batch(stream, ctx);
+        }
+        self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
+        self.wake_waiters();
+    }
+
+    /// Answers the [`WaitFor`] requests whose clock the durable frontier now covers.
+    fn wake_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let durable = self.pending.durable();
+        let (covered, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|(target, _)| durable.dominates(target));
+        self.waiters = waiting;
+        for (_, waiter) in covered {
+            let _ = waiter.send(()); // a requester that went away needs no answer
+        }
+    }
+
+    /// Sends the next batch of `stream`'s outbox and handles the answer once durable.
+    fn send_batch(&mut self, stream: StreamId, ctx: &mut Context<Self>) {
+        let Some(deliver) = self.streams.get(&stream).map(|o| o.deliver.clone()) else { return };
+        let Some(outbox) = self.outboxes.get_mut(&stream) else { return };
+        let count = outbox.queued.len().min(limits::DELIVER_BATCH_MAX);
+        let batch: Vec<Event> = outbox.queued.drain(..count).collect();
+        let slots: Vec<(Lane, Seq)> = batch.iter().map(|e| (e.lane, e.seq)).collect();
+        outbox.in_flight = true;
+        let reply = deliver.send(DeliverBatch(batch)).into_actor(self).map(move |reply, router, ctx| {
+            let outcomes = reply.unwrap_or_else(|_| vec![Err(StreamError::Storage(StorageError::Closed)); slots.len()]);
+            for ((lane, seq), outcome) in slots.into_iter().zip(outcomes) {
+                router.settle(lane, seq, outcome);
+            }
+            if let Some(outbox) = router.outboxes.get_mut(&stream) {
+                outbox.in_flight = false;
+            }
+            router.release(ctx);
+        });
+        ctx.spawn(reply);
+    }
+
+    /// What a stream said about one delivered event, once durable.
+    fn settle(&mut self, lane: Lane, seq: Seq, outcome: Result<Delivered, StreamError>) {
+        match outcome {
+            Ok(Delivered::Applied) => {
+                self.metrics.delivered += 1;
+                self.pending.mark_durable(lane, seq);
+            }
+            Ok(Delivered::Duplicate) => {
+                self.metrics.duplicates += 1;
+                self.pending.mark_durable(lane, seq);
+            }
+            // The stream keeps the event it has on that slot: durable all the same.
+            Err(StreamError::Equivocation { .. }) => {
+                self.metrics.equivocations += 1;
+                self.pending.mark_durable(lane, seq);
+            }
+            Err(_) => {
+                // Not taken: forget it from here on; catch-up fetches it again.
+                self.metrics.refused += 1;
+                self.pending.rewind(lane, Seq(seq.0 - 1));
+            }
+        }
+    }
+
+    /// Stores an event of a type this site has not registered, without folding it.
+    fn store_unregistered(&mut self, event: Event, ctx: &mut Context<Self>) {
+        let (lane, seq) = (event.lane, event.seq);
+        let stream_type = self.relayed.entry(lane.stream).or_insert_with(|| event.stream_type.clone());
+        if *stream_type != event.stream_type {
+            self.metrics.malformed += 1;
+            return self.refuse(lane, seq);
+        }
+        if self.storage.open_stream(lane.stream, &event.stream_type).is_err() {
+            return self.refuse(lane, seq);
+        }
+        let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &[] };
+        match self.storage.append(lane.stream, append) {
+            Ok(commit) => {
+                self.pending.mark_delivered(lane, seq);
+                let durable = commit.into_actor(self).map(move |result, router, ctx| {
+                    router.settle(lane, seq, result.map(|()| Delivered::Applied).map_err(StreamError::Storage));
+                    router.release(ctx);
+                });
+                ctx.spawn(durable);
+            }
+            Err(_) => self.refuse(lane, seq),
+        }
+    }
+
+    fn refuse(&mut self, lane: Lane, seq: Seq) {
+        self.pending.abandon(lane, seq);
+        self.metrics.refused += 1;
+    }
+}
+
+/// The checks the router makes before buffering: the rest is the stream's job.
+fn well_formed(event: &Event) -> bool {
+    event.clock_names_own_lane()
+        && event.clock.is_canonical()
+        && event.clock.len() <= limits::CLOCK_LANES_MAX
+        && event.lamport <= limits::LAMPORT_MAX
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
+    }
+}
+
+/// Registers a stream type, so that events of it are folded into views.
+pub struct Register {
+    stream_type: &'static str,
+    opener: Opener,
+}
+
+impl Register {
+    /// Registers `S`.
+    pub fn of<S: Stream>() -> Self {
+        Self { stream_type: S::TYPE_NAME, opener: opener::<S>() }
+    }
+}
+
+impl Message for Register {
+    type Result = ();
+}
+
+impl Handler<Register> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
+        self.registry.entry(msg.stream_type).or_insert(msg.opener);
+        // Events of this type stored while it was unknown are folded from now on.
+        let stored: Vec<StreamId> =
+            self.relayed.iter().filter(|(_, t)| t.as_str() == msg.stream_type).map(|(s, _)| *s).collect();
+        for stream in stored {
+            let _ = self.open(stream, msg.stream_type, ctx);
+        }
+    }
+}
+
+/// Asks for the actor of a stream of type `S`, started on first use.
+pub struct OpenStream<S: Stream>(pub StreamId, PhantomData<fn() -> S>);
+
+impl<S: Stream> OpenStream<S> {
+    /// The request for `stream`.
+    pub fn new(stream: StreamId) -> Self {
+        Self(stream, PhantomData)
+    }
+}
+
+impl<S: Stream> Message for OpenStream<S> {
+    type Result = Result<Addr<StreamActor<S>>, RouterError>;
+}
+
+impl<S: Stream> Handler<OpenStream<S>> for Router {
+    type Result = Result<Addr<StreamActor<S>>, RouterError>;
+
+    fn handle(&mut self, OpenStream(stream, _): OpenStream<S>, ctx: &mut Context<Self>) -> Self::Result {
+        self.registry.entry(S::TYPE_NAME).or_insert_with(opener::<S>);
+        let opened = self.open(stream, S::TYPE_NAME, ctx).map_err(|source| RouterError::Stream { stream, source })?;
+        let opened = opened.expect("the type was registered just above");
+        match opened.typed.downcast_ref::<Addr<StreamActor<S>>>() {
+            Some(addr) => Ok(addr.clone()),
+            None => Err(RouterError::TypeMismatch {
+                stream,
+                stored: opened.stream_type.to_owned(),
+                requested: S::TYPE_NAME,
+            }),
+        }
+    }
+}
+
+/// Events from another site (a sink node's delivery).
+pub struct Receive(pub Vec<Event>);
+
+impl Message for Receive {
+    type Result = ();
+}
+
+impl Handler<Receive> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) {
+        for event in events {
+            self.receive(event);
+        }
+        self.release(ctx);
+    }
+}
+
+/// A stream made (lane, seq) durable: sent by the router's own subscriptions.
+struct Observed(Lane, Seq);
+
+impl Message for Observed {
+    type Result = ();
+}
+
+impl Handler<Observed> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Observed(lane, seq): Observed, ctx: &mut Context<Self>) {
+        self.pending.observe(lane, seq);
+        self.release(ctx);
+    }
+}
+
+/// Asks for the site's frontier: everything durable here, every stream's lanes together.
+pub struct GetFrontier;
+
+impl Message for GetFrontier {
+    type Result = VectorClock;
+}
+
+impl Handler<GetFrontier> for Router {
+    type Result = MessageResult<GetFrontier>;
+
+    fn handle(&mut self, _msg: GetFrontier, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.pending.durable())
+    }
+}
+
+/// Resolves once everything in the clock is durable at this site: for example the
+/// frontier of another site, to read one's writes there.
+pub struct WaitFor(pub VectorClock);
+
+impl Message for WaitFor {
+    type Result = ();
+}
+
+impl Handler<WaitFor> for Router {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, WaitFor(target): WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
+        let (waiter, done) = oneshot::channel();
+        self.waiters.push((target, waiter));
+        self.wake_waiters();
+        // A dropped waiter means the router stopped: answer anyway, the caller's next
+        // request will say so.
+        Box::pin(async move {
+            let _ = done.await;
+        })
+    }
+}
+
+/// Asks for the router's counters.
+pub struct GetMetrics;
+
+impl Message for GetMetrics {
+    type Result = RouterMetrics;
+}
+
+impl Handler<GetMetrics> for Router {
+    type Result = MessageResult<GetMetrics>;
+
+    fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.metrics)
+    }
+}

@@ -8,6 +8,12 @@
 //! buffer. Delivering is two steps, [`Pending::take_ready`] then
 //! [`Pending::mark_delivered`] (or [`Pending::abandon`]), so the router can hand an event
 //! to its stream and advance the frontier only once the stream has it.
+//!
+//! Two frontiers: *delivered* (handed to its stream, whose mailbox keeps order) and
+//! *durable* (its stream made it durable). A dependency in the same stream needs only
+//! the first, since the stream applies in mailbox order; a dependency in another stream
+//! needs the second, so nothing reaches a view before what it depends on is durable in
+//! its own stream.
 
 use crate::clock::VectorClock;
 use crate::event::Event;
@@ -89,8 +95,10 @@ type Slot = (Lane, Seq);
 /// those probes in cache.
 #[derive(Debug)]
 pub struct Pending {
-    /// Everything delivered at this site, every stream's lanes together.
+    /// Everything handed to its stream at this site, every stream's lanes together.
     delivered: Map<Lane, Seq>,
+    /// Everything its stream has made durable.
+    durable: Map<Lane, Seq>,
     /// Events held, waiting or ready.
     slab: Vec<Option<Held>>,
     /// Free places in `slab`.
@@ -114,6 +122,7 @@ impl Pending {
     pub fn new(delivered: &VectorClock, limits: PendingLimits) -> Self {
         Self {
             delivered: delivered.iter().collect(),
+            durable: delivered.iter().collect(),
             slab: Vec::new(),
             free: Vec::new(),
             held: Map::default(),
@@ -125,9 +134,14 @@ impl Pending {
         }
     }
 
-    /// Everything delivered at this site, as a clock.
+    /// Everything handed to its stream at this site, as a clock.
     pub fn delivered(&self) -> VectorClock {
         self.delivered.iter().map(|(lane, seq)| (*lane, *seq)).collect()
+    }
+
+    /// Everything durable at this site, as a clock: what catch-up tells peers it has.
+    pub fn durable(&self) -> VectorClock {
+        self.durable.iter().map(|(lane, seq)| (*lane, *seq)).collect()
     }
 
     /// How far `lane` is delivered at this site.
@@ -180,7 +194,7 @@ impl Pending {
             return Ok(Insert::Overflow);
         }
         self.bytes += size;
-        let missing = first_missing(&self.delivered, &event);
+        let missing = first_missing(&self.delivered, &self.durable, &event);
         let index = self.place(Held { id: event.id, event: Some(event), next_waiter: None });
         self.held.insert(slot, index);
         match missing {
@@ -199,10 +213,16 @@ impl Pending {
     /// Takes the next ready event out of the buffer, for delivery. Its (lane, seq) stays
     /// reserved until [`Pending::mark_delivered`] or [`Pending::abandon`].
     pub fn take_ready(&mut self) -> Option<Event> {
-        let index = self.ready.pop_front()?;
-        let event = self.entry_mut(index).event.take().expect("a ready event is not taken yet");
-        self.bytes -= size_of(&event);
-        Some(event)
+        loop {
+            let index = self.ready.pop_front()?;
+            match self.entry_mut(index).event.take() {
+                Some(event) => {
+                    self.bytes -= size_of(&event);
+                    return Some(event);
+                }
+                None => self.free_tombstone(index),
+            }
+        }
     }
 
     /// Records that (lane, seq) is delivered, and releases what waited for it.
@@ -214,15 +234,63 @@ impl Pending {
         self.delivered.insert(lane, seq);
         self.release_slot(lane, seq);
         self.stats.delivered += 1;
+        self.release_waiters(lane, seq);
+    }
+
+    /// Records that `lane` is durable up to `seq` in its stream, releasing events of
+    /// other streams that waited for it.
+    pub fn mark_durable(&mut self, lane: Lane, seq: Seq) {
+        let mut at = self.durable.get(&lane).copied().unwrap_or(Seq::ZERO);
+        debug_assert!(seq <= self.delivered_seq(lane), "durable only after delivered");
+        while at < seq {
+            at = at.next();
+            self.durable.insert(lane, at);
+            self.release_waiters(lane, at);
+        }
+    }
+
+    /// Looks again at the events waiting for (lane, seq).
+    fn release_waiters(&mut self, lane: Lane, seq: Seq) {
         let mut waiter = self.waiting_on.remove(&(lane, seq));
         while let Some(index) = waiter {
             let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
             waiter = held.next_waiter.take();
-            let event = held.event.as_ref().expect("a waiting event is not taken");
-            match first_missing(&self.delivered, event) {
+            let Some(event) = held.event.as_ref() else {
+                self.free_tombstone(index);
+                continue;
+            };
+            match first_missing(&self.delivered, &self.durable, event) {
                 None => self.ready.push_back(index),
                 Some(missing) => self.wait(index, missing),
             }
+        }
+    }
+
+    /// Records that `lane` is delivered up to `seq` by another path (a local write, or a
+    /// stream's own recovery), releasing what waited. Lower seqs are ignored.
+    pub fn observe(&mut self, lane: Lane, seq: Seq) {
+        while self.delivered_seq(lane) < seq {
+            let next = self.delivered_seq(lane).next();
+            // A copy held for that slot is obsolete: drop the event and leave a tombstone
+            // in its list (ready or waiting), freed when that list is walked.
+            if let Some(index) = self.held.remove(&(lane, next)) {
+                if let Some(event) = self.entry_mut(index).event.take() {
+                    self.bytes -= size_of(&event);
+                }
+            }
+            self.mark_delivered(lane, next);
+        }
+        self.mark_durable(lane, seq);
+    }
+
+    /// Rewinds `lane` to `seq` after its stream refused an event (it lost it, or never
+    /// took it): catch-up fetches the rest again. Higher seqs are ignored.
+    pub fn rewind(&mut self, lane: Lane, seq: Seq) {
+        if seq < self.delivered_seq(lane) {
+            self.delivered.insert(lane, seq);
+        }
+        if self.durable.get(&lane).is_some_and(|&durable| seq < durable) {
+            self.durable.insert(lane, seq);
         }
     }
 
@@ -239,6 +307,12 @@ impl Pending {
             self.slab[index as usize] = None;
             self.free.push(index);
         }
+    }
+
+    /// Frees the place of an event dropped by [`Pending::observe`], once off its list.
+    fn free_tombstone(&mut self, index: u32) {
+        self.slab[index as usize] = None;
+        self.free.push(index);
     }
 
     fn entry(&self, index: u32) -> &Held {
@@ -270,25 +344,30 @@ impl Pending {
 }
 
 /// The one dependency `event` waits for first, or `None` when it is deliverable: its lane
-/// is delivered to exactly seq - 1 and every other entry of its clock is delivered.
+/// is delivered to exactly seq - 1, every other lane of its stream is delivered, and every
+/// lane of another stream is durable, as far as its clock says.
 ///
 /// The event's own lane is looked at first: its predecessor is the dependency most often
 /// missing, and once it is delivered the others usually are too (the writer had seen
 /// them before writing the predecessor, or just after), so events are rarely re-queued.
-fn first_missing(delivered: &Map<Lane, Seq>, event: &Event) -> Option<Slot> {
-    let at = |lane: Lane| delivered.get(&lane).copied().unwrap_or(Seq::ZERO);
+fn first_missing(delivered: &Map<Lane, Seq>, durable: &Map<Lane, Seq>, event: &Event) -> Option<Slot> {
+    let at = |map: &Map<Lane, Seq>, lane: Lane| map.get(&lane).copied().unwrap_or(Seq::ZERO);
     let before = Seq(event.seq.0 - 1);
-    if at(event.lane) < before {
+    if at(delivered, event.lane) < before {
         return Some((event.lane, before));
     }
-    event.clock.iter().find(|&(lane, seq)| lane != event.lane && at(lane) < seq)
+    event.clock.iter().find(|&(lane, seq)| {
+        let frontier = if lane.stream == event.lane.stream { delivered } else { durable };
+        lane != event.lane && at(frontier, lane) < seq
+    })
 }
 
 /// An event in the buffer.
 #[derive(Debug)]
 struct Held {
     id: EventId,
-    /// `None` once taken for delivery.
+    /// `None` once taken for delivery, or once dropped by [`Pending::observe`] (a
+    /// tombstone, still linked in the ready queue or a waiting list).
     event: Option<Event>,
     /// The next event waiting for the same dependency as this one.
     next_waiter: Option<u32>,
@@ -331,6 +410,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(event) = pending.take_ready() {
             pending.mark_delivered(event.lane, event.seq);
+            pending.mark_durable(event.lane, event.seq);
             out.push(event);
         }
         out
@@ -382,6 +462,41 @@ mod tests {
         assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Duplicate);
         p.abandon(taken.lane, taken.seq);
         assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Ready, "catch-up may bring it again");
+    }
+
+    #[test]
+    fn observing_a_local_write_releases_waiters_and_drops_obsolete_copies() {
+        let (a, b) = (lane(1), lane(2));
+        let mut p = pending();
+        p.insert(event(3, b, 1, &[(a, 2)])).unwrap();
+        p.insert(event(2, a, 2, &[])).unwrap(); // a copy of a write the site makes itself
+        p.observe(a, Seq(2));
+        let released = drain(&mut p);
+        assert_eq!(released.iter().map(|e| e.id).collect::<Vec<_>>(), [EventId::from_u128(3)]);
+        assert!(p.is_empty());
+        assert_eq!(p.bytes(), 0);
+        assert_eq!(p.insert(event(4, a, 3, &[])).unwrap(), Insert::Ready, "freed places are reused safely");
+        p.rewind(a, Seq(1));
+        assert_eq!(p.delivered_seq(a), Seq(1));
+    }
+
+    /// An event depending on another stream waits until that event is durable, not just
+    /// handed to its stream; one of the same stream only until it is handed over.
+    #[test]
+    fn another_streams_dependency_must_be_durable() {
+        let x = Lane::new(SiteId::from_u128(1), StreamId::from_u128(1));
+        let y = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
+        let mut p = pending();
+        p.insert(event(1, x, 1, &[])).unwrap();
+        p.insert(event(2, x, 2, &[])).unwrap();
+        p.insert(event(3, y, 1, &[(x, 1)])).unwrap();
+        let first = p.take_ready().unwrap();
+        p.mark_delivered(first.lane, first.seq);
+        assert_eq!(p.take_ready().unwrap().id, EventId::from_u128(2), "same stream: handed over is enough");
+        p.mark_delivered(x, Seq(2));
+        assert!(p.take_ready().is_none(), "other stream: must wait for durability");
+        p.mark_durable(x, Seq(1));
+        assert_eq!(p.take_ready().unwrap().id, EventId::from_u128(3));
     }
 
     #[test]

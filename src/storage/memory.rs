@@ -7,6 +7,7 @@
 //! is in flight.
 
 use super::{Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use crate::clock::VectorClock;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
@@ -156,17 +157,10 @@ impl Storage for MemoryStorage {
                 requested: stream_type.to_owned(),
             });
         }
-        let mut record = StreamRecord {
-            lamport: state.log.keys().next_back().map_or(0, |k| k.lamport),
-            snapshots: state.snapshots.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            ..StreamRecord::default()
-        };
-        for (lane, seq) in state.index.keys() {
-            if record.frontier.get(*lane) < *seq {
-                record.frontier.set(*lane, *seq);
-            }
-        }
-        Ok(record)
+        let lamport = state.log.keys().next_back().map_or(0, |k| k.lamport);
+        let snapshots = state.snapshots.iter().map(|(k, v)| (*k, v.clone())).collect();
+        drop(streams);
+        Ok(StreamRecord { frontier: self.frontier(stream)?, lamport, snapshots })
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
@@ -187,6 +181,24 @@ impl Storage for MemoryStorage {
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         Ok(lock(&self.streams).get(&stream).and_then(|s| s.index.get(&(lane, seq)).copied()))
+    }
+
+    fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
+        let streams = lock(&self.streams);
+        let mut frontier = VectorClock::new();
+        for (lane, seq) in streams.get(&stream).map(|s| s.index.keys()).into_iter().flatten() {
+            if frontier.get(*lane) < *seq {
+                frontier.set(*lane, *seq);
+            }
+        }
+        Ok(frontier)
+    }
+
+    fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
+        let streams = lock(&self.streams);
+        let Some(state) = streams.get(&lane.stream) else { return Ok(Vec::new()) };
+        let keys = (after.0 + 1..).map(|seq| state.index.get(&(lane, Seq(seq)))).map_while(|key| key.copied());
+        Ok(keys.take(limit).filter_map(|key| state.log.get(&key).cloned()).collect())
     }
 
     fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {

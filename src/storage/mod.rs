@@ -146,6 +146,19 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError>;
 
+    /// Every lane's highest stored seq in `stream` (empty for an unknown stream).
+    ///
+    /// # Errors
+    /// A read failure.
+    fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError>;
+
+    /// Up to `limit` events of `lane` after seq `after`, in seq order: what catch-up sends
+    /// a peer that has the lane up to `after`.
+    ///
+    /// # Errors
+    /// A read failure, or a stored event that does not decode.
+    fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError>;
+
     /// Up to `limit` events from `from` on, in canonical order.
     ///
     /// # Errors

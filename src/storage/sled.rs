@@ -501,6 +501,27 @@ impl Storage for SledStorage {
         }
     }
 
+    fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
+        self.stats.check()?;
+        frontier(&self.tree(stream)?, stream)
+    }
+
+    fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
+        self.stats.check()?;
+        let tree = self.tree(lane.stream)?;
+        let start = keys::index(lane, after.next());
+        let end = keys::index(lane, Seq(u64::MAX));
+        let mut events = Vec::with_capacity(limit.min(limits::REPLAY_PAGE_MAX));
+        for entry in tree.range(start..=end).take(limit) {
+            let (_, key) = entry?;
+            let event = tree
+                .get(keys::event(&order_key(&key)?))?
+                .ok_or_else(|| StorageError::Corrupt(format!("index entry of {lane} without its event")))?;
+            events.push(codec::decode(&event)?);
+        }
+        Ok(events)
+    }
+
     fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {
         self.stats.check()?;
         let start = match from {

@@ -191,6 +191,16 @@ impl Message for Deliver {
     type Result = Result<Delivered, StreamError>;
 }
 
+/// Remote events of this stream, in an order that respects causality, each with its
+/// dependencies delivered: what the router sends. Replies once they are durable, with what
+/// happened to each, in order.
+#[derive(Debug, Clone)]
+pub struct DeliverBatch(pub Vec<Event>);
+
+impl Message for DeliverBatch {
+    type Result = Vec<Result<Delivered, StreamError>>;
+}
+
 /// What a [`Deliver`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -308,25 +318,44 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
     }
 }
 
+impl<S: Stream> StreamActor<S> {
+    /// Checks and writes one remote event; durability is the caller's to wait for.
+    fn deliver_one(&mut self, event: Event, ctx: &mut Context<Self>) -> Result<Delivered, StreamError> {
+        self.refusal()?;
+        match self.ledger.check(&event, |lane, seq| self.key_at(lane, seq))? {
+            Check::New(payload) => {
+                self.write(std::slice::from_ref(&event), &[payload], ctx).map(|()| Delivered::Applied)
+            }
+            Check::Duplicate => Ok(Delivered::Duplicate),
+        }
+    }
+}
+
 impl<S: Stream> Handler<Deliver> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(error) = self.refusal() {
-            return Box::pin(fut::ready(Err(error)));
-        }
-        match self.ledger.check(&event, |lane, seq| self.key_at(lane, seq)) {
-            Ok(Check::New(payload)) => match self.write(std::slice::from_ref(&event), &[payload], ctx) {
-                Ok(()) => self.when_durable(Delivered::Applied),
-                Err(error) => Box::pin(fut::ready(Err(error))),
-            },
-            // The original may still be in flight: answer once it is durable.
-            Ok(Check::Duplicate) => self.when_durable(Delivered::Duplicate),
-            // The event kept may still be in flight too.
-            Err(error @ StreamError::Equivocation { .. }) => {
-                Box::pin(self.durable().map(move |result, _, _| result.and(Err(error))))
+        let outcome = self.deliver_one(event, ctx);
+        // Even a refusal may concern an event in flight (the original of a copy, the one
+        // kept against an equivocation): answer once what was written is durable. Bad
+        // input that touched nothing is answered at once.
+        match outcome {
+            Ok(_) | Err(StreamError::Equivocation { .. }) => {
+                Box::pin(self.durable().map(move |durable, _, _| durable.and(outcome)))
             }
             Err(error) => Box::pin(fut::ready(Err(error))),
         }
+    }
+}
+
+impl<S: Stream> Handler<DeliverBatch> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Vec<Result<Delivered, StreamError>>>;
+
+    fn handle(&mut self, DeliverBatch(events): DeliverBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let outcomes: Vec<_> = events.into_iter().map(|event| self.deliver_one(event, ctx)).collect();
+        Box::pin(self.durable().map(move |durable, _, _| match durable {
+            Ok(()) => outcomes,
+            Err(error) => outcomes.into_iter().map(|_| Err(error.clone())).collect(),
+        }))
     }
 }

@@ -18,7 +18,8 @@ mod subscribe;
 pub use self::error::StreamError;
 pub use self::ledger::{Check, Ledger};
 pub use self::messages::{
-    Decide, DecideError, Deliver, Delivered, Emit, Emitted, GetView, History, HistoryPage, Subscribe, ViewReply,
+    Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, Subscribe,
+    ViewReply,
 };
 
 use self::subscribe::Subscriber;

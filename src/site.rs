@@ -1,0 +1,178 @@
+//! [`Site`]: one replica. It owns its storage (one sled database, with a persistent site
+//! id), its router and, through the router, its stream actors.
+//!
+//! A thin handle: every operation is a message to the router actor, so a `Site` must be
+//! opened inside a running actix `System`, and clones of it share one router.
+
+use crate::clock::VectorClock;
+use crate::event::Event;
+use crate::id::{SiteId, StreamId};
+use crate::router::{
+    GetFrontier, GetMetrics, OpenStream, PendingLimits, Receive, Register, Router, RouterError, RouterMetrics, WaitFor,
+};
+use crate::storage::{SledConfig, SledStorage, Storage, StorageError};
+use crate::stream::{StreamActor, StreamConfig};
+use crate::view::Stream;
+use actix::{Actor, Addr, MailboxError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a site operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// Storage failed (opening the database, or reading it).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The router refused.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// The router did not answer: the site's actix system is stopping.
+    #[error("router mailbox: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// Settings of a site.
+#[derive(Debug, Clone, Default)]
+pub struct SiteConfig {
+    /// The router's buffer bounds.
+    pub pending: PendingLimits,
+    /// Settings of every stream actor the site starts.
+    pub stream: StreamConfig,
+}
+
+/// One replica of the data: storage, router and stream actors.
+///
+/// # Examples
+/// ```
+/// use gundb::{Emit, EventMeta, GetView, Site, Stream, StreamId, View};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Default, Serialize, Deserialize)]
+/// struct Count(u64);
+/// impl View<u64> for Count {
+///     fn apply_event(&mut self, n: &u64, _: &EventMeta<'_>) { self.0 += n }
+/// }
+/// struct Counter;
+/// impl Stream for Counter {
+///     const TYPE_NAME: &'static str = "doc.site.counter";
+///     type Event = u64;
+///     type View = Count;
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// actix::System::new().block_on(async {
+///     let site = Site::temporary()?;
+///     let counter = site.stream::<Counter>(StreamId::random()).await?;
+///     counter.send(Emit::new(2)).await??;
+///     assert_eq!(counter.send(GetView::new()).await??.view.0, 2);
+///     assert_eq!(site.frontier().await?.len(), 1, "one lane: this site's, of that stream");
+///     Ok(())
+/// })
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Site {
+    id: SiteId,
+    storage: Arc<dyn Storage>,
+    router: Addr<Router>,
+}
+
+impl Site {
+    /// Opens (or creates) the site whose database is in `path`.
+    ///
+    /// # Errors
+    /// The database cannot be opened or read.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SiteError> {
+        Self::with_storage(Arc::new(SledStorage::with_config(SledConfig::at(path.as_ref()))?), SiteConfig::default())
+    }
+
+    /// A site on a temporary database, deleted when the site's last actor stops.
+    ///
+    /// # Errors
+    /// The database cannot be created.
+    pub fn temporary() -> Result<Self, SiteError> {
+        Self::with_storage(Arc::new(SledStorage::temporary()?), SiteConfig::default())
+    }
+
+    /// A site over `storage`.
+    ///
+    /// # Errors
+    /// Storage cannot be read.
+    pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
+        let router = Router::new(Arc::clone(&storage), config.pending, config.stream)?.start();
+        Ok(Self { id: storage.site_id(), storage, router })
+    }
+
+    /// This site's id.
+    pub fn id(&self) -> SiteId {
+        self.id
+    }
+
+    /// The site's storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Registers stream type `S`: events of it arriving from other sites are folded into
+    /// views from now on (they are stored and forwarded either way).
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn register<S: Stream>(&self) -> Result<(), SiteError> {
+        Ok(self.router.send(Register::of::<S>()).await?)
+    }
+
+    /// The actor of stream `stream` of type `S`, started on first use (and `S` registered).
+    ///
+    /// # Errors
+    /// The stream exists with another type, or cannot be opened.
+    pub async fn stream<S: Stream>(&self, stream: StreamId) -> Result<Addr<StreamActor<S>>, SiteError> {
+        Ok(self.router.send(OpenStream::<S>::new(stream)).await??)
+    }
+
+    /// Everything durable at this site: every lane of every stream, at its seq.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn frontier(&self) -> Result<VectorClock, SiteError> {
+        Ok(self.router.send(GetFrontier).await?)
+    }
+
+    /// Resolves once everything in `clock` is durable here (for example another site's
+    /// frontier, to read one's writes there). Waits for ever if that never happens: put
+    /// a timeout around it where the clock's events may not come.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn wait_for(&self, clock: &VectorClock) -> Result<(), SiteError> {
+        Ok(self.router.send(WaitFor(clock.clone())).await?)
+    }
+
+    /// The router's counters.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn metrics(&self) -> Result<RouterMetrics, SiteError> {
+        Ok(self.router.send(GetMetrics).await?)
+    }
+
+    /// Takes events from another site: each is delivered once everything it depends on
+    /// is, whatever order they come in.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn receive(&self, events: Vec<Event>) -> Result<(), SiteError> {
+        Ok(self.router.send(Receive(events)).await?)
+    }
+
+    /// The router's address, for nodes that feed it.
+    pub fn router(&self) -> &Addr<Router> {
+        &self.router
+    }
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site").field("id", &self.id).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,150 @@
+//! Sites: events from other sites arrive at the router in any order, with copies, and are
+//! delivered to their streams once their dependencies are; events of a type the site has
+//! not registered are stored and counted in the frontier all the same; and three sites
+//! that write concurrently and swap their events end with equal views.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{fold, run_site, Trail, TrailStream};
+use gundb::testkit::{history, HistoryShape, Rng};
+use gundb::{codec, sort_events, Emit, Event, GetView, Site, StreamId, VectorClock};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// A history over several streams (with cross-stream dependencies), as `TrailStream`
+/// events numbered in write order.
+fn multi_stream_history(seed: u64, events: usize) -> Vec<Event> {
+    let mut rng = Rng::new(seed);
+    history(HistoryShape { sites: 3, streams: 3, events, sync_percent: 30 }, &mut rng)
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut e)| {
+            e.stream_type = "test.trail".into();
+            e.payload = codec::encode(&(n as u64)).unwrap();
+            e
+        })
+        .collect()
+}
+
+/// Every stored event of every stream of a site, read straight from its storage: what a
+/// source node will send.
+fn stored_events(site: &Site) -> Vec<Event> {
+    let storage = site.storage();
+    let mut all = Vec::new();
+    for (stream, _) in storage.streams().unwrap() {
+        all.extend(storage.events_from(stream, Bound::Unbounded, usize::MAX).unwrap());
+    }
+    all
+}
+
+async fn views(site: &Site, streams: &[StreamId]) -> BTreeMap<StreamId, Trail> {
+    let mut out = BTreeMap::new();
+    for &stream in streams {
+        let actor = site.stream::<TrailStream>(stream).await.unwrap();
+        out.insert(stream, actor.send(GetView::new()).await.unwrap().unwrap().view);
+    }
+    out
+}
+
+/// Waits until everything in `target` is durable at the site; a guard turns a hang into
+/// a failure.
+async fn until_covers(site: &Site, target: &VectorClock) {
+    let wait = site.wait_for(target);
+    tokio::time::timeout(std::time::Duration::from_secs(20), wait).await.expect("the site never caught up").unwrap();
+    assert!(site.frontier().await.unwrap().dominates(target));
+}
+
+/// Any arrival order with copies ends with every stream's view equal to folding its
+/// events in canonical order.
+#[test]
+fn a_site_delivers_any_arrival_order_causally() {
+    for seed in 0..10u64 {
+        run_site(move || async move {
+            let all = multi_stream_history(seed, 150);
+            let site = Site::temporary().unwrap();
+            site.register::<TrailStream>().await.unwrap();
+            let mut rng = Rng::new(seed);
+            let mut arrivals = all.clone();
+            arrivals.extend(all.iter().filter(|_| rng.chance(25)).cloned());
+            for i in (1..arrivals.len()).rev() {
+                arrivals.swap(i, rng.index(i + 1));
+            }
+            for chunk in arrivals.chunks(7) {
+                site.receive(chunk.to_vec()).await.unwrap();
+            }
+            let target: VectorClock = all.iter().map(|e| (e.lane, e.seq)).collect();
+            until_covers(&site, &target).await;
+            let mut by_stream: BTreeMap<StreamId, Vec<Event>> = BTreeMap::new();
+            for event in &all {
+                by_stream.entry(event.lane.stream).or_default().push(event.clone());
+            }
+            let streams: Vec<StreamId> = by_stream.keys().copied().collect();
+            let got = views(&site, &streams).await;
+            for (stream, events) in by_stream {
+                assert_eq!(got[&stream], fold(&sort_events(events).unwrap()), "seed {seed}");
+            }
+            let metrics = site.metrics().await.unwrap();
+            assert_eq!(metrics.delivered, all.len() as u64, "seed {seed}: {metrics:?}");
+            assert_eq!(metrics.pending, 0);
+        });
+    }
+}
+
+/// A site that does not know a stream type still stores its events and counts them in
+/// its frontier, so it can pass them on; once registered, the type is folded.
+#[test]
+fn unregistered_types_are_stored_and_folded_once_registered() {
+    run_site(|| async {
+        let all = multi_stream_history(3, 60);
+        let relay = Site::temporary().unwrap();
+        relay.receive(all.clone()).await.unwrap();
+        let target: VectorClock = all.iter().map(|e| (e.lane, e.seq)).collect();
+        until_covers(&relay, &target).await;
+        assert_eq!(stored_events(&relay).len(), all.len());
+
+        // A third site learns everything from the relay alone.
+        let reader = Site::temporary().unwrap();
+        reader.register::<TrailStream>().await.unwrap();
+        reader.receive(stored_events(&relay)).await.unwrap();
+        until_covers(&reader, &target).await;
+        let stream = all[0].lane.stream;
+        let events: Vec<Event> = all.iter().filter(|e| e.lane.stream == stream).cloned().collect();
+        assert_eq!(views(&reader, &[stream]).await[&stream], fold(&sort_events(events).unwrap()));
+    });
+}
+
+/// Three sites write to the same streams while cut off from each other, then swap
+/// everything they hold (in shuffled order): every view is equal everywhere.
+#[test]
+fn three_sites_converge_after_swapping_their_events() {
+    run_site(|| async {
+        let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
+        let streams = [StreamId::from_u128(1), StreamId::from_u128(2)];
+        for (n, site) in sites.iter().enumerate() {
+            for &stream in &streams {
+                let actor = site.stream::<TrailStream>(stream).await.unwrap();
+                for k in 0..20u64 {
+                    actor.send(Emit::new(n as u64 * 100 + k)).await.unwrap().unwrap();
+                }
+            }
+        }
+        let mut rng = Rng::new(9);
+        let mut everything: Vec<Event> = sites.iter().flat_map(stored_events).collect();
+        for i in (1..everything.len()).rev() {
+            everything.swap(i, rng.index(i + 1));
+        }
+        for site in &sites {
+            site.receive(everything.clone()).await.unwrap();
+        }
+        let target: VectorClock = everything.iter().map(|e| (e.lane, e.seq)).collect();
+        for site in &sites {
+            until_covers(site, &target).await;
+        }
+        let first = views(&sites[0], &streams).await;
+        assert_eq!(first[&streams[0]].0.len(), 60);
+        for site in &sites[1..] {
+            assert_eq!(views(site, &streams).await, first);
+        }
+    });
+}
