@@ -80,6 +80,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_limited::<T, { limits::FRAME_BYTES_MAX }>(bytes)
 }
 
+/// Encodes a wire frame: like [`encode`] but up to [`limits::WIRE_FRAME_BYTES_MAX`], since
+/// a frame carries a batch of events.
+///
+/// # Errors
+/// As [`encode`], with the frame limit.
+pub fn encode_frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, limits::WIRE_FRAME_BYTES_MAX)
+}
+
+/// Decodes a wire frame written by [`encode_frame`]: bytes from another site.
+///
+/// # Errors
+/// As [`decode`], with the frame limit. Never panics, whatever the bytes.
+pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_limited::<T, { limits::WIRE_FRAME_BYTES_MAX }>(bytes)
+}
+
 /// Encodes a view snapshot: like [`encode`] but up to [`limits::VIEW_BYTES_MAX`], since a
 /// view may outgrow a frame. Snapshots are read back only from this site's own disk.
 ///

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod id;
 pub mod limits;
+pub mod node;
 pub mod order;
 pub mod router;
 pub mod site;

@@ -9,6 +9,21 @@
 /// allocating gigabytes.
 pub const FRAME_BYTES_MAX: usize = 1 << 20;
 
+/// Largest wire frame between sites: a batch of events. Room for a batch of
+/// `CATCHUP_BATCH_BYTES` plus one event of `FRAME_BYTES_MAX`, since a batch is closed
+/// after the event that fills it.
+pub const WIRE_FRAME_BYTES_MAX: usize = CATCHUP_BATCH_BYTES + FRAME_BYTES_MAX + (64 << 10);
+
+/// Bytes of events a source node puts in one frame before closing it.
+pub const CATCHUP_BATCH_BYTES: usize = 1 << 20;
+
+/// Events a source node puts in one frame at most.
+pub const CATCHUP_BATCH_MAX: usize = 512;
+
+/// Frames queued on one in-process link in each direction; a full link makes the source
+/// node wait (backpressure), so a slow peer cannot make us buffer without bound.
+pub const LINK_FRAMES_MAX: usize = 16;
+
 /// Largest encoded view snapshot. Views may outgrow a frame (they hold a whole stream's
 /// state) but are only read back from this site's own disk.
 pub const VIEW_BYTES_MAX: usize = 256 << 20;

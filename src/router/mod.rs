@@ -18,6 +18,7 @@ use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::stream::{DeliverBatch, Delivered, StreamActor, StreamConfig, StreamError, Subscribe};
 use crate::view::Stream;
+use actix::dev::SendError;
 use actix::prelude::*;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -36,6 +37,9 @@ pub enum RouterError {
         /// Why.
         source: StreamError,
     },
+    /// The router stopped while the request waited.
+    #[error("the router stopped")]
+    Closed,
     /// The stream exists with another type than the one asked for.
     #[error("stream {stream} has type {stored:?}, not {requested:?}")]
     TypeMismatch {
@@ -114,6 +118,18 @@ pub struct Router {
     metrics: RouterMetrics,
     /// Requests waiting for the durable frontier to cover a clock.
     waiters: Vec<(VectorClock, oneshot::Sender<()>)>,
+    /// Source nodes to tell when the durable frontier moves.
+    listeners: Vec<Recipient<FrontierAdvanced>>,
+    /// The durable frontier moved since listeners were last told.
+    advanced: bool,
+    /// A stream refused an event since listeners were last told: peers must hear our
+    /// real frontier again, or they would never resend it.
+    rewound: bool,
+    /// Appends of unregistered streams not yet durable, per stream. A stream actor may
+    /// only open on a stream once they are: it loads what storage holds.
+    relaying: HashMap<StreamId, u32>,
+    /// `OpenStream` requests waiting for a stream's relayed appends.
+    open_waiters: HashMap<StreamId, Vec<oneshot::Sender<()>>>,
 }
 
 impl Router {
@@ -142,6 +158,11 @@ impl Router {
             stream_config,
             metrics: RouterMetrics::default(),
             waiters: Vec::new(),
+            listeners: Vec::new(),
+            advanced: false,
+            rewound: false,
+            relaying: HashMap::new(),
+            open_waiters: HashMap::new(),
         })
     }
 
@@ -154,6 +175,9 @@ impl Router {
         ctx: &mut Context<Self>,
     ) -> Result<Option<&Opened>, StreamError> {
         if !self.streams.contains_key(&stream) {
+            if self.relaying.contains_key(&stream) {
+                return Ok(None); // go on storing it unfolded until those appends are durable
+            }
             let Some(open) = self.registry.get(stream_type) else { return Ok(None) };
             let opened = open(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
             self.follow(&opened, ctx);
@@ -228,7 +252,14 @@ impl Router {
             self.send_batch(stream, ctx);
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
-        self.wake_waiters();
+        let hello = std::mem::take(&mut self.rewound);
+        if std::mem::take(&mut self.advanced) || hello {
+            self.wake_waiters();
+            // A notification already queued says much the same: a full mailbox loses little,
+            // and the periodic hello covers the rest.
+            let notice = FrontierAdvanced { hello };
+            self.listeners.retain(|listener| !matches!(listener.try_send(notice), Err(SendError::Closed(_))));
+        }
     }
 
     /// Answers the [`WaitFor`] requests whose clock the durable frontier now covers.
@@ -272,20 +303,24 @@ impl Router {
             Ok(Delivered::Applied) => {
                 self.metrics.delivered += 1;
                 self.pending.mark_durable(lane, seq);
+                self.advanced = true;
             }
             Ok(Delivered::Duplicate) => {
                 self.metrics.duplicates += 1;
                 self.pending.mark_durable(lane, seq);
+                self.advanced = true;
             }
             // The stream keeps the event it has on that slot: durable all the same.
             Err(StreamError::Equivocation { .. }) => {
                 self.metrics.equivocations += 1;
                 self.pending.mark_durable(lane, seq);
+                self.advanced = true;
             }
             Err(_) => {
                 // Not taken: forget it from here on; catch-up fetches it again.
                 self.metrics.refused += 1;
                 self.pending.rewind(lane, Seq(seq.0 - 1));
+                self.rewound = true;
             }
         }
     }
@@ -305,13 +340,28 @@ impl Router {
         match self.storage.append(lane.stream, append) {
             Ok(commit) => {
                 self.pending.mark_delivered(lane, seq);
+                *self.relaying.entry(lane.stream).or_default() += 1;
                 let durable = commit.into_actor(self).map(move |result, router, ctx| {
                     router.settle(lane, seq, result.map(|()| Delivered::Applied).map_err(StreamError::Storage));
+                    router.relayed_durable(lane.stream);
                     router.release(ctx);
                 });
                 ctx.spawn(durable);
             }
             Err(_) => self.refuse(lane, seq),
+        }
+    }
+
+    /// One relayed append of `stream` is durable (or failed): when none is left, streams
+    /// waiting to open may.
+    fn relayed_durable(&mut self, stream: StreamId) {
+        let Some(count) = self.relaying.get_mut(&stream) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.relaying.remove(&stream);
+            for waiter in self.open_waiters.remove(&stream).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
         }
     }
 
@@ -383,12 +433,33 @@ impl<S: Stream> Message for OpenStream<S> {
 }
 
 impl<S: Stream> Handler<OpenStream<S>> for Router {
-    type Result = Result<Addr<StreamActor<S>>, RouterError>;
+    type Result = ResponseFuture<Result<Addr<StreamActor<S>>, RouterError>>;
 
     fn handle(&mut self, OpenStream(stream, _): OpenStream<S>, ctx: &mut Context<Self>) -> Self::Result {
         self.registry.entry(S::TYPE_NAME).or_insert_with(opener::<S>);
+        if self.relaying.contains_key(&stream) && !self.streams.contains_key(&stream) {
+            // Open once the events stored for it unfolded are durable, so it loads them.
+            let (waiter, ready) = oneshot::channel();
+            self.open_waiters.entry(stream).or_default().push(waiter);
+            let router = ctx.address();
+            return Box::pin(async move {
+                let _ = ready.await;
+                router.send(OpenStream::<S>::new(stream)).await.map_err(|_| RouterError::Closed)?
+            });
+        }
+        let opened = self.open_typed::<S>(stream, ctx);
+        Box::pin(async move { opened })
+    }
+}
+
+impl Router {
+    fn open_typed<S: Stream>(
+        &mut self,
+        stream: StreamId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Addr<StreamActor<S>>, RouterError> {
         let opened = self.open(stream, S::TYPE_NAME, ctx).map_err(|source| RouterError::Stream { stream, source })?;
-        let opened = opened.expect("the type was registered just above");
+        let opened = opened.expect("the type is registered and the stream has no relayed appends in flight");
         match opened.typed.downcast_ref::<Addr<StreamActor<S>>>() {
             Some(addr) => Ok(addr.clone()),
             None => Err(RouterError::TypeMismatch {
@@ -430,6 +501,7 @@ impl Handler<Observed> for Router {
 
     fn handle(&mut self, Observed(lane, seq): Observed, ctx: &mut Context<Self>) {
         self.pending.observe(lane, seq);
+        self.advanced = true;
         self.release(ctx);
     }
 }
@@ -469,6 +541,32 @@ impl Handler<WaitFor> for Router {
         Box::pin(async move {
             let _ = done.await;
         })
+    }
+}
+
+/// Told to listeners when the site's durable frontier has moved.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontierAdvanced {
+    /// A stream refused an event: tell peers our frontier again so they resend it.
+    pub hello: bool,
+}
+
+impl Message for FrontierAdvanced {
+    type Result = ();
+}
+
+/// Adds a listener for [`FrontierAdvanced`] (a source node).
+pub struct Listen(pub Recipient<FrontierAdvanced>);
+
+impl Message for Listen {
+    type Result = ();
+}
+
+impl Handler<Listen> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Listen(listener): Listen, _ctx: &mut Context<Self>) {
+        self.listeners.push(listener);
     }
 }
 

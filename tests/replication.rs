@@ -1,0 +1,144 @@
+//! Replication between sites in one process, through source and sink nodes: catch-up on
+//! connect, live streaming after, relay through a middle site, and convergence after a
+//! partition on links that drop, duplicate and delay frames.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{run_site, Trail, TrailStream};
+use gundb::node::transport::{faulty, in_process, Faults};
+use gundb::node::{connect, NodeConfig};
+use gundb::{Emit, Emitted, GetView, Site, StreamId, VectorClock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Waits until everything in `target` is durable at `site`; a guard turns a hang into a
+/// failure.
+async fn until_covers(site: &Site, target: &VectorClock) {
+    if tokio::time::timeout(Duration::from_secs(10), site.wait_for(target)).await.is_err() {
+        let metrics = site.metrics().await.unwrap();
+        let frontier = site.frontier().await.unwrap();
+        panic!("the site never caught up: has {frontier:?}, needs {target:?}, metrics {metrics:?}");
+    }
+}
+
+async fn view(site: &Site, stream: StreamId) -> Trail {
+    let actor = site.stream::<TrailStream>(stream).await.unwrap();
+    actor.send(GetView::new()).await.unwrap().unwrap().view
+}
+
+async fn write(site: &Site, stream: StreamId, numbers: std::ops::Range<u64>) -> Vec<Emitted> {
+    let actor = site.stream::<TrailStream>(stream).await.unwrap();
+    let mut emitted = Vec::new();
+    for n in numbers {
+        emitted.push(actor.send(Emit::new(n)).await.unwrap().unwrap());
+    }
+    emitted
+}
+
+fn quiet() -> NodeConfig {
+    NodeConfig { hello_every: None }
+}
+
+/// Writes made before connecting arrive by catch-up, writes made after by streaming.
+#[test]
+fn two_sites_catch_up_then_stream() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let stream = StreamId::from_u128(1);
+        write(&a, stream, 0..50).await;
+        b.register::<TrailStream>().await.unwrap();
+        let (end_a, end_b) = in_process(4);
+        let _ab = connect(&a, end_a, quiet());
+        let _ba = connect(&b, end_b, quiet());
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        write(&a, stream, 50..80).await;
+        write(&b, stream, 100..110).await;
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        until_covers(&a, &b.frontier().await.unwrap()).await;
+        let (va, vb) = (view(&a, stream).await, view(&b, stream).await);
+        assert_eq!(va.0.len(), 90);
+        assert_eq!(va, vb);
+    });
+}
+
+/// A and C never talk; B, in the middle, passes everything on both ways.
+#[test]
+fn a_middle_site_relays() {
+    run_site(|| async {
+        let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
+        let stream = StreamId::from_u128(2);
+        for (left, right) in [(0, 1), (1, 2)] {
+            let (l, r) = in_process(4);
+            connect(&sites[left], l, quiet());
+            connect(&sites[right], r, quiet());
+        }
+        write(&sites[0], stream, 0..20).await;
+        write(&sites[2], stream, 100..120).await;
+        until_covers(&sites[2], &sites[0].frontier().await.unwrap()).await;
+        until_covers(&sites[0], &sites[2].frontier().await.unwrap()).await;
+        assert_eq!(view(&sites[0], stream).await, view(&sites[2], stream).await);
+        assert_eq!(view(&sites[0], stream).await.0.len(), 40);
+    });
+}
+
+/// Three sites on faulty links (drops, copies, delays), a partition A | B C with writes
+/// on both sides (concurrent writes to one stream), then a heal: every site ends with
+/// every acknowledged write and the same views.
+#[test]
+fn three_sites_converge_after_a_partition_on_faulty_links() {
+    run_site(|| async {
+        let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
+        let streams = [StreamId::from_u128(3), StreamId::from_u128(4)];
+        let mut links = Vec::new();
+        for (i, (left, right)) in [(0, 1), (0, 2), (1, 2)].into_iter().enumerate() {
+            let faults = Arc::new(Faults::default());
+            faults.drop_percent.store(10, Ordering::SeqCst);
+            faults.duplicate_percent.store(10, Ordering::SeqCst);
+            faults.delay_percent.store(10, Ordering::SeqCst);
+            let (l, r) = faulty(4, Arc::clone(&faults), 77 + i as u64);
+            // Frequent hellos heal dropped frames.
+            let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+            connect(&sites[left], l, config.clone());
+            connect(&sites[right], r, config);
+            links.push(((left, right), faults));
+        }
+        let mut acknowledged = Vec::new();
+        for (n, site) in sites.iter().enumerate() {
+            acknowledged.extend(write(site, streams[0], (n as u64 * 100)..(n as u64 * 100 + 10)).await);
+        }
+        // Partition A | B C.
+        for ((left, _), faults) in &links {
+            if *left == 0 {
+                faults.partition(true);
+            }
+        }
+        for (n, site) in sites.iter().enumerate() {
+            for &stream in &streams {
+                acknowledged.extend(write(site, stream, (1_000 + n as u64 * 100)..(1_000 + n as u64 * 100 + 15)).await);
+            }
+        }
+        for (_, faults) in &links {
+            faults.partition(false);
+        }
+        let mut union = VectorClock::new();
+        for site in &sites {
+            union.merge(&site.frontier().await.unwrap());
+        }
+        for site in &sites {
+            until_covers(site, &union).await;
+            for emitted in &acknowledged {
+                assert!(site.frontier().await.unwrap().dominates(&emitted.clock), "an acknowledged write is missing");
+            }
+        }
+        for &stream in &streams {
+            let first = view(&sites[0], stream).await;
+            for site in &sites[1..] {
+                assert_eq!(view(site, stream).await, first);
+            }
+        }
+        let injected: u64 = links.iter().map(|(_, f)| f.injected.load(Ordering::SeqCst)).sum();
+        assert!(injected >= 10, "the links injected only {injected} faults");
+    });
+}
