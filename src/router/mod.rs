@@ -67,6 +67,8 @@ pub struct RouterMetrics {
     pub malformed: u64,
     /// Events held now, waiting for a dependency.
     pub pending: u64,
+    /// Events held back at some point because a dependency had not arrived yet.
+    pub held_back: u64,
     /// Events dropped because the buffer was full (catch-up fetches them again).
     pub dropped_on_overflow: u64,
     /// Deliveries a stream refused for now (catch-up fetches them again).
@@ -252,6 +254,7 @@ impl Router {
             self.send_batch(stream, ctx);
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
+        self.metrics.held_back = self.pending.stats().buffered;
         let hello = std::mem::take(&mut self.rewound);
         if std::mem::take(&mut self.advanced) || hello {
             self.wake_waiters();
