@@ -60,6 +60,10 @@ fn two_sites_catch_up_then_stream() {
         let (va, vb) = (view(&a, stream).await, view(&b, stream).await);
         assert_eq!(va.0.len(), 90);
         assert_eq!(va, vb);
+        let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
+        assert_eq!((ma.emitted, mb.emitted), (80, 10));
+        assert_eq!((ma.delivered, mb.delivered), (10, 80));
+        assert!(ma.batches_sent >= 2 && mb.batches_received >= 2, "{ma:?} {mb:?}");
     });
 }
 

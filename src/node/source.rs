@@ -8,7 +8,7 @@ use crate::codec;
 use crate::event::Event;
 use crate::id::{Lane, Seq};
 use crate::limits;
-use crate::router::{FrontierAdvanced, Listen};
+use crate::router::{BatchSent, FrontierAdvanced, Listen};
 use crate::site::Site;
 use crate::storage::{Storage, StorageError};
 use actix::prelude::*;
@@ -99,6 +99,8 @@ impl SourceNode {
                 return ctx.stop();
             }
             node.sent += slots.len() as u64;
+            // Counting is best effort: a full router mailbox skips one count, not data.
+            let _ = node.site.router().try_send(BatchSent);
             if let Some(peer) = node.peer.as_mut() {
                 for (lane, seq) in slots {
                     if peer.get(lane) < seq {

@@ -55,6 +55,12 @@ pub enum RouterError {
 /// Counters of a site's router.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouterMetrics {
+    /// Events written at this site (local writes made durable).
+    pub emitted: u64,
+    /// Batches of events sent to peers by this site's source nodes.
+    pub batches_sent: u64,
+    /// Batches of events received from peers.
+    pub batches_received: u64,
     /// Events received from other sites (copies included).
     pub received: u64,
     /// Events delivered to a stream (or stored, for unregistered types).
@@ -485,6 +491,7 @@ impl Handler<Receive> for Router {
     type Result = ();
 
     fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) {
+        self.metrics.batches_received += 1;
         for event in events {
             self.receive(event);
         }
@@ -503,6 +510,9 @@ impl Handler<Observed> for Router {
     type Result = ();
 
     fn handle(&mut self, Observed(lane, seq): Observed, ctx: &mut Context<Self>) {
+        if lane.site == self.storage.site_id() {
+            self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
+        }
         self.pending.observe(lane, seq);
         self.advanced = true;
         self.release(ctx);
@@ -570,6 +580,21 @@ impl Handler<Listen> for Router {
 
     fn handle(&mut self, Listen(listener): Listen, _ctx: &mut Context<Self>) {
         self.listeners.push(listener);
+    }
+}
+
+/// A source node sent a batch of events to its peer (counted in the site's metrics).
+pub struct BatchSent;
+
+impl Message for BatchSent {
+    type Result = ();
+}
+
+impl Handler<BatchSent> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _msg: BatchSent, _ctx: &mut Context<Self>) {
+        self.metrics.batches_sent += 1;
     }
 }
 
