@@ -67,6 +67,24 @@ fn two_sites_catch_up_then_stream() {
     });
 }
 
+/// The same over bounded crossbeam channels between threads.
+#[test]
+fn two_sites_replicate_over_crossbeam_channels() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let stream = StreamId::from_u128(6);
+        let (end_a, end_b) = gundb::node::transport::crossbeam(2);
+        connect(&a, end_a, quiet());
+        connect(&b, end_b, quiet());
+        write(&a, stream, 0..300).await;
+        write(&b, stream, 1_000..1_010).await;
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        until_covers(&a, &b.frontier().await.unwrap()).await;
+        assert_eq!(view(&a, stream).await, view(&b, stream).await);
+        assert_eq!(view(&a, stream).await.0.len(), 310);
+    });
+}
+
 /// A and C never talk; B, in the middle, passes everything on both ways.
 #[test]
 fn a_middle_site_relays() {

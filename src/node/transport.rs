@@ -2,11 +2,14 @@
 //! [`Endpoint`], a bounded sender and receiver of frames; a full sender makes the
 //! source node wait, which is the backpressure of the whole path.
 //!
-//! [`in_process`] links two sites in one process. [`faulty`] puts a seeded relay in the
-//! middle that drops, duplicates, delays (reorders) frames and partitions the link, one
-//! way or both, under a [`Faults`] control; tests and the demo use it.
+//! [`in_process`] links two sites in one process. [`crossbeam`] carries the frames over
+//! bounded crossbeam channels between threads, the way two sites in different threads (or
+//! runtimes) of one process talk. [`faulty`] puts a seeded relay in the middle that drops,
+//! duplicates, delays (reorders) frames and partitions the link, one way or both, under a
+//! [`Faults`] control; tests and the demo use it.
 
 use crate::testkit::Rng;
+use crossbeam::channel as crossbeam_channel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -25,6 +28,39 @@ pub fn in_process(capacity: usize) -> (Endpoint, Endpoint) {
     let (to_b, from_a) = mpsc::channel(capacity.max(1));
     let (to_a, from_b) = mpsc::channel(capacity.max(1));
     (Endpoint { sender: to_b, receiver: from_b }, Endpoint { sender: to_a, receiver: from_a })
+}
+
+/// Two endpoints joined by bounded crossbeam channels (`capacity` frames each way), with a
+/// thread at each end of each direction moving frames between the node's channel and the
+/// crossbeam one. Every hop is bounded, so a slow reader holds up the writer all the way.
+/// The threads end when either side closes.
+pub fn crossbeam(capacity: usize) -> (Endpoint, Endpoint) {
+    let (a, a_inner) = in_process(capacity);
+    let (b_inner, b) = in_process(capacity);
+    let Endpoint { sender: to_b, receiver: from_b } = b_inner;
+    let Endpoint { sender: to_a, receiver: from_a } = a_inner;
+    bridge(from_a, to_b, capacity);
+    bridge(from_b, to_a, capacity);
+    (a, b)
+}
+
+/// Moves frames from `from` through a bounded crossbeam channel into `to`.
+fn bridge(mut from: mpsc::Receiver<Vec<u8>>, to: mpsc::Sender<Vec<u8>>, capacity: usize) {
+    let (wire_in, wire_out) = crossbeam_channel::bounded::<Vec<u8>>(capacity.max(1));
+    std::thread::spawn(move || {
+        while let Some(frame) = from.blocking_recv() {
+            if wire_in.send(frame).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok(frame) = wire_out.recv() {
+            if to.blocking_send(frame).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// What a faulty link does to frames, in percent, and whether it is cut.
