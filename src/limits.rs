@@ -93,6 +93,9 @@ pub const PENDING_BYTES_MAX: u64 = 64 << 20;
 /// stream's mailbox and one flush carries many deliveries.
 pub const DELIVER_BATCH_MAX: usize = 256;
 
+/// Held-back events a router remembers for inspection (the demo's timeline).
+pub const JOURNAL_MAX: usize = 64;
+
 /// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
 pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 

@@ -8,7 +8,8 @@ use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::{SiteId, StreamId};
 use crate::router::{
-    GetFrontier, GetMetrics, OpenStream, PendingLimits, Receive, Register, Router, RouterError, RouterMetrics, WaitFor,
+    GetFrontier, GetHeldBack, GetMetrics, HeldBack, OpenStream, PendingLimits, Receive, Register, Router, RouterError,
+    RouterMetrics, WaitFor,
 };
 use crate::storage::{SledConfig, SledStorage, Storage, StorageError};
 use crate::stream::{StreamActor, StreamConfig};
@@ -146,6 +147,14 @@ impl Site {
     /// The router is gone.
     pub async fn wait_for(&self, clock: &VectorClock) -> Result<(), SiteError> {
         Ok(self.router.send(WaitFor(clock.clone())).await?)
+    }
+
+    /// The latest events the router held back, and what each waited for.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn held_back(&self) -> Result<Vec<HeldBack>, SiteError> {
+        Ok(self.router.send(GetHeldBack).await?)
     }
 
     /// The router's counters.

@@ -136,7 +136,9 @@ impl SimSite {
     fn receive(&mut self, events: Vec<Event>) {
         for event in events {
             match self.pending.insert(event) {
-                Ok(Insert::Ready | Insert::Buffered | Insert::Duplicate | Insert::Delivered | Insert::Overflow) => {}
+                Ok(
+                    Insert::Ready | Insert::Buffered { .. } | Insert::Duplicate | Insert::Delivered | Insert::Overflow,
+                ) => {}
                 Err(equivocation) => panic!("no site equivocates here: {equivocation:?}"),
             }
         }

@@ -138,6 +138,23 @@ pub struct Router {
     relaying: HashMap<StreamId, u32>,
     /// `OpenStream` requests waiting for a stream's relayed appends.
     open_waiters: HashMap<StreamId, Vec<oneshot::Sender<()>>>,
+    /// The latest events held back, with the dependency each waited for.
+    journal: VecDeque<HeldBack>,
+}
+
+/// An event the router held back because a dependency had not arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldBack {
+    /// The event.
+    pub event: crate::id::EventId,
+    /// Its lane.
+    pub lane: Lane,
+    /// Its seq.
+    pub seq: Seq,
+    /// The lane of the dependency it waited for.
+    pub missing: Lane,
+    /// How far that lane had to be delivered.
+    pub needed: Seq,
 }
 
 impl Router {
@@ -171,6 +188,7 @@ impl Router {
             rewound: false,
             relaying: HashMap::new(),
             open_waiters: HashMap::new(),
+            journal: VecDeque::new(),
         })
     }
 
@@ -224,7 +242,13 @@ impl Router {
         }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
         match self.pending.insert(event) {
-            Ok(Insert::Ready | Insert::Buffered) => {}
+            Ok(Insert::Ready) => {}
+            Ok(Insert::Buffered { lane: missing, seq: needed }) => {
+                if self.journal.len() == limits::JOURNAL_MAX {
+                    self.journal.pop_front();
+                }
+                self.journal.push_back(HeldBack { event: id, lane, seq, missing, needed });
+            }
             Ok(Insert::Duplicate) => self.metrics.duplicates += 1,
             Ok(Insert::Overflow) => self.metrics.dropped_on_overflow += 1,
             // Its slot is delivered here: a copy, or an equivocation if another id holds it.
@@ -595,6 +619,21 @@ impl Handler<BatchSent> for Router {
 
     fn handle(&mut self, _msg: BatchSent, _ctx: &mut Context<Self>) {
         self.metrics.batches_sent += 1;
+    }
+}
+
+/// Asks for the latest events the router held back (at most [`limits::JOURNAL_MAX`]).
+pub struct GetHeldBack;
+
+impl Message for GetHeldBack {
+    type Result = Vec<HeldBack>;
+}
+
+impl Handler<GetHeldBack> for Router {
+    type Result = MessageResult<GetHeldBack>;
+
+    fn handle(&mut self, _msg: GetHeldBack, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.journal.iter().copied().collect())
     }
 }
 

@@ -42,8 +42,13 @@ impl Default for PendingLimits {
 pub enum Insert {
     /// Every dependency is delivered: it is ready.
     Ready,
-    /// Held until a dependency arrives.
-    Buffered,
+    /// Held until a dependency arrives: the first one missing, (lane, seq).
+    Buffered {
+        /// The lane of the dependency it waits for.
+        lane: Lane,
+        /// How far that lane must be delivered.
+        seq: Seq,
+    },
     /// This copy is already held (or being delivered): dropped.
     Duplicate,
     /// Its (lane, seq) is already delivered: a copy of that event or an equivocation,
@@ -205,7 +210,7 @@ impl Pending {
             Some(missing) => {
                 self.stats.buffered += 1;
                 self.wait(index, missing);
-                Ok(Insert::Buffered)
+                Ok(Insert::Buffered { lane: missing.0, seq: missing.1 })
             }
         }
     }
@@ -424,8 +429,8 @@ mod tests {
     fn an_event_waits_for_its_lane_and_its_dependencies() {
         let (a, b) = (lane(1), lane(2));
         let mut p = pending();
-        assert_eq!(p.insert(event(3, b, 1, &[(a, 2)])).unwrap(), Insert::Buffered);
-        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered);
+        assert_eq!(p.insert(event(3, b, 1, &[(a, 2)])).unwrap(), Insert::Buffered { lane: a, seq: Seq(2) });
+        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered { lane: a, seq: Seq(1) });
         assert!(drain(&mut p).is_empty());
         assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Ready);
         let order: Vec<_> = drain(&mut p).iter().map(|e| e.id.as_uuid().as_u128()).collect();
@@ -439,7 +444,7 @@ mod tests {
     fn copies_are_dropped_and_equivocations_refused_with_both_ids() {
         let a = lane(1);
         let mut p = pending();
-        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered);
+        assert!(matches!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered { .. }));
         assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Duplicate);
         let refused = p.insert(event(9, a, 2, &[])).unwrap_err();
         assert_eq!(
@@ -504,7 +509,7 @@ mod tests {
         let a = lane(1);
         let mut p = Pending::new(&VectorClock::new(), PendingLimits { events_max: 2, bytes_max: u64::MAX });
         for seq in 2..=3 {
-            assert_eq!(p.insert(event(u128::from(seq), a, seq, &[])).unwrap(), Insert::Buffered);
+            assert!(matches!(p.insert(event(u128::from(seq), a, seq, &[])).unwrap(), Insert::Buffered { .. }));
         }
         assert_eq!(p.insert(event(4, a, 4, &[])).unwrap(), Insert::Overflow);
         assert_eq!(p.stats().overflows, 1);

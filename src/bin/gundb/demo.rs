@@ -165,6 +165,16 @@ pub fn run(data: Option<PathBuf>, seed: u64) -> Result<()> {
                 NAMES[n], m.received, m.delivered, m.held_back, m.duplicates
             ));
         }
+        let names: std::collections::HashMap<gundb::SiteId, &str> =
+            demo.sites.iter().zip(NAMES).map(|(s, n)| (s.id(), n)).collect();
+        for (n, site) in demo.sites.clone().iter().enumerate() {
+            for held in site.held_back().await? {
+                demo.say(format!(
+                    "router {} held back {}#{} until {}#{} arrived",
+                    NAMES[n], names[&held.lane.site], held.seq, names[&held.missing.site], held.needed
+                ));
+            }
+        }
         let injected: u64 = demo.links.iter().map(|(_, f)| f.injected.load(Ordering::SeqCst)).sum();
         demo.say(format!("the links delayed, duplicated or cut {injected} frames along the way"));
         demo.show_views("views after the heal:").await?;
