@@ -113,8 +113,12 @@ pub struct Pending {
     held: Map<Slot, u32>,
     /// The first of the events waiting for a dependency, by that dependency; the rest
     /// follow through [`Held::next_waiter`]. A list through the held events costs no
-    /// allocation per waiting event, as a vector per dependency would.
+    /// allocation per waiting event, as a vector per dependency would. Events wait here
+    /// for a dependency in their own stream (to be delivered)...
     waiting_on: Map<Slot, u32>,
+    /// ...and here for one in another stream (to be durable): two maps, so each mark looks
+    /// only where its waiters can be, and a single-stream site never probes the second.
+    waiting_durable: Map<Slot, u32>,
     /// Events ready, in the order they became ready.
     ready: VecDeque<u32>,
     bytes: u64,
@@ -132,6 +136,7 @@ impl Pending {
             free: Vec::new(),
             held: Map::default(),
             waiting_on: Map::default(),
+            waiting_durable: Map::default(),
             ready: VecDeque::new(),
             bytes: 0,
             limits,
@@ -239,7 +244,7 @@ impl Pending {
         self.delivered.insert(lane, seq);
         self.release_slot(lane, seq);
         self.stats.delivered += 1;
-        self.release_waiters(lane, seq);
+        self.release_waiters(lane, seq, false);
     }
 
     /// Records that `lane` is durable up to `seq` in its stream, releasing events of
@@ -250,13 +255,17 @@ impl Pending {
         while at < seq {
             at = at.next();
             self.durable.insert(lane, at);
-            self.release_waiters(lane, at);
+            if !self.waiting_durable.is_empty() {
+                self.release_waiters(lane, at, true);
+            }
         }
     }
 
-    /// Looks again at the events waiting for (lane, seq).
-    fn release_waiters(&mut self, lane: Lane, seq: Seq) {
-        let mut waiter = self.waiting_on.remove(&(lane, seq));
+    /// Looks again at the events waiting for (lane, seq) to be delivered (or, with
+    /// `durable`, to be durable).
+    fn release_waiters(&mut self, lane: Lane, seq: Seq, durable: bool) {
+        let waiting = if durable { &mut self.waiting_durable } else { &mut self.waiting_on };
+        let mut waiter = waiting.remove(&(lane, seq));
         while let Some(index) = waiter {
             let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
             waiter = held.next_waiter.take();
@@ -330,8 +339,10 @@ impl Pending {
 
     /// Puts the event at `index` at the head of the list waiting for `missing`.
     fn wait(&mut self, index: u32, missing: Slot) {
-        let next = self.waiting_on.insert(missing, index);
-        self.slab[index as usize].as_mut().expect("a waiting index is held").next_waiter = next;
+        let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
+        let own_stream = held.event.as_ref().is_some_and(|e| e.lane.stream == missing.0.stream);
+        let waiting = if own_stream { &mut self.waiting_on } else { &mut self.waiting_durable };
+        held.next_waiter = waiting.insert(missing, index);
     }
 
     fn place(&mut self, held: Held) -> u32 {
