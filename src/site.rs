@@ -8,8 +8,8 @@ use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::{SiteId, StreamId};
 use crate::router::{
-    GetFrontier, GetHeldBack, GetMetrics, HeldBack, OpenStream, PendingLimits, Receive, Register, Router, RouterError,
-    RouterMetrics, WaitFor,
+    Equivocation, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, HeldBack, OpenStream, PendingLimits, Receive,
+    Register, Router, RouterError, RouterMetrics, WaitFor,
 };
 use crate::storage::{SledConfig, SledStorage, Storage, StorageError};
 use crate::stream::{StreamActor, StreamConfig};
@@ -155,6 +155,15 @@ impl Site {
     /// The router is gone.
     pub async fn held_back(&self) -> Result<Vec<HeldBack>, SiteError> {
         Ok(self.router.send(GetHeldBack).await?)
+    }
+
+    /// The latest equivocations refused here: two different events claiming one
+    /// (lane, seq), with both ids. The first one delivered is kept.
+    ///
+    /// # Errors
+    /// The router is gone.
+    pub async fn equivocations(&self) -> Result<Vec<Equivocation>, SiteError> {
+        Ok(self.router.send(GetEquivocations).await?)
     }
 
     /// The router's counters.

@@ -148,3 +148,29 @@ fn three_sites_converge_after_swapping_their_events() {
         }
     });
 }
+
+/// Two different events claiming one (lane, seq): the first is kept, the second refused,
+/// counted and reported with both ids, whether it arrives while the first is held or
+/// after it was delivered.
+#[test]
+fn equivocations_are_refused_and_reported_with_both_ids() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let all = multi_stream_history(5, 3);
+        let first = all[0].clone();
+        let mut forged = first.clone();
+        forged.id = gundb::EventId::from_u128(0xBAD);
+        forged.payload = codec::encode(&999u64).unwrap();
+        site.receive(vec![first.clone()]).await.unwrap();
+        let target: VectorClock = [(first.lane, first.seq)].into_iter().collect();
+        until_covers(&site, &target).await;
+        site.receive(vec![forged.clone()]).await.unwrap();
+        let reports = site.equivocations().await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!((reports[0].kept, reports[0].rejected), (first.id, forged.id));
+        assert_eq!(site.metrics().await.unwrap().equivocations, 1);
+        let view = views(&site, &[first.lane.stream]).await;
+        assert_eq!(view[&first.lane.stream], fold(&[first]), "the forged event was never applied");
+    });
+}

@@ -140,6 +140,8 @@ pub struct Router {
     open_waiters: HashMap<StreamId, Vec<oneshot::Sender<()>>>,
     /// The latest events held back, with the dependency each waited for.
     journal: VecDeque<HeldBack>,
+    /// The latest equivocations refused, with both ids.
+    equivocations: VecDeque<Equivocation>,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -189,6 +191,7 @@ impl Router {
             relaying: HashMap::new(),
             open_waiters: HashMap::new(),
             journal: VecDeque::new(),
+            equivocations: VecDeque::new(),
         })
     }
 
@@ -253,10 +256,12 @@ impl Router {
             Ok(Insert::Overflow) => self.metrics.dropped_on_overflow += 1,
             // Its slot is delivered here: a copy, or an equivocation if another id holds it.
             Ok(Insert::Delivered) => match self.storage.key_at(lane.stream, lane, seq) {
-                Ok(Some(kept)) if kept.id != id => self.metrics.equivocations += 1,
+                Ok(Some(kept)) if kept.id != id => {
+                    self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
+                }
                 _ => self.metrics.duplicates += 1,
             },
-            Err(Equivocation { .. }) => self.metrics.equivocations += 1,
+            Err(equivocation) => self.equivocation(equivocation),
         }
     }
 
@@ -344,8 +349,8 @@ impl Router {
                 self.advanced = true;
             }
             // The stream keeps the event it has on that slot: durable all the same.
-            Err(StreamError::Equivocation { .. }) => {
-                self.metrics.equivocations += 1;
+            Err(StreamError::Equivocation { kept, rejected, .. }) => {
+                self.equivocation(Equivocation { lane, seq, kept, rejected });
                 self.pending.mark_durable(lane, seq);
                 self.advanced = true;
             }
@@ -383,6 +388,15 @@ impl Router {
             }
             Err(_) => self.refuse(lane, seq),
         }
+    }
+
+    /// Counts and remembers a refused equivocation.
+    fn equivocation(&mut self, equivocation: Equivocation) {
+        self.metrics.equivocations += 1;
+        if self.equivocations.len() == limits::JOURNAL_MAX {
+            self.equivocations.pop_front();
+        }
+        self.equivocations.push_back(equivocation);
     }
 
     /// One relayed append of `stream` is durable (or failed): when none is left, streams
@@ -634,6 +648,22 @@ impl Handler<GetHeldBack> for Router {
 
     fn handle(&mut self, _msg: GetHeldBack, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.journal.iter().copied().collect())
+    }
+}
+
+/// Asks for the latest equivocations refused (at most [`limits::JOURNAL_MAX`]), each
+/// with the event kept and the event refused.
+pub struct GetEquivocations;
+
+impl Message for GetEquivocations {
+    type Result = Vec<Equivocation>;
+}
+
+impl Handler<GetEquivocations> for Router {
+    type Result = MessageResult<GetEquivocations>;
+
+    fn handle(&mut self, _msg: GetEquivocations, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.equivocations.iter().copied().collect())
     }
 }
 
