@@ -169,8 +169,10 @@ fn three_sites_converge_after_a_partition_on_faulty_links() {
 /// writes `numbers`, reports what was acknowledged, and runs until told to stop.
 struct SiteThread {
     written: tokio::sync::oneshot::Receiver<Vec<Emitted>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    /// Stops the site once it holds everything in the clock.
+    stop: tokio::sync::oneshot::Sender<VectorClock>,
+    /// Its view when it stopped.
+    thread: std::thread::JoinHandle<Trail>,
 }
 
 impl SiteThread {
@@ -181,7 +183,7 @@ impl SiteThread {
         numbers: std::ops::Range<u64>,
     ) -> Self {
         let (report, written) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<VectorClock>();
         let thread = std::thread::spawn(move || {
             actix::System::new().block_on(async move {
                 let site = Site::open(&path).unwrap();
@@ -190,17 +192,19 @@ impl SiteThread {
                     connect(&site, end, config.clone());
                 }
                 report.send(write(&site, stream, numbers).await).unwrap();
-                let _ = stopped.await;
-            });
+                let target = stopped.await.unwrap();
+                until_covers(&site, &target).await;
+                view(&site, stream).await
+            })
             // The system is gone: its actors stopped and the database closed.
         });
         Self { written, stop, thread }
     }
 
-    /// Stops the site and waits until its database is closed.
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::task::spawn_blocking(move || self.thread.join().unwrap()).await.unwrap();
+    /// Stops the site once it holds `target`; returns its view then.
+    async fn stop(self, target: VectorClock) -> Trail {
+        self.stop.send(target).unwrap();
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap()).await.unwrap()
     }
 }
 
@@ -237,7 +241,7 @@ fn a_restarted_site_catches_up_after_a_partition() {
         ac.partition(true);
         acknowledged.extend(write(&a, stream, 10..20).await);
         acknowledged.extend(write(&b, stream, 110..120).await);
-        c.stop().await; // C may stop before B has its writes: they wait in C's folder
+        c.stop(VectorClock::new()).await; // C may stop before B has its writes: they wait in C's folder
 
         // C comes back from its folder, on fresh links to A and B, and writes on.
         let (ac_a, ac_c, _) = link(4);
@@ -256,13 +260,49 @@ fn a_restarted_site_catches_up_after_a_partition() {
         }
         until_covers(&a, &target).await;
         until_covers(&b, &target).await;
-        c.stop().await;
+        let vc = c.stop(target.clone()).await;
         let (va, vb) = (view(&a, stream).await, view(&b, stream).await);
         assert_eq!(va.0.len(), 55);
         assert_eq!(va, vb);
+        assert_eq!(va, vc, "the restarted site has the same view");
         for emitted in &acknowledged {
             assert!(a.frontier().await.unwrap().dominates(&emitted.clock), "an acknowledged write is missing");
             assert!(b.frontier().await.unwrap().dominates(&emitted.clock), "an acknowledged write is missing");
         }
+    });
+}
+
+/// A router buffer of 4 events overflows when 40 arrive in reverse order: the overflow
+/// is dropped and counted, and catch-up from a peer that has them fills the gap later,
+/// even though the buffer is still full of events waiting for them.
+#[test]
+fn an_overflowing_buffer_is_refilled_by_catch_up() {
+    run_site(|| async {
+        let source = Site::temporary().unwrap();
+        let stream = StreamId::from_u128(7);
+        write(&source, stream, 0..40).await;
+        let tiny = gundb::SiteConfig {
+            pending: gundb::router::PendingLimits { events_max: 4, bytes_max: u64::MAX },
+            ..gundb::SiteConfig::default()
+        };
+        let storage: Arc<dyn gundb::storage::Storage> = Arc::new(gundb::storage::SledStorage::temporary().unwrap());
+        let small = Site::with_storage(storage, tiny).unwrap();
+        small.register::<TrailStream>().await.unwrap();
+        let mut events: Vec<gundb::Event> = {
+            let actor = source.stream::<TrailStream>(stream).await.unwrap();
+            actor.send(gundb::History { after: None, limit: 100 }).await.unwrap().unwrap().events
+        };
+        events.reverse();
+        small.receive(events).await.unwrap();
+        let metrics = small.metrics().await.unwrap();
+        // 40..=37 wait in the buffer, 36..=2 find it full, and 1 is deliverable at once.
+        assert_eq!(metrics.dropped_on_overflow, 35, "{metrics:?}");
+        assert_eq!(metrics.pending, 4);
+
+        let (l, r) = in_process(4);
+        connect(&source, l, quiet());
+        connect(&small, r, quiet());
+        until_covers(&small, &source.frontier().await.unwrap()).await;
+        assert_eq!(view(&small, stream).await, view(&source, stream).await);
     });
 }

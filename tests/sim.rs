@@ -6,7 +6,8 @@
 //!
 //! After a final heal and quiescence it checks: every site holds the same events; views
 //! are equal and equal to folding `sort_events` of the union; every acknowledged write is
-//! everywhere (the Jepsen set check); each run injected a minimum of faults. Lanes stay
+//! everywhere (the Jepsen set check); each run injected a minimum of faults. Router
+//! buffers hold 6 events, so overflow and refetching happen too. Lanes stay
 //! contiguous and dependencies delivered first throughout (the ledger panics otherwise).
 //!
 //! `GUNDB_SEED=<n> cargo test --test sim` replays one seed. Two planted bugs (skipping the
@@ -82,7 +83,8 @@ fn frontier_of(log: &Log) -> VectorClock {
 
 impl SimSite {
     fn new(id: SiteId, bugs: Bugs) -> Self {
-        let pending = Pending::new(&VectorClock::new(), PendingLimits::default());
+        // A small buffer, so overflow (dropped, then fetched again) happens in most runs.
+        let pending = Pending::new(&VectorClock::new(), PendingLimits { events_max: 6, bytes_max: u64::MAX });
         Self {
             id,
             logs: Log::new(),

@@ -253,7 +253,11 @@ impl Router {
                 self.journal.push_back(HeldBack { event: id, lane, seq, missing, needed });
             }
             Ok(Insert::Duplicate) => self.metrics.duplicates += 1,
-            Ok(Insert::Overflow) => self.metrics.dropped_on_overflow += 1,
+            Ok(Insert::Overflow) => {
+                // The peer thinks we have it now: a fresh hello makes it send it again.
+                self.metrics.dropped_on_overflow += 1;
+                self.rewound = true;
+            }
             // Its slot is delivered here: a copy, or an equivocation if another id holds it.
             Ok(Insert::Delivered) => match self.storage.key_at(lane.stream, lane, seq) {
                 Ok(Some(kept)) if kept.id != id => {

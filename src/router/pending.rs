@@ -21,8 +21,9 @@ use crate::id::{EventId, Lane, Seq};
 use crate::limits;
 use std::collections::{HashMap, VecDeque};
 
-/// Bounds of the buffer. Past them, arrivals are dropped and counted; catch-up fetches
-/// them again later, so nothing is lost.
+/// Bounds of the buffer. Past them, arrivals that would have to wait are dropped and
+/// counted; catch-up fetches them again later, so nothing is lost. Arrivals that are
+/// deliverable at once are always taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingLimits {
     /// Events held at most.
@@ -199,12 +200,16 @@ impl Pending {
             return Err(Equivocation { lane: event.lane, seq: event.seq, kept, rejected: event.id });
         }
         let size = size_of(&event);
-        if self.held.len() >= self.limits.events_max || self.bytes + size > self.limits.bytes_max {
+        let missing = first_missing(&self.delivered, &self.durable, &event);
+        // The bounds hold events that must wait. A ready event is always taken: it leaves at
+        // the next `take_ready`, and refusing it could leave a full buffer waiting for the
+        // very events it turns away (catch-up sends them in causal order, ready on arrival).
+        let full = self.held.len() >= self.limits.events_max || self.bytes + size > self.limits.bytes_max;
+        if missing.is_some() && full {
             self.stats.overflows += 1;
             return Ok(Insert::Overflow);
         }
         self.bytes += size;
-        let missing = first_missing(&self.delivered, &self.durable, &event);
         let index = self.place(Held { id: event.id, event: Some(event), next_waiter: None });
         self.held.insert(slot, index);
         match missing {
@@ -524,8 +529,11 @@ mod tests {
         }
         assert_eq!(p.insert(event(4, a, 4, &[])).unwrap(), Insert::Overflow);
         assert_eq!(p.stats().overflows, 1);
+        // What is deliverable now is taken even when full, or the buffer could never drain.
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Ready);
+        assert_eq!(drain(&mut p).len(), 3);
         let mut tiny = Pending::new(&VectorClock::new(), PendingLimits { events_max: 10, bytes_max: 10 });
-        assert_eq!(tiny.insert(event(1, a, 1, &[])).unwrap(), Insert::Overflow);
+        assert_eq!(tiny.insert(event(2, a, 2, &[])).unwrap(), Insert::Overflow);
     }
 
     proptest! {
