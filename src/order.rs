@@ -187,28 +187,12 @@ pub fn check_canonical(events: &[Event]) -> Result<(), OrderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::VectorClock;
     use crate::id::{SiteId, StreamId};
-    use crate::testkit::{causal_shuffle, history, HistoryShape, Rng};
+    use crate::testkit::{causal_shuffle, event, history, HistoryShape, Rng};
     use proptest::prelude::*;
 
     fn lane(site: u128) -> Lane {
         Lane::new(SiteId::from_u128(site), StreamId::from_u128(100))
-    }
-
-    fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64, timestamp_ms: u64) -> Event {
-        let mut clock: VectorClock = deps.iter().map(|&(l, s)| (l, Seq(s))).collect();
-        clock.set(lane, Seq(seq));
-        Event {
-            id: EventId::from_u128(id),
-            lane,
-            seq: Seq(seq),
-            clock,
-            lamport,
-            timestamp_ms,
-            stream_type: "t".into(),
-            payload: vec![],
-        }
     }
 
     fn ids(events: &[Event]) -> Vec<u128> {

@@ -46,6 +46,23 @@ impl Rng {
     }
 }
 
+/// One event of `lane` at `seq` whose clock names `deps` besides its own lane, with an
+/// empty payload: for hand-written cases in tests.
+pub fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64, timestamp_ms: u64) -> Event {
+    let mut clock: VectorClock = deps.iter().map(|&(l, s)| (l, Seq(s))).collect();
+    clock.set(lane, Seq(seq));
+    Event {
+        id: EventId::from_u128(id),
+        lane,
+        seq: Seq(seq),
+        clock,
+        lamport,
+        timestamp_ms,
+        stream_type: "testkit".to_owned(),
+        payload: Vec::new(),
+    }
+}
+
 /// The shape of a generated history.
 #[derive(Clone, Copy, Debug)]
 pub struct HistoryShape {

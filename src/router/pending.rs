@@ -411,19 +411,9 @@ mod tests {
         Lane::new(SiteId::from_u128(site), StreamId::from_u128(50))
     }
 
+    /// An event whose Lamport counter is its seq.
     fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)]) -> Event {
-        let mut clock: VectorClock = deps.iter().map(|&(l, s)| (l, Seq(s))).collect();
-        clock.set(lane, Seq(seq));
-        Event {
-            id: EventId::from_u128(id),
-            lane,
-            seq: Seq(seq),
-            clock,
-            lamport: seq,
-            timestamp_ms: 0,
-            stream_type: "t".into(),
-            payload: vec![],
-        }
+        crate::testkit::event(id, lane, seq, deps, seq, 0)
     }
 
     /// Takes and marks every ready event; returns them in delivery order.
