@@ -19,6 +19,7 @@ use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::{EventId, Lane, Seq};
 use crate::limits;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 /// Bounds of the buffer. Past them, arrivals that would have to wait are dropped and
@@ -109,14 +110,15 @@ pub struct Pending {
     slab: Vec<Option<Held>>,
     /// Free places in `slab`.
     free: Vec<u32>,
-    /// Where each held event sits in `slab`, by its (lane, seq). Taken events keep their
-    /// place (without the event) until marked delivered or abandoned.
-    held: Map<Slot, u32>,
-    /// The first of the events waiting for a dependency, by that dependency; the rest
-    /// follow through [`Held::next_waiter`]. A list through the held events costs no
-    /// allocation per waiting event, as a vector per dependency would. Events wait here
-    /// for a dependency in their own stream (to be delivered)...
-    waiting_on: Map<Slot, u32>,
+    /// Per (lane, seq): where the event held for it sits in `slab` (taken events keep
+    /// their place, without the event, until marked delivered or abandoned), and the first
+    /// of the events waiting for it to be delivered. One map for both, so delivering a
+    /// slot costs one probe; the rest of the waiters follow through [`Held::next_waiter`],
+    /// which costs no allocation per waiting event. Events wait here for a dependency in
+    /// their own stream (to be delivered)...
+    slots: Map<Slot, SlotState>,
+    /// Events held (or taken and not yet marked).
+    held: usize,
     /// ...and here for one in another stream (to be durable): two maps, so each mark looks
     /// only where its waiters can be, and a single-stream site never probes the second.
     waiting_durable: Map<Slot, u32>,
@@ -135,8 +137,8 @@ impl Pending {
             durable: delivered.iter().collect(),
             slab: Vec::new(),
             free: Vec::new(),
-            held: Map::default(),
-            waiting_on: Map::default(),
+            slots: Map::default(),
+            held: 0,
             waiting_durable: Map::default(),
             ready: VecDeque::new(),
             bytes: 0,
@@ -162,12 +164,12 @@ impl Pending {
 
     /// Events held, including those taken and not yet marked delivered.
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.held
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held == 0
     }
 
     /// Estimated bytes held.
@@ -190,8 +192,13 @@ impl Pending {
         if event.seq <= self.delivered_seq(event.lane) {
             return Ok(Insert::Delivered);
         }
-        if let Some(&index) = self.held.get(&slot) {
-            let kept = self.entry(index).id;
+        let held = self.held;
+        let state = match self.slots.entry(slot) {
+            Entry::Occupied(state) => state.into_mut(),
+            Entry::Vacant(vacant) => vacant.insert(SlotState::default()),
+        };
+        if let Some(index) = state.held {
+            let kept = self.slab[index as usize].as_ref().expect("indices in maps point at held events").id;
             if kept == event.id {
                 self.stats.duplicates += 1;
                 return Ok(Insert::Duplicate);
@@ -204,14 +211,25 @@ impl Pending {
         // The bounds hold events that must wait. A ready event is always taken: it leaves at
         // the next `take_ready`, and refusing it could leave a full buffer waiting for the
         // very events it turns away (catch-up sends them in causal order, ready on arrival).
-        let full = self.held.len() >= self.limits.events_max || self.bytes + size > self.limits.bytes_max;
+        let full = held >= self.limits.events_max || self.bytes + size > self.limits.bytes_max;
         if missing.is_some() && full {
+            if state.waiters.is_none() {
+                self.slots.remove(&slot);
+            }
             self.stats.overflows += 1;
             return Ok(Insert::Overflow);
         }
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slab.push(None);
+                u32::try_from(self.slab.len() - 1).expect("the buffer holds far fewer than 2^32 events")
+            }
+        };
+        state.held = Some(index);
+        self.slab[index as usize] = Some(Held { id: event.id, event: Some(event), next_waiter: None });
+        self.held += 1;
         self.bytes += size;
-        let index = self.place(Held { id: event.id, event: Some(event), next_waiter: None });
-        self.held.insert(slot, index);
         match missing {
             None => {
                 self.ready.push_back(index);
@@ -247,9 +265,12 @@ impl Pending {
     pub fn mark_delivered(&mut self, lane: Lane, seq: Seq) {
         assert_eq!(seq, self.delivered_seq(lane).next(), "lane seq must be contiguous");
         self.delivered.insert(lane, seq);
-        self.release_slot(lane, seq);
         self.stats.delivered += 1;
-        self.release_waiters(lane, seq, false);
+        let Some(state) = self.slots.remove(&(lane, seq)) else { return };
+        if let Some(index) = state.held {
+            self.free_taken(index);
+        }
+        self.walk(state.waiters);
     }
 
     /// Records that `lane` is durable up to `seq` in its stream, releasing events of
@@ -261,16 +282,20 @@ impl Pending {
             at = at.next();
             self.durable.insert(lane, at);
             if !self.waiting_durable.is_empty() {
-                self.release_waiters(lane, at, true);
+                self.release_durable_waiters(lane, at);
             }
         }
     }
 
-    /// Looks again at the events waiting for (lane, seq) to be delivered (or, with
-    /// `durable`, to be durable).
-    fn release_waiters(&mut self, lane: Lane, seq: Seq, durable: bool) {
-        let waiting = if durable { &mut self.waiting_durable } else { &mut self.waiting_on };
-        let mut waiter = waiting.remove(&(lane, seq));
+    /// Looks again at the events waiting for (lane, seq) to be durable.
+    fn release_durable_waiters(&mut self, lane: Lane, seq: Seq) {
+        let first = self.waiting_durable.remove(&(lane, seq));
+        self.walk(first);
+    }
+
+    /// Looks again at every event of a waiting list.
+    fn walk(&mut self, first: Option<u32>) {
+        let mut waiter = first;
         while let Some(index) = waiter {
             let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
             waiter = held.next_waiter.take();
@@ -292,9 +317,10 @@ impl Pending {
             let next = self.delivered_seq(lane).next();
             // A copy held for that slot is obsolete: drop the event and leave a tombstone
             // in its list (ready or waiting), freed when that list is walked.
-            if let Some(index) = self.held.remove(&(lane, next)) {
+            if let Some(index) = self.slots.get_mut(&(lane, next)).and_then(|state| state.held.take()) {
                 if let Some(event) = self.entry_mut(index).event.take() {
                     self.bytes -= size_of(&event);
+                    self.held -= 1;
                 }
             }
             self.mark_delivered(lane, next);
@@ -321,11 +347,22 @@ impl Pending {
 
     /// Frees the place of the taken event at (lane, seq).
     fn release_slot(&mut self, lane: Lane, seq: Seq) {
-        if let Some(index) = self.held.remove(&(lane, seq)) {
-            debug_assert!(self.entry(index).event.is_none(), "only taken events are released");
-            self.slab[index as usize] = None;
-            self.free.push(index);
+        let Some(state) = self.slots.get_mut(&(lane, seq)) else { return };
+        let held = state.held.take();
+        if state.waiters.is_none() {
+            self.slots.remove(&(lane, seq));
         }
+        if let Some(index) = held {
+            self.free_taken(index);
+        }
+    }
+
+    /// Frees the place of a taken event.
+    fn free_taken(&mut self, index: u32) {
+        debug_assert!(self.entry(index).event.is_none(), "only taken events are freed");
+        self.slab[index as usize] = None;
+        self.free.push(index);
+        self.held -= 1;
     }
 
     /// Frees the place of an event dropped by [`Pending::observe`], once off its list.
@@ -346,21 +383,11 @@ impl Pending {
     fn wait(&mut self, index: u32, missing: Slot) {
         let held = self.slab[index as usize].as_mut().expect("a waiting index is held");
         let own_stream = held.event.as_ref().is_some_and(|e| e.lane.stream == missing.0.stream);
-        let waiting = if own_stream { &mut self.waiting_on } else { &mut self.waiting_durable };
-        held.next_waiter = waiting.insert(missing, index);
-    }
-
-    fn place(&mut self, held: Held) -> u32 {
-        match self.free.pop() {
-            Some(index) => {
-                self.slab[index as usize] = Some(held);
-                index
-            }
-            None => {
-                self.slab.push(Some(held));
-                u32::try_from(self.slab.len() - 1).expect("the buffer holds far fewer than 2^32 events")
-            }
-        }
+        held.next_waiter = if own_stream {
+            self.slots.entry(missing).or_default().waiters.replace(index)
+        } else {
+            self.waiting_durable.insert(missing, index)
+        };
     }
 }
 
@@ -381,6 +408,15 @@ fn first_missing(delivered: &Map<Lane, Seq>, durable: &Map<Lane, Seq>, event: &E
         let frontier = if lane.stream == event.lane.stream { delivered } else { durable };
         lane != event.lane && at(frontier, lane) < seq
     })
+}
+
+/// What the buffer knows of one (lane, seq).
+#[derive(Debug, Default)]
+struct SlotState {
+    /// Where the event for it sits in the slab.
+    held: Option<u32>,
+    /// The first event waiting for it to be delivered.
+    waiters: Option<u32>,
 }
 
 /// An event in the buffer.
