@@ -306,3 +306,30 @@ fn an_overflowing_buffer_is_refilled_by_catch_up() {
         assert_eq!(view(&small, stream).await, view(&source, stream).await);
     });
 }
+
+/// A relay stores an event it cannot check (its type is unknown there) whose payload is
+/// garbage; the site that knows the type refuses it for good: counted once, not asked
+/// for again and again, while the rest of the stream keeps flowing.
+#[test]
+fn an_event_refused_for_good_is_not_fetched_again_and_again() {
+    run_site(|| async {
+        let (relay, reader) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        reader.register::<TrailStream>().await.unwrap();
+        let stream = StreamId::from_u128(8);
+        let (bad_lane, good_lane) = (common::remote_lane(66, stream), common::remote_lane(77, stream));
+        let mut poison = common::remote_event(bad_lane, 1, 1, 0);
+        poison.payload = vec![gundb::codec::FORMAT_VERSION, 0xFF, 0xFF, 0xFF];
+        relay.receive(vec![poison, common::remote_event(good_lane, 1, 1, 5)]).await.unwrap();
+        let (l, r) = in_process(4);
+        connect(&relay, l, quiet());
+        connect(&reader, r, quiet());
+        let good: VectorClock = [(good_lane, gundb::Seq(1))].into_iter().collect();
+        until_covers(&reader, &good).await;
+        // Another round trip, during which a retry loop would refuse the poison many times.
+        relay.receive(vec![common::remote_event(good_lane, 2, 2, 6)]).await.unwrap();
+        let good: VectorClock = [(good_lane, gundb::Seq(2))].into_iter().collect();
+        until_covers(&reader, &good).await;
+        assert_eq!(reader.metrics().await.unwrap().refused, 1);
+        assert_eq!(view(&reader, stream).await, Trail(vec![5, 6]));
+    });
+}

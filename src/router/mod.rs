@@ -21,7 +21,7 @@ use crate::view::Stream;
 use actix::dev::SendError;
 use actix::prelude::*;
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -142,6 +142,8 @@ pub struct Router {
     journal: VecDeque<HeldBack>,
     /// The latest equivocations refused, with both ids.
     equivocations: VecDeque<Equivocation>,
+    /// Lanes on which a stream refused an event for good: nothing after it is retried.
+    poisoned: HashSet<Lane>,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -192,6 +194,7 @@ impl Router {
             open_waiters: HashMap::new(),
             journal: VecDeque::new(),
             equivocations: VecDeque::new(),
+            poisoned: HashSet::new(),
         })
     }
 
@@ -358,12 +361,34 @@ impl Router {
                 self.pending.mark_durable(lane, seq);
                 self.advanced = true;
             }
-            Err(_) => {
-                // Not taken: forget it from here on; catch-up fetches it again.
+            Err(error) => {
                 self.metrics.refused += 1;
-                self.pending.rewind(lane, Seq(seq.0 - 1));
-                self.rewound = true;
+                if self.retry(&error) {
+                    // Not taken for now: forget it and what followed it in its lane, and ask
+                    // peers to send it again.
+                    self.pending.rewind(lane, Seq(seq.0 - 1));
+                    if let Some(outbox) = self.outboxes.get_mut(&lane.stream) {
+                        outbox.queued.retain(|queued| queued.lane != lane || queued.seq < seq);
+                    }
+                    self.rewound = true;
+                } else {
+                    // Refused for good (a payload that does not decode, a forged counter, a
+                    // stream whose storage failed): asking again would bring the same bytes
+                    // back for ever, so the lane stops here at this site.
+                    self.poisoned.insert(lane);
+                }
             }
+        }
+    }
+
+    /// Whether a refusal is worth a retry: storage was busy, or the stream is behind the
+    /// router (after an earlier retry) on a lane that no event was refused for good on.
+    fn retry(&self, error: &StreamError) -> bool {
+        match error {
+            StreamError::Storage(StorageError::Busy { .. }) => true,
+            StreamError::SeqGap { lane, .. } => !self.poisoned.contains(lane),
+            StreamError::DependencyMissing { lane, .. } => !self.poisoned.contains(lane),
+            _ => false,
         }
     }
 

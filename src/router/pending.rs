@@ -318,9 +318,13 @@ impl Pending {
             // A copy held for that slot is obsolete: drop the event and leave a tombstone
             // in its list (ready or waiting), freed when that list is walked.
             if let Some(index) = self.slots.get_mut(&(lane, next)).and_then(|state| state.held.take()) {
-                if let Some(event) = self.entry_mut(index).event.take() {
-                    self.bytes -= size_of(&event);
-                    self.held -= 1;
+                match self.entry_mut(index).event.take() {
+                    Some(event) => {
+                        self.bytes -= size_of(&event);
+                        self.held -= 1;
+                    }
+                    // Taken for delivery (so on no list): its place can go at once.
+                    None => self.free_taken(index),
                 }
             }
             self.mark_delivered(lane, next);
@@ -359,7 +363,9 @@ impl Pending {
 
     /// Frees the place of a taken event.
     fn free_taken(&mut self, index: u32) {
-        debug_assert!(self.entry(index).event.is_none(), "only taken events are freed");
+        // A held event is on the ready queue or a waiting list: freeing its place would let
+        // it be reused while linked. Marking an event that was never taken is a bug.
+        assert!(self.entry(index).event.is_none(), "only taken events are freed");
         self.slab[index as usize] = None;
         self.free.push(index);
         self.held -= 1;
