@@ -144,6 +144,10 @@ pub struct Router {
     equivocations: VecDeque<Equivocation>,
     /// Lanes on which a stream refused an event for good: nothing after it is retried.
     poisoned: HashSet<Lane>,
+    /// Sink nodes whose last `Receive` waits for the backlog to shrink (backpressure).
+    receive_waiters: Vec<oneshot::Sender<()>>,
+    /// Events held or queued for streams past which `Receive` waits.
+    backlog_max: usize,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -195,6 +199,8 @@ impl Router {
             journal: VecDeque::new(),
             equivocations: VecDeque::new(),
             poisoned: HashSet::new(),
+            receive_waiters: Vec::new(),
+            backlog_max: limits.events_max,
         })
     }
 
@@ -297,6 +303,11 @@ impl Router {
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
         self.metrics.held_back = self.pending.stats().buffered;
+        if self.backlog() <= self.backlog_max {
+            for waiter in self.receive_waiters.drain(..) {
+                let _ = waiter.send(()); // a sink that went away needs no answer
+            }
+        }
         let hello = std::mem::take(&mut self.rewound);
         if std::mem::take(&mut self.advanced) || hello {
             self.wake_waiters();
@@ -305,6 +316,11 @@ impl Router {
             let notice = FrontierAdvanced { hello };
             self.listeners.retain(|listener| !matches!(listener.try_send(notice), Err(SendError::Closed(_))));
         }
+    }
+
+    /// Events held in the buffer or queued for their streams.
+    fn backlog(&self) -> usize {
+        self.pending.len() + self.outboxes.values().map(|o| o.queued.len()).sum::<usize>()
     }
 
     /// Answers the [`WaitFor`] requests whose clock the durable frontier now covers.
@@ -547,7 +563,9 @@ impl Router {
     }
 }
 
-/// Events from another site (a sink node's delivery).
+/// Events from another site (a sink node's delivery). Answered once the router's backlog
+/// (events held, or queued for their streams) is back within its bound: a sink that waits
+/// for the answer before reading its next frame passes the backpressure to the peer.
 pub struct Receive(pub Vec<Event>);
 
 impl Message for Receive {
@@ -555,14 +573,22 @@ impl Message for Receive {
 }
 
 impl Handler<Receive> for Router {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) -> Self::Result {
         self.metrics.batches_received += 1;
         for event in events {
             self.receive(event);
         }
         self.release(ctx);
+        if self.backlog() <= self.backlog_max {
+            return Box::pin(async {});
+        }
+        let (waiter, room) = oneshot::channel();
+        self.receive_waiters.push(waiter);
+        Box::pin(async move {
+            let _ = room.await;
+        })
     }
 }
 
