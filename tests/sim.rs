@@ -1,6 +1,7 @@
 //! Deterministic simulation of the pure core: 3 to 5 sites, each a router buffer
-//! (`Pending`), stream ledgers with their folds, an in-memory log with a durable part,
-//! and catch-up planning (`catchup::lacking`, `CausalMerge`), on a simulated network that
+//! (`Pending`), stream ledgers with their folds, an in-memory log with a durable part
+//! (events become durable, and visible to the router's durable frontier, at a flush), writes
+//! that depend on other streams, and catch-up planning (`catchup::lacking`, `CausalMerge`), on a simulated network that
 //! drops, duplicates and reorders messages and partitions sites, with crashes that lose
 //! whatever was not yet durable. Everything comes from one seed.
 //!
@@ -60,6 +61,8 @@ struct SimSite {
     id: SiteId,
     logs: Log,
     durable: Log,
+    /// The frontier of `durable`.
+    durable_frontier: VectorClock,
     index: HashMap<(Lane, Seq), OrderKey>,
     ledgers: BTreeMap<StreamId, Ledger<TrailStream>>,
     pending: Pending,
@@ -89,6 +92,7 @@ impl SimSite {
             id,
             logs: Log::new(),
             durable: Log::new(),
+            durable_frontier: VectorClock::new(),
             index: HashMap::new(),
             ledgers: BTreeMap::new(),
             pending,
@@ -122,17 +126,18 @@ impl SimSite {
         }
     }
 
-    fn write(&mut self, stream: StreamId, number: u64, id: EventId, now_ms: u64) {
+    /// A local write; with `depend_on`, it also depends on everything that other stream
+    /// has delivered here (a cross-stream dependency). Shown to the router (and so to
+    /// peers) only once durable.
+    fn write(&mut self, stream: StreamId, number: u64, id: EventId, now_ms: u64, depend_on: Option<StreamId>) {
+        let extra = match depend_on {
+            Some(other) if other != stream => self.ledger(other).dependencies(),
+            _ => Dependencies::none(),
+        };
         let payload = codec::encode(&number).unwrap();
-        let event = self
-            .ledger(stream)
-            .stamp_all(&Dependencies::none(), std::iter::once((id, now_ms, payload)))
-            .unwrap()
-            .remove(0);
+        let event = self.ledger(stream).stamp_all(&extra, std::iter::once((id, now_ms, payload))).unwrap().remove(0);
         self.unacknowledged.push(event.id);
-        let (lane, seq) = (event.lane, event.seq);
         self.apply(event);
-        self.pending.observe(lane, seq);
     }
 
     fn receive(&mut self, events: Vec<Event>) {
@@ -146,21 +151,36 @@ impl SimSite {
         }
         while let Some(event) = self.pending.take_ready() {
             let (lane, seq) = (event.lane, event.seq);
+            self.ledger(lane.stream);
             let index = &self.index;
-            let check = self.ledgers.get(&lane.stream).map(|l| l.check(&event, |l, s| Ok(index.get(&(l, s)).copied())));
+            let check = self.ledgers[&lane.stream].check(&event, |l, s| Ok(index.get(&(l, s)).copied()));
             match check {
-                None | Some(Ok(Check::New(_))) => self.apply(event),
-                Some(Ok(Check::Duplicate)) => {}
-                Some(Err(error)) => panic!("the router released an event its stream refuses: {error}"),
+                Ok(Check::New(_)) => {
+                    // Causal delivery across streams: what it depends on elsewhere is durable.
+                    for (dep, needed) in event.clock.iter().filter(|(l, _)| l.stream != lane.stream) {
+                        assert!(self.durable_frontier.covers(dep, needed), "applied before a dependency in another stream was durable");
+                    }
+                    self.apply(event);
+                }
+                Ok(Check::Duplicate) => {}
+                Err(error) => panic!("the router released an event its stream refuses: {error}"),
             }
+            // Durable only at the next flush: events of other streams that depend on it
+            // wait until then.
             self.pending.mark_delivered(lane, seq);
-            self.pending.mark_durable(lane, seq);
         }
     }
 
-    /// Makes everything applied durable; returns the writes it acknowledges.
+    /// Makes everything applied durable and tells the router; returns the writes it
+    /// acknowledges.
     fn flush(&mut self) -> Vec<EventId> {
         self.durable = self.logs.clone();
+        self.durable_frontier = frontier_of(&self.durable);
+        for (lane, seq) in self.durable_frontier.clone().iter() {
+            self.pending.observe(lane, seq);
+        }
+        // Events of other streams that waited for this durability are ready now.
+        self.receive(Vec::new());
         std::mem::take(&mut self.unacknowledged)
     }
 
@@ -176,6 +196,7 @@ impl SimSite {
             self.apply(event);
             self.pending.observe(lane, seq);
         }
+        self.durable_frontier = frontier_of(&durable);
         self.durable = durable;
     }
 
@@ -291,7 +312,8 @@ impl Sim {
                 let id = EventId::from_u128(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
                 self.next_number += 1;
                 let skew = self.rng.below(5);
-                self.sites[site].write(stream, self.next_number, id, self.now_ms + skew);
+                let depend_on = self.rng.chance(30).then(|| self.streams[self.rng.index(self.streams.len())]);
+                self.sites[site].write(stream, self.next_number, id, self.now_ms + skew, depend_on);
             }
             25..=34 => {
                 let acked = self.sites[site].flush();
