@@ -220,6 +220,7 @@ fn a_restarted_site_catches_up_after_a_partition() {
         let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
         let link = |seed| {
             let faults = Arc::new(Faults::default());
+            faults.drop_percent.store(5, Ordering::SeqCst);
             faults.delay_percent.store(20, Ordering::SeqCst);
             faults.duplicate_percent.store(10, Ordering::SeqCst);
             let (l, r) = faulty(4, Arc::clone(&faults), seed);
@@ -265,6 +266,13 @@ fn a_restarted_site_catches_up_after_a_partition() {
         assert_eq!(va.0.len(), 55);
         assert_eq!(va, vb);
         assert_eq!(va, vc, "the restarted site has the same view");
+        let stored = a.storage().events_from(stream, std::ops::Bound::Unbounded, usize::MAX).unwrap();
+        assert_eq!(
+            va,
+            common::fold(&gundb::sort_events(stored).unwrap()),
+            "the view is the fold of the canonical order"
+        );
+        assert!(ab.injected.load(Ordering::SeqCst) >= 5, "the A–B link injected too few faults");
         for emitted in &acknowledged {
             assert!(a.frontier().await.unwrap().dominates(&emitted.clock), "an acknowledged write is missing");
             assert!(b.frontier().await.unwrap().dominates(&emitted.clock), "an acknowledged write is missing");
@@ -331,5 +339,38 @@ fn an_event_refused_for_good_is_not_fetched_again_and_again() {
         until_covers(&reader, &good).await;
         assert_eq!(reader.metrics().await.unwrap().refused, 1);
         assert_eq!(view(&reader, stream).await, Trail(vec![5, 6]));
+    });
+}
+
+/// One-way cuts: A cannot reach B directly (but B reaches A), and C relays: both end with
+/// every write.
+#[test]
+fn a_one_way_cut_is_healed_through_a_relay() {
+    run_site(|| async {
+        let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
+        let stream = StreamId::from_u128(9);
+        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+        let mut ab = None;
+        for (i, (left, right)) in [(0, 1), (0, 2), (1, 2)].into_iter().enumerate() {
+            let faults = Arc::new(Faults::default());
+            let (l, r) = faulty(4, Arc::clone(&faults), 40 + i as u64);
+            connect(&sites[left], l, config.clone());
+            connect(&sites[right], r, config.clone());
+            if (left, right) == (0, 1) {
+                faults.cut_forward.store(true, Ordering::SeqCst); // A → B is cut, B → A works
+                ab = Some(faults);
+            }
+        }
+        write(&sites[0], stream, 0..15).await;
+        write(&sites[1], stream, 100..115).await;
+        let mut union = VectorClock::new();
+        for site in &sites {
+            union.merge(&site.frontier().await.unwrap());
+        }
+        for site in &sites {
+            until_covers(site, &union).await;
+        }
+        assert_eq!(view(&sites[0], stream).await, view(&sites[1], stream).await);
+        assert!(ab.unwrap().injected.load(Ordering::SeqCst) > 0, "frames from A to B were cut");
     });
 }

@@ -158,7 +158,10 @@ impl SimSite {
                 Ok(Check::New(_)) => {
                     // Causal delivery across streams: what it depends on elsewhere is durable.
                     for (dep, needed) in event.clock.iter().filter(|(l, _)| l.stream != lane.stream) {
-                        assert!(self.durable_frontier.covers(dep, needed), "applied before a dependency in another stream was durable");
+                        assert!(
+                            self.durable_frontier.covers(dep, needed),
+                            "applied before a dependency in another stream was durable"
+                        );
                     }
                     self.apply(event);
                 }
