@@ -253,6 +253,9 @@ impl Router {
             return;
         }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
+        if seq <= self.pending.delivered_seq(lane) {
+            return self.receive_delivered(event);
+        }
         match self.pending.insert(event) {
             Ok(Insert::Ready) => {}
             Ok(Insert::Buffered { lane: missing, seq: needed }) => {
@@ -267,14 +270,24 @@ impl Router {
                 self.metrics.dropped_on_overflow += 1;
                 self.rewound = true;
             }
-            // Its slot is delivered here: a copy, or an equivocation if another id holds it.
-            Ok(Insert::Delivered) => match self.storage.key_at(lane.stream, lane, seq) {
-                Ok(Some(kept)) if kept.id != id => {
-                    self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
-                }
-                _ => self.metrics.duplicates += 1,
-            },
+            Ok(Insert::Delivered) => unreachable!("delivered slots are handled above"),
             Err(equivocation) => self.equivocation(equivocation),
+        }
+    }
+
+    /// An event whose slot is delivered here: a copy, or an equivocation if another id
+    /// holds it. When the one delivered is not stored yet (still in flight to its stream),
+    /// the stream, which knows what it has in flight, tells which.
+    fn receive_delivered(&mut self, event: Event) {
+        let (lane, seq, id) = (event.lane, event.seq, event.id);
+        match self.storage.key_at(lane.stream, lane, seq) {
+            Ok(Some(kept)) if kept.id != id => {
+                self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
+            }
+            Ok(None) if self.streams.contains_key(&lane.stream) => {
+                self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
+            }
+            _ => self.metrics.duplicates += 1,
         }
     }
 
