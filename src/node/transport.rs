@@ -2,7 +2,7 @@
 //! [`Endpoint`], a bounded sender and receiver of frames; a full sender makes the
 //! source node wait, which is the backpressure of the whole path.
 //!
-//! [`in_process`] links two sites in one process. [`crossbeam`] carries the frames over
+//! [`in_process`] links two sites in one process. [`crossbeam()`] carries the frames over
 //! bounded crossbeam channels between threads, the way two sites in different threads (or
 //! runtimes) of one process talk. [`faulty`] puts a seeded relay in the middle that drops,
 //! duplicates, delays (reorders) frames and partitions the link, one way or both, under a

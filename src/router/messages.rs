@@ -1,0 +1,269 @@
+//! The router's messages and their handlers.
+
+use super::{opener, Equivocation, HeldBack, Opener, Router, RouterError, RouterMetrics};
+use crate::clock::VectorClock;
+use crate::event::Event;
+use crate::id::{Lane, Seq, StreamId};
+use crate::stream::StreamActor;
+use crate::view::Stream;
+use actix::prelude::*;
+use std::marker::PhantomData;
+use tokio::sync::oneshot;
+
+/// Registers a stream type, so that events of it are folded into views.
+pub struct Register {
+    stream_type: &'static str,
+    opener: Opener,
+}
+
+impl Register {
+    /// Registers `S`.
+    pub fn of<S: Stream>() -> Self {
+        Self { stream_type: S::TYPE_NAME, opener: opener::<S>() }
+    }
+}
+
+impl Message for Register {
+    type Result = ();
+}
+
+impl Handler<Register> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
+        self.registry.entry(msg.stream_type).or_insert(msg.opener);
+        // Events of this type stored while it was unknown are folded from now on.
+        let stored: Vec<StreamId> =
+            self.relayed.iter().filter(|(_, t)| t.as_str() == msg.stream_type).map(|(s, _)| *s).collect();
+        for stream in stored {
+            let _ = self.open(stream, msg.stream_type, ctx);
+        }
+    }
+}
+
+/// Asks for the actor of a stream of type `S`, started on first use.
+pub struct OpenStream<S: Stream>(pub StreamId, PhantomData<fn() -> S>);
+
+impl<S: Stream> OpenStream<S> {
+    /// The request for `stream`.
+    pub fn new(stream: StreamId) -> Self {
+        Self(stream, PhantomData)
+    }
+}
+
+impl<S: Stream> Message for OpenStream<S> {
+    type Result = Result<Addr<StreamActor<S>>, RouterError>;
+}
+
+impl<S: Stream> Handler<OpenStream<S>> for Router {
+    type Result = ResponseFuture<Result<Addr<StreamActor<S>>, RouterError>>;
+
+    fn handle(&mut self, OpenStream(stream, _): OpenStream<S>, ctx: &mut Context<Self>) -> Self::Result {
+        self.registry.entry(S::TYPE_NAME).or_insert_with(opener::<S>);
+        if self.relaying.contains_key(&stream) && !self.streams.contains_key(&stream) {
+            // Open once the events stored for it unfolded are durable, so it loads them.
+            let (waiter, ready) = oneshot::channel();
+            self.open_waiters.entry(stream).or_default().push(waiter);
+            let router = ctx.address();
+            return Box::pin(async move {
+                let _ = ready.await;
+                router.send(OpenStream::<S>::new(stream)).await.map_err(|_| RouterError::Closed)?
+            });
+        }
+        let opened = self.open_typed::<S>(stream, ctx);
+        Box::pin(async move { opened })
+    }
+}
+
+impl Router {
+    fn open_typed<S: Stream>(
+        &mut self,
+        stream: StreamId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Addr<StreamActor<S>>, RouterError> {
+        let opened = self.open(stream, S::TYPE_NAME, ctx).map_err(|source| RouterError::Stream { stream, source })?;
+        let opened = opened.expect("the type is registered and the stream has no relayed appends in flight");
+        match opened.typed.downcast_ref::<Addr<StreamActor<S>>>() {
+            Some(addr) => Ok(addr.clone()),
+            None => Err(RouterError::TypeMismatch {
+                stream,
+                stored: opened.stream_type.to_owned(),
+                requested: S::TYPE_NAME,
+            }),
+        }
+    }
+}
+
+/// Events from another site (a sink node's delivery). Answered once the router's backlog
+/// (events held, or queued for their streams) is back within its bound: a sink that waits
+/// for the answer before reading its next frame passes the backpressure to the peer.
+pub struct Receive(pub Vec<Event>);
+
+impl Message for Receive {
+    type Result = ();
+}
+
+impl Handler<Receive> for Router {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) -> Self::Result {
+        self.metrics.batches_received += 1;
+        for event in events {
+            self.receive(event);
+        }
+        self.release(ctx);
+        if self.backlog() <= self.backlog_max {
+            return Box::pin(async {});
+        }
+        let (waiter, room) = oneshot::channel();
+        self.receive_waiters.push(waiter);
+        Box::pin(async move {
+            let _ = room.await;
+        })
+    }
+}
+
+/// A stream made (lane, seq) durable: sent by the router's own subscriptions.
+pub(super) struct Observed(pub(super) Lane, pub(super) Seq);
+
+impl Message for Observed {
+    type Result = ();
+}
+
+impl Handler<Observed> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Observed(lane, seq): Observed, ctx: &mut Context<Self>) {
+        if lane.site == self.storage.site_id() {
+            self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
+        }
+        self.pending.observe(lane, seq);
+        self.advanced = true;
+        self.release(ctx);
+    }
+}
+
+/// Asks for the site's frontier: everything durable here, every stream's lanes together.
+pub struct GetFrontier;
+
+impl Message for GetFrontier {
+    type Result = VectorClock;
+}
+
+impl Handler<GetFrontier> for Router {
+    type Result = MessageResult<GetFrontier>;
+
+    fn handle(&mut self, _msg: GetFrontier, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.pending.durable())
+    }
+}
+
+/// Resolves once everything in the clock is durable at this site: for example the
+/// frontier of another site, to read one's writes there.
+pub struct WaitFor(pub VectorClock);
+
+impl Message for WaitFor {
+    type Result = ();
+}
+
+impl Handler<WaitFor> for Router {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, WaitFor(target): WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
+        let (waiter, done) = oneshot::channel();
+        self.waiters.push((target, waiter));
+        self.wake_waiters();
+        // A dropped waiter means the router stopped: answer anyway, the caller's next
+        // request will say so.
+        Box::pin(async move {
+            let _ = done.await;
+        })
+    }
+}
+
+/// Told to listeners when the site's durable frontier has moved.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontierAdvanced {
+    /// A stream refused an event: tell peers our frontier again so they resend it.
+    pub hello: bool,
+}
+
+impl Message for FrontierAdvanced {
+    type Result = ();
+}
+
+/// Adds a listener for [`FrontierAdvanced`] (a source node).
+pub struct Listen(pub Recipient<FrontierAdvanced>);
+
+impl Message for Listen {
+    type Result = ();
+}
+
+impl Handler<Listen> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Listen(listener): Listen, _ctx: &mut Context<Self>) {
+        self.listeners.push(listener);
+    }
+}
+
+/// A source node sent a batch of events to its peer (counted in the site's metrics).
+pub struct BatchSent;
+
+impl Message for BatchSent {
+    type Result = ();
+}
+
+impl Handler<BatchSent> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _msg: BatchSent, _ctx: &mut Context<Self>) {
+        self.metrics.batches_sent += 1;
+    }
+}
+
+/// Asks for the latest events the router held back (at most [`crate::limits::JOURNAL_MAX`]).
+pub struct GetHeldBack;
+
+impl Message for GetHeldBack {
+    type Result = Vec<HeldBack>;
+}
+
+impl Handler<GetHeldBack> for Router {
+    type Result = MessageResult<GetHeldBack>;
+
+    fn handle(&mut self, _msg: GetHeldBack, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.journal.iter().copied().collect())
+    }
+}
+
+/// Asks for the latest equivocations refused (at most [`crate::limits::JOURNAL_MAX`]), each
+/// with the event kept and the event refused.
+pub struct GetEquivocations;
+
+impl Message for GetEquivocations {
+    type Result = Vec<Equivocation>;
+}
+
+impl Handler<GetEquivocations> for Router {
+    type Result = MessageResult<GetEquivocations>;
+
+    fn handle(&mut self, _msg: GetEquivocations, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.equivocations.iter().copied().collect())
+    }
+}
+
+/// Asks for the router's counters.
+pub struct GetMetrics;
+
+impl Message for GetMetrics {
+    type Result = RouterMetrics;
+}
+
+impl Handler<GetMetrics> for Router {
+    type Result = MessageResult<GetMetrics>;
+
+    fn handle(&mut self, _msg: GetMetrics, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.metrics)
+    }
+}
