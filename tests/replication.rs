@@ -374,3 +374,19 @@ fn a_one_way_cut_is_healed_through_a_relay() {
         assert!(ab.unwrap().injected.load(Ordering::SeqCst) > 0, "frames from A to B were cut");
     });
 }
+
+/// A frame that does not decode closes the connection it came on; the site goes on
+/// serving (and loses nothing).
+#[test]
+fn a_garbage_frame_closes_its_connection() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        let stream = StreamId::from_u128(10);
+        write(&site, stream, 0..3).await;
+        let (raw, end) = in_process(4);
+        connect(&site, end, quiet());
+        raw.sender.send(vec![gundb::codec::FORMAT_VERSION, 0xFF, 0x13, 0x37]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), raw.sender.closed()).await.expect("the connection was closed");
+        assert_eq!(view(&site, stream).await, Trail(vec![0, 1, 2]));
+    });
+}

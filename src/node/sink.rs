@@ -3,7 +3,7 @@
 
 use super::source::{PeerHello, SourceNode};
 use super::Frame;
-use crate::codec::{self, CodecError};
+use crate::codec;
 use crate::site::Site;
 use actix::prelude::*;
 use tokio::sync::mpsc;
@@ -13,23 +13,13 @@ pub struct SinkNode {
     site: Site,
     receiver: Option<mpsc::Receiver<Vec<u8>>>,
     source: Addr<SourceNode>,
-    frames: u64,
-    /// Why the last bad frame was refused (the connection closed on it).
-    refused: Option<CodecError>,
 }
 
 impl SinkNode {
     /// A sink reading `receiver` for `site`, telling `source` what the peer has.
     pub fn new(site: Site, receiver: mpsc::Receiver<Vec<u8>>, source: Addr<SourceNode>) -> Self {
-        Self { site, receiver: Some(receiver), source, frames: 0, refused: None }
+        Self { site, receiver: Some(receiver), source }
     }
-}
-
-/// What a frame was.
-enum Received {
-    Hello,
-    Events,
-    Bad(CodecError),
 }
 
 impl Actor for SinkNode {
@@ -38,51 +28,22 @@ impl Actor for SinkNode {
     fn started(&mut self, ctx: &mut Self::Context) {
         let Some(mut receiver) = self.receiver.take() else { return };
         let (site, source) = (self.site.clone(), self.source.clone());
-        let me = ctx.address();
-        // One frame at a time: the router's answer is awaited before the next frame is
-        // read, so a fast peer fills the link and then waits (backpressure).
+        // One frame at a time: the router answers `Receive` once its backlog is within its
+        // bound, and only then is the next frame read, so a fast peer fills the link and
+        // then waits (backpressure). A frame that does not decode ends the connection: a
+        // peer that sends garbage is not one to trust with the rest of the stream.
         let read = async move {
             while let Some(bytes) = receiver.recv().await {
-                let received = match codec::decode_frame::<Frame>(&bytes) {
-                    Ok(Frame::Hello { frontier, .. }) => {
-                        if source.send(PeerHello(frontier)).await.is_err() {
-                            break;
-                        }
-                        Received::Hello
-                    }
-                    Ok(Frame::Events(events)) => {
-                        if site.receive(events).await.is_err() {
-                            break;
-                        }
-                        Received::Events
-                    }
-                    Err(error) => Received::Bad(error),
+                let handed = match codec::decode_frame::<Frame>(&bytes) {
+                    Ok(Frame::Hello { frontier, .. }) => source.send(PeerHello(frontier)).await.is_ok(),
+                    Ok(Frame::Events(events)) => site.receive(events).await.is_ok(),
+                    Err(_) => false,
                 };
-                if me.send(Count(received)).await.is_err() {
+                if !handed {
                     break;
                 }
             }
         };
         ctx.spawn(read.into_actor(self).map(|(), _, ctx| ctx.stop()));
-    }
-}
-
-/// Counts a frame (sent by the node's own reading loop).
-struct Count(Received);
-
-impl Message for Count {
-    type Result = ();
-}
-
-impl Handler<Count> for SinkNode {
-    type Result = ();
-
-    fn handle(&mut self, Count(received): Count, ctx: &mut Context<Self>) {
-        self.frames += 1;
-        if let Received::Bad(error) = received {
-            // A peer that sends garbage is not one to trust with the rest of the stream.
-            self.refused = Some(error);
-            ctx.stop();
-        }
     }
 }
