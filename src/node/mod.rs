@@ -13,6 +13,7 @@
 pub mod catchup;
 mod sink;
 mod source;
+pub mod tcp;
 pub mod transport;
 
 pub use self::sink::SinkNode;

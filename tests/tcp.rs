@@ -1,0 +1,80 @@
+//! Sites replicating over TCP on 127.0.0.1 (ports chosen by the OS): with the shared
+//! secret they replicate; a peer with a wrong secret is refused and gets nothing; bytes
+//! that are not a handshake, or a length prefix over the limit, get the connection closed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{run_site, TrailStream};
+use gundb::node::tcp::{dial, serve, TcpError};
+use gundb::node::NodeConfig;
+use gundb::{Emit, GetView, Site, StreamId};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &[u8] = b"correct horse battery staple";
+
+async fn listening(site: &Site) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(site.clone(), listener, SECRET.to_vec(), NodeConfig::default());
+    addr
+}
+
+#[test]
+fn two_sites_replicate_over_tcp_with_the_shared_secret() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let stream = StreamId::from_u128(11);
+        let addr = listening(&a).await;
+        let at_a = a.stream::<TrailStream>(stream).await.unwrap();
+        for n in 0..20 {
+            at_a.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        dial(&b, addr, SECRET, NodeConfig::default()).await.unwrap();
+        let target = a.frontier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), b.wait_for(&target))
+            .await
+            .expect("B caught up over TCP")
+            .unwrap();
+        let at_b = b.stream::<TrailStream>(stream).await.unwrap();
+        assert_eq!(at_b.send(GetView::new()).await.unwrap().unwrap().view.0, (0..20).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_peer_with_the_wrong_secret_is_refused_and_gets_nothing() {
+    run_site(|| async {
+        let (a, intruder) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let addr = listening(&a).await;
+        let at_a = a.stream::<TrailStream>(StreamId::from_u128(12)).await.unwrap();
+        at_a.send(Emit::new(1)).await.unwrap().unwrap();
+        let refused = dial(&intruder, addr, b"wrong", NodeConfig::default()).await.err().unwrap();
+        assert!(matches!(refused, TcpError::Unauthenticated { .. }), "{refused}");
+        assert!(intruder.frontier().await.unwrap().is_empty(), "the intruder received nothing");
+        assert_eq!(a.metrics().await.unwrap().received, 0, "nothing from the intruder reached A's router");
+    });
+}
+
+/// Garbage instead of a handshake, and a length prefix claiming 4 GiB: each gets the
+/// connection closed, and the site keeps serving honest peers.
+#[test]
+fn garbage_and_oversized_frames_close_the_connection() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        for bytes in [vec![0, 0, 0, 5, 1, 2, 3, 4, 5], vec![0xFF, 0xFF, 0xFF, 0xFF, 0]] {
+            let mut socket = TcpStream::connect(addr).await.unwrap();
+            socket.write_all(&bytes).await.unwrap();
+            let mut rest = Vec::new();
+            // The site closes the connection: the read ends (after its own greeting, if any).
+            tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut rest))
+                .await
+                .expect("the connection was closed")
+                .ok();
+        }
+        let honest = Site::temporary().unwrap();
+        dial(&honest, addr, SECRET, NodeConfig::default()).await.unwrap();
+    });
+}
