@@ -78,3 +78,24 @@ fn garbage_and_oversized_frames_close_the_connection() {
         dial(&honest, addr, SECRET, NodeConfig::default()).await.unwrap();
     });
 }
+
+/// A site that keeps dialing connects once the peer starts listening, and catches up.
+#[test]
+fn keep_dialing_connects_once_the_peer_listens() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let stream = StreamId::from_u128(13);
+        // A free port, closed again: B's first dials fail.
+        let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        gundb::node::tcp::keep_dialing(b.clone(), addr, SECRET.to_vec(), NodeConfig::default());
+        let at_a = a.stream::<TrailStream>(stream).await.unwrap();
+        at_a.send(Emit::new(7)).await.unwrap().unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
+        serve(a.clone(), listener, SECRET.to_vec(), NodeConfig::default());
+        let target = a.frontier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), b.wait_for(&target))
+            .await
+            .expect("B connected and caught up")
+            .unwrap();
+    });
+}

@@ -121,13 +121,22 @@ async fn handshake(wire: &mut Wire, site: SiteId, secret: &[u8]) -> Result<SiteI
     Ok(peer.site)
 }
 
-/// Moves frames between an authenticated socket and an endpoint until either side closes.
-fn bridge(wire: Wire) -> Endpoint {
+/// Moves frames between an authenticated socket and an endpoint until either side closes,
+/// or nothing arrives for `idle` (a dead peer: a live one says hello every interval).
+fn bridge(wire: Wire, idle: Option<Duration>) -> Endpoint {
     let (to_node, from_socket) = mpsc::channel(limits::LINK_FRAMES_MAX);
     let (to_socket, mut from_node) = mpsc::channel::<Vec<u8>>(limits::LINK_FRAMES_MAX);
     let (mut sink, mut stream) = wire.split();
     actix::spawn(async move {
-        while let Some(Ok(bytes)) = stream.next().await {
+        loop {
+            let frame = match idle {
+                Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(frame) => frame,
+                    Err(_) => break, // silent for too long: the peer is gone
+                },
+                None => stream.next().await,
+            };
+            let Some(Ok(bytes)) = frame else { break };
             if to_node.send(bytes.to_vec()).await.is_err() {
                 break;
             }
@@ -154,7 +163,8 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
                 let mut wire = framed(socket);
                 let handshake = tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), &secret));
                 if let Ok(Ok(_peer)) = handshake.await {
-                    connect(&site, bridge(wire), config);
+                    let idle = idle_limit(&config);
+                    connect(&site, bridge(wire, idle), config);
                 }
             });
         }
@@ -170,5 +180,38 @@ pub async fn dial(site: &Site, addr: SocketAddr, secret: &[u8], config: NodeConf
     tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), secret))
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
-    Ok(connect(site, bridge(wire), config))
+    Ok(connect(site, bridge(wire, idle_limit(&config)), config))
+}
+
+/// How long a connection may stay silent before it is taken for dead: three hello
+/// intervals (none without periodic hellos).
+fn idle_limit(config: &NodeConfig) -> Option<Duration> {
+    config.hello_every.map(|every| every * 3)
+}
+
+/// Keeps `site` connected to the peer at `addr` for as long as its actix system runs:
+/// dials, and after a failure or a lost connection dials again, backing off
+/// exponentially from 50 ms to 10 s with random jitter so that many sites do not retry
+/// in step. Every new connection starts with catch-up.
+pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeConfig) {
+    actix::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match dial(&site, addr, &secret, config.clone()).await {
+                Ok(connection) => {
+                    backoff = Duration::from_millis(50);
+                    // Wait until the connection's sink stops (the socket closed).
+                    while connection.sink.connected() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                // A refused secret will not get better by retrying fast.
+                Err(TcpError::Unauthenticated { .. } | TcpError::Version { .. }) => backoff = Duration::from_secs(10),
+                Err(_) => {}
+            }
+            let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 50);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    });
 }
