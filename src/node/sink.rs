@@ -37,7 +37,10 @@ impl Actor for SinkNode {
                 let handed = match codec::decode_frame::<Frame>(&bytes) {
                     Ok(Frame::Hello { frontier, .. }) => source.send(PeerHello(frontier)).await.is_ok(),
                     Ok(Frame::Events(events)) => site.receive(events).await.is_ok(),
-                    Err(_) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "closing a connection on a frame that does not decode");
+                        false
+                    }
                 };
                 if !handed {
                     break;

@@ -162,9 +162,14 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
             actix::spawn(async move {
                 let mut wire = framed(socket);
                 let handshake = tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), &secret));
-                if let Ok(Ok(_peer)) = handshake.await {
-                    let idle = idle_limit(&config);
-                    connect(&site, bridge(wire, idle), config);
+                match handshake.await {
+                    Ok(Ok(peer)) => {
+                        tracing::info!(%peer, "peer connected");
+                        let idle = idle_limit(&config);
+                        connect(&site, bridge(wire, idle), config);
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "refused a connecting peer"),
+                    Err(_) => tracing::warn!("refused a connecting peer: handshake timed out"),
                 }
             });
         }
@@ -206,8 +211,11 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
                     }
                 }
                 // A refused secret will not get better by retrying fast.
-                Err(TcpError::Unauthenticated { .. } | TcpError::Version { .. }) => backoff = Duration::from_secs(10),
-                Err(_) => {}
+                Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. })) => {
+                    tracing::warn!(%addr, %error, "peer refused");
+                    backoff = Duration::from_secs(10);
+                }
+                Err(error) => tracing::debug!(%addr, %error, "dial failed; retrying"),
             }
             let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 50);
             tokio::time::sleep(backoff + jitter).await;
