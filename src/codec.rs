@@ -156,9 +156,8 @@ fn decode_error(error: bincode::error::DecodeError, max: usize) -> CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::VectorClock;
     use crate::event::Event;
-    use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+    use crate::id::{Lane, SiteId, StreamId};
     use proptest::prelude::*;
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -173,19 +172,9 @@ mod tests {
         )
             .prop_map(|(id, (site, stream), seq, deps, (lamport, timestamp_ms), stream_type, payload)| {
                 let lane = Lane::new(SiteId::from_u128(site), StreamId::from_u128(stream));
-                let mut clock: VectorClock =
-                    deps.into_iter().map(|(s, n)| (Lane::new(SiteId::from_u128(s), lane.stream), Seq(n))).collect();
-                clock.set(lane, Seq(seq));
-                Event {
-                    id: EventId::from_u128(id),
-                    lane,
-                    seq: Seq(seq),
-                    clock,
-                    lamport,
-                    timestamp_ms,
-                    stream_type,
-                    payload,
-                }
+                let deps: Vec<(Lane, u64)> =
+                    deps.into_iter().map(|(s, n)| (Lane::new(SiteId::from_u128(s), lane.stream), n)).collect();
+                Event { stream_type, payload, ..crate::testkit::event(id, lane, seq, &deps, lamport, timestamp_ms) }
             })
     }
 

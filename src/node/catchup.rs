@@ -51,13 +51,24 @@ where
     pub fn next_batch(&mut self, limit: usize) -> Result<Vec<Event>, E> {
         let mut batch = Vec::new();
         while batch.len() < limit {
-            let Some(Reverse((_, lane))) = self.heads.pop() else { break };
-            let Some((queue, _, _)) = self.lanes.get_mut(&lane) else { continue };
-            let Some(event) = queue.pop_front() else { continue };
+            let Some(event) = self.next_event()? else { break };
             batch.push(event);
-            self.refill(lane)?;
         }
         Ok(batch)
+    }
+
+    /// The next event in causal order; `None` when every lane is sent.
+    ///
+    /// # Errors
+    /// A read failed.
+    pub fn next_event(&mut self) -> Result<Option<Event>, E> {
+        while let Some(Reverse((_, lane))) = self.heads.pop() {
+            let Some((queue, _, _)) = self.lanes.get_mut(&lane) else { continue };
+            let Some(event) = queue.pop_front() else { continue };
+            self.refill(lane)?;
+            return Ok(Some(event));
+        }
+        Ok(None)
     }
 
     /// Puts the lane's next event on the heap, reading a page when its queue is empty.

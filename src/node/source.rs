@@ -119,7 +119,7 @@ fn next_frame(round: &mut CausalMerge<Reader>) -> Result<Vec<Event>, StorageErro
     let mut batch = Vec::new();
     let mut bytes = 0;
     while batch.len() < limits::CATCHUP_BATCH_MAX && bytes < limits::CATCHUP_BATCH_BYTES {
-        let Some(event) = round.next_batch(1)?.pop() else { break };
+        let Some(event) = round.next_event()? else { break };
         bytes += event.payload.len() + event.clock.len() * 48 + 128;
         batch.push(event);
     }

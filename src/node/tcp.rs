@@ -19,7 +19,7 @@ use sha2::Sha256;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -122,12 +122,15 @@ async fn handshake(wire: &mut Wire, site: SiteId, secret: &[u8]) -> Result<SiteI
 }
 
 /// Moves frames between an authenticated socket and an endpoint until either side closes,
-/// or nothing arrives for `idle` (a dead peer: a live one says hello every interval).
-fn bridge(wire: Wire, idle: Option<Duration>) -> Endpoint {
+/// or nothing arrives for `idle` (a dead peer: a live one says hello every interval). The
+/// receiver resolves once the socket's reading side has ended.
+fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()>) {
+    let (closed, on_close) = oneshot::channel::<()>();
     let (to_node, from_socket) = mpsc::channel(limits::LINK_FRAMES_MAX);
     let (to_socket, mut from_node) = mpsc::channel::<Vec<u8>>(limits::LINK_FRAMES_MAX);
     let (mut sink, mut stream) = wire.split();
     actix::spawn(async move {
+        let _closed = closed; // dropped when this loop ends: that is the signal
         loop {
             let frame = match idle {
                 Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
@@ -149,7 +152,7 @@ fn bridge(wire: Wire, idle: Option<Duration>) -> Endpoint {
             }
         }
     });
-    Endpoint { sender: to_socket, receiver: from_socket }
+    (Endpoint { sender: to_socket, receiver: from_socket }, on_close)
 }
 
 /// Accepts connections on `listener` for `site`, for as long as the site's actix system
@@ -165,8 +168,8 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
                 match handshake.await {
                     Ok(Ok(peer)) => {
                         tracing::info!(%peer, "peer connected");
-                        let idle = idle_limit(&config);
-                        connect(&site, bridge(wire, idle), config);
+                        let (endpoint, _) = bridge(wire, idle_limit(&config));
+                        connect(&site, endpoint, config);
                     }
                     Ok(Err(error)) => tracing::warn!(%error, "refused a connecting peer"),
                     Err(_) => tracing::warn!("refused a connecting peer: handshake timed out"),
@@ -181,11 +184,22 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
 /// # Errors
 /// The connection, the version check or the authentication failed.
 pub async fn dial(site: &Site, addr: SocketAddr, secret: &[u8], config: NodeConfig) -> Result<Connection, TcpError> {
+    Ok(dial_watched(site, addr, secret, config).await?.0)
+}
+
+/// [`dial`], also returning what resolves once the connection is gone.
+async fn dial_watched(
+    site: &Site,
+    addr: SocketAddr,
+    secret: &[u8],
+    config: NodeConfig,
+) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(TcpStream::connect(addr).await?);
     tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), secret))
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
-    Ok(connect(site, bridge(wire, idle_limit(&config)), config))
+    let (endpoint, closed) = bridge(wire, idle_limit(&config));
+    Ok((connect(site, endpoint, config), closed))
 }
 
 /// How long a connection may stay silent before it is taken for dead: three hello
@@ -202,13 +216,10 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
     actix::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match dial(&site, addr, &secret, config.clone()).await {
-                Ok(connection) => {
+            match dial_watched(&site, addr, &secret, config.clone()).await {
+                Ok((_connection, closed)) => {
                     backoff = Duration::from_millis(50);
-                    // Wait until the connection's sink stops (the socket closed).
-                    while connection.sink.connected() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    let _ = closed.await; // the socket closed: dial again
                 }
                 // A refused secret will not get better by retrying fast.
                 Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. })) => {
