@@ -123,11 +123,6 @@ impl<S: Stream> Fold<S> {
         &self.view
     }
 
-    /// The key of the newest event folded.
-    pub fn last(&self) -> Option<OrderKey> {
-        self.last
-    }
-
     /// The snapshot at `key`, when held.
     pub fn snapshot(&self, key: &OrderKey) -> Option<&S::View> {
         self.snapshots.get(key)

@@ -28,14 +28,12 @@ pub struct SourceNode {
     round: Option<CausalMerge<Reader>>,
     /// The frontier moved (or the peer said hello) during the round: go again after it.
     again: bool,
-    /// Events sent so far.
-    sent: u64,
 }
 
 impl SourceNode {
     /// A source sending `site`'s events to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self { site, sender, config, peer: None, round: None, again: false, sent: 0 }
+        Self { site, sender, config, peer: None, round: None, again: false }
     }
 
     /// Sends our `Hello`: who we are and what we have.
@@ -98,7 +96,6 @@ impl SourceNode {
             if !sent {
                 return ctx.stop();
             }
-            node.sent += slots.len() as u64;
             // Counting is best effort: a full router mailbox skips one count, not data.
             let _ = node.site.router().try_send(BatchSent);
             if let Some(peer) = node.peer.as_mut() {
@@ -170,20 +167,5 @@ impl Handler<FrontierAdvanced> for SourceNode {
             self.hello(ctx);
         }
         self.start_round(ctx);
-    }
-}
-
-/// Asks how many events the node has sent.
-pub struct GetSent;
-
-impl Message for GetSent {
-    type Result = u64;
-}
-
-impl Handler<GetSent> for SourceNode {
-    type Result = u64;
-
-    fn handle(&mut self, _msg: GetSent, _ctx: &mut Context<Self>) -> u64 {
-        self.sent
     }
 }
