@@ -55,6 +55,15 @@ uuid_newtype!(
     /// A sequence of related events, of one stream type.
     StreamId
 );
+
+impl StreamId {
+    /// The stream id every site derives from `name` (a UUID v5 in a namespace of gundb's
+    /// own), so that sites agree on a stream's id without exchanging it.
+    pub fn named(name: &str) -> Self {
+        const NAMESPACE: Uuid = Uuid::from_u128(0x6775_6e64_622d_7374_7265_616d_2d6e_616d);
+        Self(Uuid::new_v5(&NAMESPACE, name.as_bytes()))
+    }
+}
 uuid_newtype!(
     /// One event. Two different events never share an id; copies of one event do.
     EventId

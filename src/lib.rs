@@ -9,8 +9,10 @@
 
 pub mod clock;
 pub mod codec;
+pub mod doc;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod id;
 pub mod limits;
 pub mod node;

@@ -65,6 +65,9 @@ pub const SNAPSHOT_EVERY: u32 = 1_024;
 /// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
+/// Fields one JSON document patch may set or remove.
+pub const PATCH_FIELDS_MAX: usize = 1_024;
+
 /// Events one `History` reply carries; page with its cursor for more.
 pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 

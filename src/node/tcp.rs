@@ -168,8 +168,10 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
                 match handshake.await {
                     Ok(Ok(peer)) => {
                         tracing::info!(%peer, "peer connected");
-                        let (endpoint, _) = bridge(wire, idle_limit(&config));
+                        let (endpoint, closed) = bridge(wire, idle_limit(&config));
                         connect(&site, endpoint, config);
+                        let _ = closed.await;
+                        tracing::info!(%peer, "peer disconnected");
                     }
                     Ok(Err(error)) => tracing::warn!(%error, "refused a connecting peer"),
                     Err(_) => tracing::warn!("refused a connecting peer: handshake timed out"),
@@ -218,8 +220,10 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
         loop {
             match dial_watched(&site, addr, &secret, config.clone()).await {
                 Ok((_connection, closed)) => {
+                    tracing::info!(%addr, "connected to peer");
                     backoff = Duration::from_millis(50);
                     let _ = closed.await; // the socket closed: dial again
+                    tracing::info!(%addr, "connection to peer lost; dialing again");
                 }
                 // A refused secret will not get better by retrying fast.
                 Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. })) => {

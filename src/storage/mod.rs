@@ -171,6 +171,15 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError>;
 
+    /// The type of `stream`, or `None` when this site holds no such stream. Unlike
+    /// [`Storage::open_stream`], it creates nothing.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
+        Ok(self.streams()?.into_iter().find(|(id, _)| *id == stream).map(|(_, stream_type)| stream_type))
+    }
+
     /// Flush counters.
     fn stats(&self) -> StorageStats;
 }

@@ -260,9 +260,7 @@ impl SledStorage {
     }
 
     fn tree(&self, stream: StreamId) -> Result<sled::Tree, StorageError> {
-        let mut name = STREAM_TREE_PREFIX.to_vec();
-        name.extend_from_slice(stream.as_uuid().as_bytes());
-        Ok(self.db.open_tree(name)?)
+        Ok(self.db.open_tree(tree_name(stream))?)
     }
 }
 
@@ -315,6 +313,13 @@ where
             let _ = ack.send(result.clone());
         }
     }
+}
+
+/// The name of `stream`'s sled tree.
+fn tree_name(stream: StreamId) -> Vec<u8> {
+    let mut name = STREAM_TREE_PREFIX.to_vec();
+    name.extend_from_slice(stream.as_uuid().as_bytes());
+    name
 }
 
 fn flush_durably(db: &sled::Db, fsync: Option<&mut Fsync>) -> Result<(), StorageError> {
@@ -535,6 +540,17 @@ impl Storage for SledStorage {
             .take(limit)
             .map(|entry| Ok(codec::decode(&entry?.1)?))
             .collect()
+    }
+
+    fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
+        self.stats.check()?;
+        // Looks the tree up by name first: `open_tree` would create it.
+        let name = tree_name(stream);
+        if !self.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_slice()) {
+            return Ok(None);
+        }
+        let stream_type = self.db.open_tree(name)?.get(keys::TYPE)?;
+        Ok(stream_type.map(|t| String::from_utf8_lossy(&t).into_owned()))
     }
 
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {

@@ -1,7 +1,9 @@
 //! The `gundb` command line: `gundb demo` plays the partition story with three sites;
-//! `gundb throughput` measures durable writes into one stream.
+//! `gundb node` runs a site as a server; `gundb throughput` measures durable writes into
+//! one stream.
 
 mod demo;
+mod node;
 mod throughput;
 
 use anyhow::Result;
@@ -26,6 +28,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run a site as a server: replicate with peers over TCP, serve JSON documents over HTTP.
+    Node(node::NodeArgs),
     /// Write events into one stream with concurrent writers; print the view and throughput.
     Throughput {
         /// Events to write in all.
@@ -45,7 +49,13 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Logs go to stderr, at `info` unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
     match Cli::parse().command {
+        Command::Node(args) => node::run(args),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
             throughput::run(events, writers.max(1), data, no_fsync)

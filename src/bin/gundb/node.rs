@@ -1,0 +1,97 @@
+//! `gundb node`: one site as a server. It replicates with its peers over authenticated TCP
+//! and serves the HTTP API of [`gundb::http`] over its JSON document streams. It stops
+//! cleanly on SIGINT or SIGTERM: the HTTP server drains, the connections to peers close,
+//! and the database is closed after everything queued is on disk.
+
+use anyhow::{bail, Context as _, Result};
+use gundb::doc::Document;
+use gundb::node::{tcp, NodeConfig};
+use gundb::Site;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What `gundb node` is started with.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The site's sled database (created if missing). Default: a temporary folder,
+    /// deleted when the node stops.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where peers connect (port 0: chosen by the system).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// A peer to keep connected to; repeat for several.
+    #[arg(long)]
+    peer: Vec<SocketAddr>,
+    /// The file holding the secret every node of the cluster shares (trailing newlines
+    /// are ignored).
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// Where the HTTP API listens (port 0: chosen by the system).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    http: SocketAddr,
+    /// Request bodies larger than this get 413.
+    #[arg(long, default_value_t = gundb::http::BODY_BYTES_DEFAULT)]
+    max_body: usize,
+    /// How often a node tells its peers what it has, in milliseconds; three intervals of
+    /// silence close a connection.
+    #[arg(long, default_value_t = 1_000)]
+    hello_ms: u64,
+}
+
+pub fn run(args: NodeArgs) -> Result<()> {
+    let secret = read_secret(&args.secret_file)?;
+    let system = actix_web::rt::System::new();
+    system.block_on(serve(args, secret))?;
+    // The system's actors are gone, and with them the last handle on the database: the
+    // storage's writer has acknowledged everything queued and the database is closed.
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(args: NodeArgs, secret: Vec<u8>) -> Result<()> {
+    let site = match &args.data {
+        Some(path) => Site::open(path).with_context(|| format!("opening the database in {}", path.display()))?,
+        None => Site::temporary()?,
+    };
+    site.register::<Document>().await?;
+    let config = NodeConfig { hello_every: Some(Duration::from_millis(args.hello_ms.max(1))) };
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let peers = listener.local_addr()?;
+    tcp::serve(site.clone(), listener, secret.clone(), config.clone());
+    for &peer in &args.peer {
+        tcp::keep_dialing(site.clone(), peer, secret.clone(), config.clone());
+    }
+    let (api_site, max_body) = (site.clone(), args.max_body);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().configure(gundb::http::routes(api_site.clone(), max_body))
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .bind(args.http)
+    .with_context(|| format!("serving HTTP on {}", args.http))?;
+    let http = server.addrs().first().copied().context("the HTTP server bound no address")?;
+    tracing::info!(site = %site.id(), %peers, %http, peers_dialed = args.peer.len(), "node started");
+    // One line on stdout for scripts and tests that start nodes on port 0.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "gundb node ready site={} peers={peers} http={http}", site.id())?;
+    stdout.flush()?;
+    // Runs until SIGINT or SIGTERM, then drains the requests in flight.
+    server.run().await?;
+    tracing::info!("signal received; closing peers and the database");
+    Ok(())
+}
+
+fn read_secret(path: &PathBuf) -> Result<Vec<u8>> {
+    let mut secret = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    if secret.is_empty() {
+        bail!("the secret file {} is empty; put the cluster's shared secret in it", path.display());
+    }
+    Ok(secret)
+}

@@ -1,0 +1,280 @@
+//! The HTTP API of `gundb node`: a site's [`Document`] streams over actix-web.
+//!
+//! | method and path | what it does |
+//! |---|---|
+//! | `POST /streams/{name}/events` | appends a patch (a JSON object; `null` removes a field); answers `201` once durable |
+//! | `GET /streams/{name}` | the stream's view, as a JSON object |
+//! | `GET /streams/{name}/events?after=CURSOR&limit=N` | its history in canonical order, a page at a time |
+//! | `GET /streams` | every stream this site holds, with its type |
+//! | `GET /health` | the site id and its frontier |
+//! | `GET /metrics` | the router's counters, in Prometheus' text format |
+//!
+//! A stream's `{name}` is its id when it parses as a UUID, and otherwise a name every site
+//! maps to the same id ([`StreamId::named`]). Errors are JSON objects `{"error": reason}`:
+//! 400 for a body that is not a patch, 404 for a stream this site does not hold, 409 for a
+//! stream of another type, 413 for a body over the limit, 503 while storage is busy.
+
+use crate::doc::{Document, Patch};
+use crate::event::OrderKey;
+use crate::id::{EventId, StreamId};
+use crate::limits;
+use crate::site::{Site, SiteError};
+use crate::storage::StorageError;
+use crate::stream::{Emit, GetView, History, StreamError};
+use crate::{codec, router::RouterError};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Bodies larger than this get 413 unless the node is configured otherwise.
+pub const BODY_BYTES_DEFAULT: usize = 256 << 10;
+
+/// Events a history page holds unless the request asks for fewer or more.
+const HISTORY_PAGE_DEFAULT: u32 = 100;
+
+/// Why a request failed; each maps to a status code and a JSON body naming the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not a patch.
+    #[error("{0}")]
+    BadRequest(String),
+    /// This site holds no stream by that name.
+    #[error("no stream {0} at this site")]
+    NotFound(String),
+    /// The stream exists with another type.
+    #[error("stream {stream} has type {stream_type:?}, not a JSON document")]
+    NotADocument {
+        /// The stream.
+        stream: StreamId,
+        /// Its type.
+        stream_type: String,
+    },
+    /// The body is larger than the node accepts.
+    #[error(
+        "the body is over the limit of {0} bytes; send smaller patches, or start the node with a larger --max-body"
+    )]
+    TooLarge(usize),
+    /// The body could not be read.
+    #[error("reading the body: {0}")]
+    Body(String),
+    /// The site failed.
+    #[error("{0}")]
+    Site(#[from] SiteError),
+    /// The stream failed.
+    #[error("{0}")]
+    Stream(#[from] StreamError),
+    /// The stream actor did not answer.
+    #[error("the stream stopped: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotADocument { .. } | ApiError::Site(SiteError::Router(RouterError::TypeMismatch { .. })) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Stream(StreamError::Storage(StorageError::Busy { .. })) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Site(_) | ApiError::Stream(_) | ApiError::Mailbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+    }
+}
+
+/// Registers the API's routes for `site`, with request bodies limited to `body_limit`
+/// bytes. Call it from the factory of an `HttpServer` (once per worker).
+///
+/// # Examples
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+/// use gundb::{http, Site};
+///
+/// #[actix_web::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let site = Site::open("./data")?;
+///     HttpServer::new(move || App::new().configure(http::routes(site.clone(), http::BODY_BYTES_DEFAULT)))
+///         .bind("127.0.0.1:8080")?
+///         .run()
+///         .await?;
+///     Ok(())
+/// }
+/// ```
+pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |config| {
+        config
+            .app_data(web::Data::new(site))
+            .app_data(web::Data::new(BodyLimit(body_limit)))
+            .app_data(web::PayloadConfig::new(body_limit))
+            .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
+            .route("/streams", web::get().to(streams))
+            .route("/streams/{name}", web::get().to(view))
+            .route("/streams/{name}/events", web::get().to(history))
+            .route("/streams/{name}/events", web::post().to(append));
+    }
+}
+
+/// The largest request body accepted, in bytes.
+struct BodyLimit(usize);
+
+/// The id a path's `{name}` stands for.
+fn stream_id(name: &str) -> StreamId {
+    name.parse().map(StreamId).unwrap_or_else(|_| StreamId::named(name))
+}
+
+/// The stream `name` names, if this site holds it as a document.
+fn existing(site: &Site, name: &str) -> Result<StreamId, ApiError> {
+    let stream = stream_id(name);
+    match site.storage().stream_type(stream).map_err(SiteError::from)? {
+        None => Err(ApiError::NotFound(name.to_owned())),
+        Some(stream_type) if stream_type != <Document as crate::Stream>::TYPE_NAME => {
+            Err(ApiError::NotADocument { stream, stream_type })
+        }
+        Some(_) => Ok(stream),
+    }
+}
+
+async fn append(
+    site: web::Data<Site>,
+    limit: web::Data<BodyLimit>,
+    name: web::Path<String>,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map_err(|error| match error.as_response_error().status_code() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit.0),
+        _ => ApiError::Body(error.to_string()),
+    })?;
+    let patch = Patch::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let stream = stream_id(&name);
+    let emitted = site.stream::<Document>(stream).await?.send(Emit::new(patch)).await??;
+    Ok(HttpResponse::Created().json(json!({
+        "stream": stream.to_string(),
+        "id": emitted.id.to_string(),
+        "seq": emitted.seq.0,
+        "lamport": emitted.lamport,
+    })))
+}
+
+async fn view(site: web::Data<Site>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let stream = existing(&site, &name)?;
+    let reply = site.stream::<Document>(stream).await?.send(GetView::new()).await??;
+    let events: u64 = reply.frontier.iter().map(|(_, seq)| seq.0).sum();
+    Ok(HttpResponse::Ok().json(json!({ "stream": stream.to_string(), "events": events, "view": reply.view.to_json() })))
+}
+
+/// The query of a history request.
+#[derive(Debug, Deserialize)]
+struct Page {
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    site: web::Data<Site>,
+    name: web::Path<String>,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let stream = existing(&site, &name)?;
+    let after = page.after.as_deref().map(parse_cursor).transpose()?;
+    let limit = page.limit.unwrap_or(HISTORY_PAGE_DEFAULT).clamp(1, limits::HISTORY_LIMIT_MAX);
+    let reply = site.stream::<Document>(stream).await?.send(History { after, limit }).await??;
+    let events: Vec<Value> = reply
+        .events
+        .iter()
+        .map(|event| {
+            json!({
+                "id": event.id.to_string(),
+                "site": event.lane.site.to_string(),
+                "seq": event.seq.0,
+                "lamport": event.lamport,
+                "timestamp_ms": event.timestamp_ms,
+                // Stored events of a document stream passed this decode when delivered.
+                "patch": codec::decode::<Patch>(&event.payload).map(|p| p.to_json()).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let next = reply.next_after(after).map(|key| cursor(&key));
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "more": reply.more, "next": next })))
+}
+
+/// A history cursor: `lamport-timestamp-id`, readable and sorted like the key.
+fn cursor(key: &OrderKey) -> String {
+    format!("{}-{}-{}", key.lamport, key.timestamp_ms, key.id)
+}
+
+fn parse_cursor(text: &str) -> Result<OrderKey, ApiError> {
+    let bad = || ApiError::BadRequest(format!("`after` is a `next` cursor from an earlier page; got {text:?}"));
+    let mut parts = text.splitn(3, '-');
+    let mut part = || parts.next().ok_or_else(bad);
+    let lamport = part()?.parse().map_err(|_| bad())?;
+    let timestamp_ms = part()?.parse().map_err(|_| bad())?;
+    let id = part()?.parse().map(EventId).map_err(|_| bad())?;
+    Ok(OrderKey { lamport, timestamp_ms, id })
+}
+
+async fn streams(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
+    let streams = site.storage().streams().map_err(SiteError::from)?;
+    let streams: Vec<Value> =
+        streams.into_iter().map(|(id, stream_type)| json!({ "id": id.to_string(), "type": stream_type })).collect();
+    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+}
+
+async fn health(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
+    let frontier = site.frontier().await?;
+    let lanes: Map<String, Value> =
+        frontier.iter().map(|(lane, seq)| (format!("{}/{}", lane.stream, lane.site), json!(seq.0))).collect();
+    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "site": site.id().to_string(), "frontier": lanes })))
+}
+
+async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
+    let m = site.metrics().await?;
+    let counters = [
+        ("emitted", "Events written at this site", m.emitted),
+        ("received", "Events received from peers, copies included", m.received),
+        ("delivered", "Events delivered to their streams", m.delivered),
+        ("duplicates", "Copies of events already held, dropped", m.duplicates),
+        ("equivocations", "Different events claiming one lane and seq, refused", m.equivocations),
+        ("malformed", "Malformed events refused", m.malformed),
+        ("held_back", "Events held back until a dependency arrived", m.held_back),
+        ("dropped_on_overflow", "Events dropped on a full router buffer", m.dropped_on_overflow),
+        ("refused", "Deliveries a stream refused for now", m.refused),
+        ("batches_sent", "Batches sent to peers", m.batches_sent),
+        ("batches_received", "Batches received from peers", m.batches_received),
+    ];
+    let mut text = String::new();
+    for (name, help, value) in counters {
+        text.push_str(&format!("# HELP gundb_{name}_total {help}.\n# TYPE gundb_{name}_total counter\n"));
+        text.push_str(&format!("gundb_{name}_total {value}\n"));
+    }
+    text.push_str("# HELP gundb_pending Events the router holds now.\n# TYPE gundb_pending gauge\n");
+    text.push_str(&format!("gundb_pending {}\n", m.pending));
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_its_key() {
+        let key = OrderKey { lamport: 7, timestamp_ms: 1_700_000_000_123, id: EventId::from_u128(99) };
+        assert_eq!(parse_cursor(&cursor(&key)).unwrap(), key);
+        assert!(parse_cursor("7-x").is_err());
+    }
+
+    #[test]
+    fn a_path_name_is_a_uuid_or_a_name() {
+        let id = StreamId::from_u128(5);
+        assert_eq!(stream_id(&id.to_string()), id);
+        assert_eq!(stream_id("chat"), StreamId::named("chat"));
+        assert_ne!(stream_id("chat"), stream_id("chat2"));
+    }
+}
