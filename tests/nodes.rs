@@ -1,0 +1,210 @@
+//! Three `gundb node` processes on 127.0.0.1 replicate JSON documents while one is killed
+//! with SIGKILL and restarted, and a link between two is cut and restored; afterwards
+//! every node holds every write that got an HTTP success, and all views are equal. A node
+//! with the wrong secret is refused and receives nothing. Every process is killed when
+//! its `Node` is dropped, also when the test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cluster;
+
+use cluster::{eventually, Node, Proxy, Start, PATIENCE};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const ANY_PORT: &str = "127.0.0.1:0";
+
+/// Writes acknowledged with 201: per stream, field → value.
+#[derive(Default)]
+struct Acked(BTreeMap<String, BTreeMap<String, Value>>);
+
+impl Acked {
+    /// Writes `{field: value}` to `stream` at `node`; records it when acknowledged.
+    fn write(&mut self, node: &Node, stream: &str, field: &str, value: Value) {
+        let answer = node.post(stream, &json!({ field: value.clone() }).to_string());
+        let answer = answer.unwrap_or_else(|status| panic!("node {} refused a write: {status}", node.name));
+        assert!(answer["seq"].as_u64().unwrap() >= 1);
+        self.0.entry(stream.to_owned()).or_default().insert(field.to_owned(), value);
+    }
+
+    fn round(&mut self, nodes: &[&Node], round: &str, writes: usize) {
+        for node in nodes {
+            for i in 0..writes {
+                self.write(node, "shared", &format!("{}-{round}-{i}", node.name), json!(i));
+                self.write(node, &format!("own-{}", node.name), &format!("{round}-{i}"), json!({ "n": i }));
+            }
+        }
+    }
+}
+
+fn start(name: &str, root: &Path, listen: SocketAddr, peers: &[SocketAddr]) -> Node {
+    let data = root.join(name);
+    Node::start(Start { name, data: &data, secret_file: &root.join("secret"), listen, peers })
+}
+
+/// Waits until every node has the same frontier. Each node's own lanes are complete in
+/// its own frontier, so equal frontiers mean each node holds every node's writes.
+fn converged(nodes: &[&Node]) {
+    eventually("every node has the same frontier", || {
+        let first = nodes[0].frontier();
+        nodes[1..].iter().all(|node| node.frontier() == first)
+    });
+}
+
+/// All events of `stream` at `node`, in canonical order, read page by page.
+fn history(node: &Node, stream: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut path = format!("/streams/{stream}/events?limit=7");
+    loop {
+        let page = node.get_ok(&path);
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        if !page["more"].as_bool().unwrap() {
+            return events;
+        }
+        path = format!("/streams/{stream}/events?limit=7&after={}", page["next"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn three_nodes_survive_a_kill_a_restart_and_a_cut_link() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "cluster secret\n").unwrap();
+    let any: SocketAddr = ANY_PORT.parse().unwrap();
+
+    // A listens; B dials A; C dials A, and B through a proxy whose link the test cuts.
+    let a = start("a", root.path(), any, &[]);
+    let mut b = start("b", root.path(), any, &[a.peers]);
+    let proxy = Proxy::start(b.peers);
+    let c = start("c", root.path(), any, &[a.peers, proxy.addr]);
+    eventually("C is connected through the proxy", || proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    let mut acked = Acked::default();
+    acked.round(&[&a, &b, &c], "first", 5);
+
+    // B is killed with SIGKILL in the middle of a stream of writes to it; only the writes
+    // answered 201 count. A and C keep writing meanwhile.
+    let (wrote, on_write) = mpsc::channel();
+    let b_http = b.http;
+    let writer = std::thread::spawn(move || {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        let mut done = Vec::new();
+        for i in 0.. {
+            let body = json!({ format!("b-killed-{i}"): i }).to_string();
+            match agent.post(&format!("http://{b_http}/streams/shared/events")).send_string(&body) {
+                Ok(response) if response.status() == 201 => {
+                    done.push((format!("b-killed-{i}"), json!(i)));
+                    let _ = wrote.send(());
+                }
+                _ => return done,
+            }
+        }
+        done
+    });
+    for _ in 0..5 {
+        on_write.recv_timeout(PATIENCE).expect("writes to B succeed before the kill");
+    }
+    b.kill();
+    for (field, value) in writer.join().unwrap() {
+        acked.0.entry("shared".into()).or_default().insert(field, value);
+    }
+    acked.round(&[&a, &c], "b-down", 5);
+
+    // B restarts from its folder, on the same port (C reaches it through the proxy).
+    let b = start("b", root.path(), b.peers, &[a.peers]);
+    acked.round(&[&a, &b, &c], "b-back", 3);
+
+    // The link C–B is cut: both still reach A, so writes still spread (relayed by A).
+    proxy.cut();
+    acked.round(&[&a, &b, &c], "cut", 5);
+    converged(&[&a, &b, &c]);
+    let carried = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    proxy.restore();
+    acked.round(&[&a, &b, &c], "restored", 3);
+    eventually("C reconnects to B once the link is restored", || {
+        proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > carried
+    });
+    converged(&[&a, &b, &c]);
+
+    // Every node: the same streams, the same views, the same history, and every write
+    // that got a 201.
+    let nodes = [&a, &b, &c];
+    let streams = |node: &Node| {
+        let mut ids: Vec<String> = node.get_ok("/streams")["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(streams(&a).len(), 4, "shared and one stream of each node's own");
+    for (stream, fields) in &acked.0 {
+        let view = a.get_ok(&format!("/streams/{stream}"))["view"].clone();
+        for (field, value) in fields {
+            assert_eq!(view.get(field), Some(value), "stream {stream}: acknowledged field {field}");
+        }
+        let events = history(&a, stream);
+        for node in &nodes[1..] {
+            assert_eq!(streams(node), streams(&a), "node {}'s streams", node.name);
+            assert_eq!(node.get_ok(&format!("/streams/{stream}"))["view"], view, "node {}: {stream}", node.name);
+            assert_eq!(history(node, stream), events, "node {}: history of {stream}", node.name);
+        }
+    }
+    let written: usize = acked.0.values().map(BTreeMap::len).sum();
+    assert!(written >= 5 * 6 + 5 + 5 * 4 + 3 * 6 + 5 * 6 + 3 * 6, "{written} writes acknowledged");
+
+    // A clean stop: SIGTERM ends every node with success.
+    for mut node in [a, b, c] {
+        assert!(node.terminate().success(), "node {} stopped cleanly", node.name);
+    }
+}
+
+#[test]
+fn a_node_with_the_wrong_secret_is_refused_and_receives_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "cluster secret").unwrap();
+    let any: SocketAddr = ANY_PORT.parse().unwrap();
+    let a = start("a", root.path(), any, &[]);
+    a.post("chat", r#"{"hello": "world"}"#).unwrap();
+
+    let intruder_root = tempfile::tempdir().unwrap();
+    std::fs::write(intruder_root.path().join("secret"), "a guess").unwrap();
+    let intruder = start("intruder", intruder_root.path(), any, &[a.peers]);
+    // Both sides log why.
+    assert!(intruder.log.wait_for("peer refused", PATIENCE), "the intruder logs the refusal");
+    assert!(a.log.wait_for("refused a connecting peer", PATIENCE), "A logs the refusal");
+    assert!(a.log.wait_for("failed authentication", PATIENCE), "A says why");
+    assert_eq!(intruder.get_ok("/streams")["streams"], json!([]), "the intruder received no stream");
+    assert_eq!(intruder.frontier(), json!({}), "the intruder received no event");
+    assert_eq!(a.get_ok("/health")["status"], "ok", "A keeps serving");
+}
+
+#[test]
+fn the_http_api_answers_bad_requests_with_their_reason() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "s").unwrap();
+    let a = start("a", root.path(), ANY_PORT.parse().unwrap(), &[]);
+    assert_eq!(a.post_raw("/streams/doc/events", b"{\"a\": "), 400, "not JSON");
+    assert_eq!(a.post_raw("/streams/doc/events", b"[1, 2]"), 400, "not an object");
+    assert_eq!(a.post_raw("/streams/doc/events", b"{}"), 400, "no field");
+    assert_eq!(a.post_raw("/streams/doc/events", &vec![b' '; 300 << 10]), 413, "over the 256 KiB limit");
+    let (status, body) = a.get("/streams/doc");
+    assert_eq!(status, 404, "nothing was written: {body}");
+    assert!(body["error"].as_str().unwrap().contains("no stream doc"), "{body}");
+    assert_eq!(a.get("/streams/doc/events?after=nonsense").0, 404, "unknown stream first");
+
+    a.post("doc", r#"{"title": "draft", "tags": ["a"]}"#).unwrap();
+    a.post("doc", r#"{"title": "final", "tags": null}"#).unwrap();
+    assert_eq!(a.get_ok("/streams/doc")["view"], json!({ "title": "final" }));
+    let (status, body) = a.get("/streams/doc/events?after=nonsense");
+    assert_eq!(status, 400, "{body}");
+    let history = a.get_ok("/streams/doc/events")["events"].clone();
+    assert_eq!(history[1]["patch"], json!({ "title": "final", "tags": null }));
+    let (status, metrics) = a.get_text("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.lines().any(|line| line == "gundb_emitted_total 2"), "{metrics}");
+}
