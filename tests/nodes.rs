@@ -208,3 +208,69 @@ fn the_http_api_answers_bad_requests_with_their_reason() {
     assert_eq!(status, 200);
     assert!(metrics.lines().any(|line| line == "gundb_emitted_total 2"), "{metrics}");
 }
+
+/// Random bytes, a truncated frame, a length prefix over the limit and a well-formed
+/// events frame sent without a handshake: each gets its connection closed and a logged
+/// reason, nothing of it reaches the router, and the node keeps replicating with its
+/// authenticated peer.
+#[test]
+fn hostile_bytes_close_their_connection_and_the_node_keeps_serving() {
+    use std::io::{Read, Write};
+    let seed = std::env::var("GUNDB_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    let mut rng = gundb::testkit::Rng::new(seed);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "cluster secret").unwrap();
+    let any: SocketAddr = ANY_PORT.parse().unwrap();
+    let a = start("a", root.path(), any, &[]);
+    let b = start("b", root.path(), any, &[a.peers]);
+    a.post("chat", r#"{"before": 1}"#).unwrap();
+
+    let random: Vec<u8> = (0..4096).map(|_| rng.next_u64().to_le_bytes()[0]).collect();
+    let mut truncated = 1000u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[7; 100]);
+    let oversized = u32::MAX.to_be_bytes().to_vec();
+    let event = gundb::testkit::event(
+        1,
+        gundb::Lane::new(gundb::SiteId::random(), gundb::StreamId::named("chat")),
+        1,
+        &[],
+        1,
+        1,
+    );
+    let frame = gundb::codec::encode_frame(&gundb::node::Frame::Events(vec![event])).unwrap();
+    let mut unauthenticated = u32::try_from(frame.len()).unwrap().to_be_bytes().to_vec();
+    unauthenticated.extend_from_slice(&frame);
+
+    let cases = [
+        ("random bytes", random),
+        ("truncated", truncated),
+        ("oversized", oversized),
+        ("no handshake", unauthenticated),
+    ];
+    for (n, (what, bytes)) in cases.into_iter().enumerate() {
+        let mut socket = std::net::TcpStream::connect(a.peers).unwrap();
+        socket.set_read_timeout(Some(PATIENCE)).unwrap();
+        socket.write_all(&bytes).unwrap();
+        if what == "truncated" {
+            socket.shutdown(std::net::Shutdown::Write).unwrap(); // the rest never comes
+        }
+        // A reads our bytes and closes: the read ends (after A's own greeting) without timing out.
+        let mut rest = Vec::new();
+        match socket.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e} (seed {seed})"),
+        }
+        assert!(
+            a.log.wait_for_count("refused a connecting peer", n + 1, PATIENCE),
+            "{what}: A logs why it closed the connection (seed {seed})"
+        );
+    }
+    let (_, metrics) = a.get_text("/metrics");
+    assert!(metrics.lines().any(|l| l == "gundb_malformed_total 0"), "{metrics}");
+    // Only B's events reached A's router: B has written nothing yet.
+    assert!(metrics.lines().any(|l| l == "gundb_received_total 0"), "{metrics}");
+
+    b.post("chat", r#"{"after": 2}"#).unwrap();
+    converged(&[&a, &b]);
+    assert_eq!(a.get_ok("/streams/chat")["view"], json!({ "before": 1, "after": 2 }));
+}

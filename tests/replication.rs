@@ -63,6 +63,7 @@ fn two_sites_catch_up_then_stream() {
         let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
         assert_eq!((ma.emitted, mb.emitted), (80, 10));
         assert_eq!((ma.delivered, mb.delivered), (10, 80));
+        assert_eq!(ma.received, 10, "B sent A only B's writes, not A's back: {ma:?}");
         assert!(ma.batches_sent >= 2 && mb.batches_received >= 2, "{ma:?} {mb:?}");
     });
 }

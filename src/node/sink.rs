@@ -1,7 +1,7 @@
 //! [`SinkNode`]: decodes the frames a peer sends and hands their events to the site's
 //! router; a peer's `Hello` goes to the source node of the same connection.
 
-use super::source::{PeerHello, SourceNode};
+use super::source::{PeerHas, PeerHello, SourceNode};
 use super::Frame;
 use crate::codec;
 use crate::site::Site;
@@ -36,7 +36,11 @@ impl Actor for SinkNode {
             while let Some(bytes) = receiver.recv().await {
                 let handed = match codec::decode_frame::<Frame>(&bytes) {
                     Ok(Frame::Hello { frontier, .. }) => source.send(PeerHello(frontier)).await.is_ok(),
-                    Ok(Frame::Events(events)) => site.receive(events).await.is_ok(),
+                    Ok(Frame::Events(events)) => {
+                        // The peer holds what it sends us: its source must not echo it back.
+                        let sent = events.iter().map(|e| (e.lane, e.seq)).collect();
+                        source.send(PeerHas(sent)).await.is_ok() && site.receive(events).await.is_ok()
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "closing a connection on a frame that does not decode");
                         false

@@ -159,6 +159,24 @@ impl Handler<PeerHello> for SourceNode {
     }
 }
 
+/// The peer sent us these events, so it holds them (and, lanes being contiguous, every
+/// earlier event of their lanes): they are not worth sending back.
+pub struct PeerHas(pub VectorClock);
+
+impl Message for PeerHas {
+    type Result = ();
+}
+
+impl Handler<PeerHas> for SourceNode {
+    type Result = ();
+
+    fn handle(&mut self, PeerHas(has): PeerHas, _: &mut Context<Self>) {
+        if let Some(peer) = self.peer.as_mut() {
+            peer.merge(&has);
+        }
+    }
+}
+
 impl Handler<FrontierAdvanced> for SourceNode {
     type Result = ();
 

@@ -25,10 +25,15 @@ pub struct Log {
 impl Log {
     /// Waits until a line contains `pattern`; false after `timeout`.
     pub fn wait_for(&self, pattern: &str, timeout: Duration) -> bool {
+        self.wait_for_count(pattern, 1, timeout)
+    }
+
+    /// Waits until `count` lines contain `pattern`; false after `timeout`.
+    pub fn wait_for_count(&self, pattern: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            if lines.iter().any(|line| line.contains(pattern)) {
+            if lines.iter().filter(|line| line.contains(pattern)).count() >= count {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
