@@ -65,6 +65,10 @@ pub const SNAPSHOT_EVERY: u32 = 1_024;
 /// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
+/// Frames a source node remembers as possibly still on their way to its peer. Older ones
+/// are forgotten, which at worst sends their events again.
+pub const IN_FLIGHT_FRAMES_MAX: usize = 1_024;
+
 /// Fields one JSON document patch may set or remove.
 pub const PATCH_FIELDS_MAX: usize = 1_024;
 

@@ -267,7 +267,7 @@ fn a_restarted_site_catches_up_after_a_partition() {
         assert_eq!(va.0.len(), 55);
         assert_eq!(va, vb);
         assert_eq!(va, vc, "the restarted site has the same view");
-        let stored = a.storage().events_from(stream, std::ops::Bound::Unbounded, usize::MAX).unwrap();
+        let stored = a.storage().events_from(stream, std::ops::Bound::Unbounded, None, usize::MAX).unwrap();
         assert_eq!(
             va,
             common::fold(&gundb::sort_events(stored).unwrap()),

@@ -33,7 +33,7 @@ fn stored_events(site: &Site) -> Vec<Event> {
     let storage = site.storage();
     let mut all = Vec::new();
     for (stream, _) in storage.streams().unwrap() {
-        all.extend(storage.events_from(stream, Bound::Unbounded, usize::MAX).unwrap());
+        all.extend(storage.events_from(stream, Bound::Unbounded, None, usize::MAX).unwrap());
     }
     all
 }

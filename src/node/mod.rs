@@ -31,12 +31,16 @@ use transport::Endpoint;
 /// What travels between sites, encoded by [`crate::codec::encode_frame`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Who the sender is and what it has durable: on connect, and again now and then.
+    /// Who the sender is and what it holds: on connect, and again now and then.
     Hello {
         /// The sender's site.
         site: SiteId,
-        /// Everything durable at the sender.
+        /// Everything the sender's router has delivered to its streams (durable, or being
+        /// made durable; a stream that refuses an event rewinds this and says hello again).
         frontier: VectorClock,
+        /// The sender dropped or refused events it was sent: whatever the receiver sent
+        /// that `frontier` lacks must go again, even what it sent a moment ago.
+        resend: bool,
     },
     /// Events the receiver lacked, in causal order.
     Events(Vec<Event>),
@@ -47,6 +51,14 @@ pub enum Frame {
 pub struct NodeConfig {
     /// How often the source node repeats its `Hello`; `None` only on connect.
     pub hello_every: Option<Duration>,
+}
+
+impl NodeConfig {
+    /// How long a sent frame counts as still on its way: a periodic `Hello` that does not
+    /// reflect it yet does not make it go again until then. Two hello intervals.
+    pub fn in_flight_for(&self) -> Duration {
+        self.hello_every.map_or(Duration::from_secs(2), |every| every * 2)
+    }
 }
 
 impl Default for NodeConfig {

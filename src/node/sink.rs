@@ -35,7 +35,9 @@ impl Actor for SinkNode {
         let read = async move {
             while let Some(bytes) = receiver.recv().await {
                 let handed = match codec::decode_frame::<Frame>(&bytes) {
-                    Ok(Frame::Hello { frontier, .. }) => source.send(PeerHello(frontier)).await.is_ok(),
+                    Ok(Frame::Hello { frontier, resend, .. }) => {
+                        source.send(PeerHello { frontier, resend }).await.is_ok()
+                    }
                     Ok(Frame::Events(events)) => {
                         // The peer holds what it sends us: its source must not echo it back.
                         let sent = events.iter().map(|e| (e.lane, e.seq)).collect();

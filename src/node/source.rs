@@ -8,11 +8,13 @@ use crate::codec;
 use crate::event::Event;
 use crate::id::{Lane, Seq};
 use crate::limits;
-use crate::router::{BatchSent, FrontierAdvanced, Listen};
+use crate::router::{BatchSent, FrontierAdvanced, GetDelivered, Listen};
 use crate::site::Site;
 use crate::storage::{Storage, StorageError};
 use actix::prelude::*;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 type Reader = Box<dyn FnMut(Lane, Seq, usize) -> Result<Vec<Event>, StorageError>>;
@@ -24,6 +26,9 @@ pub struct SourceNode {
     config: NodeConfig,
     /// What the peer has, as far as we know: its last `Hello` plus what we sent since.
     peer: Option<VectorClock>,
+    /// The last frames sent, with when and what each carried: a periodic hello may not
+    /// reflect them yet, since they may still be on their way.
+    in_flight: VecDeque<(Instant, VectorClock)>,
     /// The round under way: what is left to send.
     round: Option<CausalMerge<Reader>>,
     /// The frontier moved (or the peer said hello) during the round: go again after it.
@@ -33,15 +38,16 @@ pub struct SourceNode {
 impl SourceNode {
     /// A source sending `site`'s events to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self { site, sender, config, peer: None, round: None, again: false }
+        Self { site, sender, config, peer: None, in_flight: VecDeque::new(), round: None, again: false }
     }
 
-    /// Sends our `Hello`: who we are and what we have.
-    fn hello(&mut self, ctx: &mut Context<Self>) {
+    /// Sends our `Hello`: who we are and what we hold; `resend` when we dropped or refused
+    /// something the peer sent.
+    fn hello(&mut self, resend: bool, ctx: &mut Context<Self>) {
         let (site, sender) = (self.site.clone(), self.sender.clone());
         let hello = async move {
-            let frontier = site.frontier().await.ok()?;
-            let frame = codec::encode_frame(&Frame::Hello { site: site.id(), frontier }).ok()?;
+            let frontier = site.router().send(GetDelivered).await.ok()?;
+            let frame = codec::encode_frame(&Frame::Hello { site: site.id(), frontier, resend }).ok()?;
             sender.send(frame).await.ok()
         };
         ctx.spawn(hello.into_actor(self).map(|sent, _, ctx| {
@@ -98,13 +104,14 @@ impl SourceNode {
             }
             // Counting is best effort: a full router mailbox skips one count, not data.
             let _ = node.site.router().try_send(BatchSent);
+            let carried: VectorClock = slots.into_iter().collect();
             if let Some(peer) = node.peer.as_mut() {
-                for (lane, seq) in slots {
-                    if peer.get(lane) < seq {
-                        peer.set(lane, seq);
-                    }
-                }
+                peer.merge(&carried);
             }
+            if node.in_flight.len() == limits::IN_FLIGHT_FRAMES_MAX {
+                node.in_flight.pop_front(); // forgotten: at worst sent again after a hello
+            }
+            node.in_flight.push_back((Instant::now(), carried));
             node.step(ctx);
         }));
     }
@@ -128,9 +135,9 @@ impl Actor for SourceNode {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
-        self.hello(ctx);
+        self.hello(false, ctx);
         if let Some(every) = self.config.hello_every {
-            ctx.run_interval(every, |node, ctx| node.hello(ctx));
+            ctx.run_interval(every, |node, ctx| node.hello(false, ctx));
         }
         let router = self.site.router().clone();
         let me = ctx.address().recipient();
@@ -143,7 +150,12 @@ impl Actor for SourceNode {
 }
 
 /// The peer said what it has (through the sink node of the same connection).
-pub struct PeerHello(pub VectorClock);
+pub struct PeerHello {
+    /// What the peer holds.
+    pub frontier: VectorClock,
+    /// It dropped or refused some of what we sent: send again whatever it lacks.
+    pub resend: bool,
+}
 
 impl Message for PeerHello {
     type Result = ();
@@ -152,8 +164,20 @@ impl Message for PeerHello {
 impl Handler<PeerHello> for SourceNode {
     type Result = ();
 
-    fn handle(&mut self, PeerHello(frontier): PeerHello, ctx: &mut Context<Self>) {
-        // What the peer says it has is the truth: frames we sent may have been lost.
+    fn handle(&mut self, PeerHello { mut frontier, resend }: PeerHello, ctx: &mut Context<Self>) {
+        // What the peer says it has is the truth, except for frames sent so recently that
+        // they may still be on their way. Those older than that were lost; a peer that
+        // dropped or refused something makes everything it lacks go again.
+        let recent = Instant::now().checked_sub(self.config.in_flight_for());
+        if resend {
+            self.in_flight.clear();
+        }
+        while self.in_flight.front().is_some_and(|(sent, _)| recent.is_some_and(|recent| *sent < recent)) {
+            self.in_flight.pop_front();
+        }
+        for (_, carried) in &self.in_flight {
+            frontier.merge(carried);
+        }
         self.peer = Some(frontier);
         self.start_round(ctx);
     }
@@ -182,7 +206,7 @@ impl Handler<FrontierAdvanced> for SourceNode {
 
     fn handle(&mut self, advanced: FrontierAdvanced, ctx: &mut Context<Self>) {
         if advanced.hello {
-            self.hello(ctx);
+            self.hello(true, ctx);
         }
         self.start_round(ctx);
     }

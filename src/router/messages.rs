@@ -123,8 +123,9 @@ impl Handler<Receive> for Router {
     }
 }
 
-/// A stream made (lane, seq) durable: sent by the router's own subscriptions.
-pub(super) struct Observed(pub(super) Lane, pub(super) Seq);
+/// A stream made these (lane, seq) durable, in its canonical order: sent by the router's
+/// own subscriptions, as many at once as have arrived.
+pub(super) struct Observed(pub(super) Vec<(Lane, Seq)>);
 
 impl Message for Observed {
     type Result = ();
@@ -133,11 +134,13 @@ impl Message for Observed {
 impl Handler<Observed> for Router {
     type Result = ();
 
-    fn handle(&mut self, Observed(lane, seq): Observed, ctx: &mut Context<Self>) {
-        if lane.site == self.storage.site_id() {
-            self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
+    fn handle(&mut self, Observed(durable): Observed, ctx: &mut Context<Self>) {
+        for (lane, seq) in durable {
+            if lane.site == self.storage.site_id() {
+                self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
+            }
+            self.pending.observe(lane, seq);
         }
-        self.pending.observe(lane, seq);
         self.advanced = true;
         self.release(ctx);
     }
@@ -155,6 +158,22 @@ impl Handler<GetFrontier> for Router {
 
     fn handle(&mut self, _msg: GetFrontier, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.pending.durable())
+    }
+}
+
+/// Asks for what the router has delivered to its streams (durable, or being made durable):
+/// what a source node's hello tells the peer this site holds.
+pub struct GetDelivered;
+
+impl Message for GetDelivered {
+    type Result = VectorClock;
+}
+
+impl Handler<GetDelivered> for Router {
+    type Result = MessageResult<GetDelivered>;
+
+    fn handle(&mut self, _msg: GetDelivered, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.pending.delivered())
     }
 }
 

@@ -12,8 +12,8 @@ mod pending;
 
 use self::messages::Observed;
 pub use self::messages::{
-    BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, OpenStream, Receive,
-    Register, WaitFor,
+    BatchSent, FrontierAdvanced, GetDelivered, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen,
+    OpenStream, Receive, Register, WaitFor,
 };
 pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats};
 
@@ -241,8 +241,11 @@ impl Router {
             if !matches!(subscribe.send(Subscribe { seen, sender }).await, Ok(Ok(()))) {
                 return;
             }
-            while let Some(event) = receiver.recv().await {
-                if router.send(Observed(event.lane, event.seq)).await.is_err() {
+            // Whatever has arrived goes in one message: one frontier update per batch.
+            let mut events = Vec::with_capacity(limits::SUBSCRIBE_BATCH_MAX);
+            while receiver.recv_many(&mut events, limits::SUBSCRIBE_BATCH_MAX).await > 0 {
+                let durable = events.drain(..).map(|event| (event.lane, event.seq)).collect();
+                if router.send(Observed(durable)).await.is_err() {
                     return;
                 }
             }

@@ -201,10 +201,17 @@ impl Storage for MemoryStorage {
         Ok(keys.take(limit).filter_map(|key| state.log.get(&key).cloned()).collect())
     }
 
-    fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {
+    fn events_from(
+        &self,
+        stream: StreamId,
+        from: Bound<OrderKey>,
+        before: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StorageError> {
         let streams = lock(&self.streams);
         let Some(state) = streams.get(&stream) else { return Ok(Vec::new()) };
-        Ok(state.log.range((from, Bound::Unbounded)).take(limit).map(|(_, e)| e.clone()).collect())
+        let events = state.log.range((from, Bound::Unbounded)).take_while(|(key, _)| before.is_none_or(|b| **key < b));
+        Ok(events.take(limit).map(|(_, e)| e.clone()).collect())
     }
 
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {

@@ -159,11 +159,18 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure, or a stored event that does not decode.
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError>;
 
-    /// Up to `limit` events from `from` on, in canonical order.
+    /// Up to `limit` events from `from` on and before `before` (to the end when `None`), in
+    /// canonical order.
     ///
     /// # Errors
     /// A read failure, or a stored event that does not decode.
-    fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError>;
+    fn events_from(
+        &self,
+        stream: StreamId,
+        from: Bound<OrderKey>,
+        before: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StorageError>;
 
     /// The streams stored, with their types.
     ///

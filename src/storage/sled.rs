@@ -527,14 +527,24 @@ impl Storage for SledStorage {
         Ok(events)
     }
 
-    fn events_from(&self, stream: StreamId, from: Bound<OrderKey>, limit: usize) -> Result<Vec<Event>, StorageError> {
+    fn events_from(
+        &self,
+        stream: StreamId,
+        from: Bound<OrderKey>,
+        before: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StorageError> {
         self.stats.check()?;
         let start = match from {
             Bound::Included(key) => Bound::Included(keys::event(&key).to_vec()),
             Bound::Excluded(key) => Bound::Excluded(keys::event(&key).to_vec()),
             Bound::Unbounded => Bound::Included(vec![keys::EVENT]),
         };
-        let end = Bound::Excluded(vec![keys::EVENT + 1]);
+        let past_the_end = |key: &OrderKey| before.is_some_and(|before| *key >= before);
+        if matches!(from, Bound::Included(key) | Bound::Excluded(key) if past_the_end(&key)) {
+            return Ok(Vec::new()); // an empty range: sled wants start <= end
+        }
+        let end = Bound::Excluded(before.map_or_else(|| vec![keys::EVENT + 1], |key| keys::event(&key).to_vec()));
         self.tree(stream)?
             .range::<Vec<u8>, _>((start, end))
             .take(limit)

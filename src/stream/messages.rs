@@ -293,14 +293,10 @@ impl<S: Stream> StreamActor<S> {
     /// Up to `limit` events after `after`, stopping before the first event in flight.
     fn durable_history(&self, after: Option<OrderKey>, limit: usize) -> Result<HistoryPage, StreamError> {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut events = self.storage.events_from(self.stream, from, limit)?;
-        let mut more = events.len() == limit;
-        if let Some(&barrier) = self.inflight.keys().next() {
-            if let Some(cut) = events.iter().position(|e| e.order_key() >= barrier) {
-                events.truncate(cut);
-                more = true;
-            }
-        }
+        // Nothing at or after the first write in flight: everything before it is durable.
+        let barrier = self.inflight.keys().next().copied();
+        let events = self.storage.events_from(self.stream, from, barrier, limit)?;
+        let more = events.len() == limit || barrier.is_some();
         Ok(HistoryPage { events, more })
     }
 }

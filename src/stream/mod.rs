@@ -248,7 +248,7 @@ impl<S: Stream> StreamActor<S> {
         let mut unstored: VecDeque<Event> =
             self.inflight.range((from, Bound::Unbounded)).map(|(_, e)| e.clone()).collect();
         loop {
-            let page = self.storage.events_from(self.stream, from, limits::REPLAY_PAGE_MAX)?;
+            let page = self.storage.events_from(self.stream, from, None, limits::REPLAY_PAGE_MAX)?;
             let last_page = page.len() < limits::REPLAY_PAGE_MAX;
             let mut merged = Vec::with_capacity(page.len() + unstored.len());
             for stored in page {

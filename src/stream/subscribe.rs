@@ -121,13 +121,16 @@ impl<S: Stream> StreamActor<S> {
         if subscriber.waiting {
             return Ok(Pumped::Done);
         }
-        let page = self.storage.events_from(self.stream, subscriber.cursor, limits::SUBSCRIBE_BATCH_MAX)?;
-        let full = page.len() == limits::SUBSCRIBE_BATCH_MAX;
+        // Reads no more than the channel has room for, so that nothing is read in vain,
+        // and stop at the barrier: the rest follows once that write is durable.
+        let room = subscriber.sender.capacity().min(limits::SUBSCRIBE_BATCH_MAX);
+        if room == 0 {
+            return Ok(Pumped::Full);
+        }
+        let page = self.storage.events_from(self.stream, subscriber.cursor, barrier, room)?;
+        let full = page.len() == room;
         for event in page {
             let (key, lane, seq) = (event.order_key(), event.lane, event.seq);
-            if barrier.is_some_and(|first_in_flight| key >= first_in_flight) {
-                return Ok(Pumped::Done); // the rest follows once that write is durable
-            }
             if !subscriber.seen.covers(lane, seq) {
                 match subscriber.sender.try_send(event) {
                     Ok(()) => subscriber.seen.set(lane, seq),

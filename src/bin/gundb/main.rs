@@ -2,6 +2,7 @@
 //! `gundb node` runs a site as a server; `gundb throughput` measures durable writes into
 //! one stream.
 
+mod bench_tcp;
 mod demo;
 mod node;
 mod throughput;
@@ -30,6 +31,12 @@ enum Command {
     },
     /// Run a site as a server: replicate with peers over TCP, serve JSON documents over HTTP.
     Node(node::NodeArgs),
+    /// Measure replication between two `gundb node` processes over TCP.
+    BenchTcp {
+        /// Events node B replicates from node A.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
     /// Write events into one stream with concurrent writers; print the view and throughput.
     Throughput {
         /// Events to write in all.
@@ -56,6 +63,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
+        Command::BenchTcp { events } => bench_tcp::run(events),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
             throughput::run(events, writers.max(1), data, no_fsync)
