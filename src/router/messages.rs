@@ -110,6 +110,9 @@ impl Handler<Receive> for Router {
         self.metrics.batches_received += 1;
         for event in events {
             self.receive(event);
+            // Delivered one by one, so that the next event of a lane finds its predecessor
+            // delivered, rather than waiting in the buffer for the end of the batch.
+            self.deliver_ready(ctx);
         }
         self.release(ctx);
         if self.backlog() <= self.backlog_max {

@@ -301,22 +301,7 @@ impl Router {
 
     /// Moves every ready event to its stream's outbox and sends what can be sent.
     fn release(&mut self, ctx: &mut Context<Self>) {
-        while let Some(event) = self.pending.take_ready() {
-            let (lane, seq) = (event.lane, event.seq);
-            match self.open(lane.stream, &event.stream_type, ctx) {
-                Ok(Some(opened)) if opened.stream_type == event.stream_type => {
-                    self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
-                    // Its stream applies in mailbox order, so its own successors may follow.
-                    self.pending.mark_delivered(lane, seq);
-                }
-                Ok(Some(_)) => {
-                    self.metrics.malformed += 1; // another type than its stream's
-                    self.refuse(lane, seq);
-                }
-                Ok(None) => self.store_unregistered(event, ctx),
-                Err(_) => self.refuse(lane, seq),
-            }
-        }
+        self.deliver_ready(ctx);
         let streams: Vec<StreamId> =
             self.outboxes.iter().filter(|(_, o)| !o.in_flight && !o.queued.is_empty()).map(|(s, _)| *s).collect();
         for stream in streams {
@@ -336,6 +321,27 @@ impl Router {
             // and the periodic hello covers the rest.
             let notice = FrontierAdvanced { hello };
             self.listeners.retain(|listener| !matches!(listener.try_send(notice), Err(SendError::Closed(_))));
+        }
+    }
+
+    /// Moves every ready event to its stream's outbox (or stores it, if its type is not
+    /// registered here), marking it delivered so that its successors are ready at once.
+    pub(super) fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
+        while let Some(event) = self.pending.take_ready() {
+            let (lane, seq) = (event.lane, event.seq);
+            match self.open(lane.stream, &event.stream_type, ctx) {
+                Ok(Some(opened)) if opened.stream_type == event.stream_type => {
+                    self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
+                    // Its stream applies in mailbox order, so its own successors may follow.
+                    self.pending.mark_delivered(lane, seq);
+                }
+                Ok(Some(_)) => {
+                    self.metrics.malformed += 1; // another type than its stream's
+                    self.refuse(lane, seq);
+                }
+                Ok(None) => self.store_unregistered(event, ctx),
+                Err(_) => self.refuse(lane, seq),
+            }
         }
     }
 
