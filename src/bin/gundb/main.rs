@@ -2,7 +2,7 @@
 //! `gundb node` runs a site as a server; `gundb throughput` measures durable writes into
 //! one stream.
 
-mod bench_tcp;
+mod bench;
 mod demo;
 mod node;
 mod throughput;
@@ -31,11 +31,15 @@ enum Command {
     },
     /// Run a site as a server: replicate with peers over TCP, serve JSON documents over HTTP.
     Node(node::NodeArgs),
-    /// Measure replication between two `gundb node` processes over TCP.
-    BenchTcp {
-        /// Events node B replicates from node A.
-        #[arg(long, default_value_t = 100_000)]
+    /// Measure throughput, latency and memory against this machine's own limits.
+    Bench(bench::BenchArgs),
+    /// The memory scenario's child process (run by `gundb bench`).
+    #[command(hide = true)]
+    BenchMemoryChild {
+        #[arg(long)]
         events: u64,
+        #[arg(long)]
+        payload: usize,
     },
     /// Write events into one stream with concurrent writers; print the view and throughput.
     Throughput {
@@ -63,7 +67,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
-        Command::BenchTcp { events } => bench_tcp::run(events),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
             throughput::run(events, writers.max(1), data, no_fsync)

@@ -1,0 +1,298 @@
+//! `gundb bench`: how fast gundb is on this machine, and how close to what the machine can
+//! do at all. Every scenario runs its baseline in the same run (raw sled with the same
+//! flush policy, encoding into a reused buffer, causal arrival), and the report shows the
+//! ratio and whether the project's targets were met.
+
+mod core;
+mod emit;
+mod memory;
+mod replication;
+mod report;
+mod tcp;
+
+pub use memory::child as memory_child;
+
+use anyhow::Result;
+use gundb::{EventMeta, Stream, View};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use report::{Better, Machine, Report, Row};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The scenarios, by the names `--only` takes.
+const SCENARIOS: [&str; 6] = ["emit", "codec", "router", "replication", "tcp", "memory"];
+
+/// What `gundb bench` is started with.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Small sizes and short runs: the whole report in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Events per replication and router scenario (default 100000; 10000 with --quick).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events stored before measuring memory and disk (default 1000000; 100000 with --quick).
+    #[arg(long)]
+    memory_events: Option<u64>,
+    /// Bytes of application payload per event.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Concurrent writer counts for durable emit.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    writers: Vec<u64>,
+    /// Streams written in the many-streams emit runs.
+    #[arg(long, default_value_t = 10_000)]
+    streams: u64,
+    /// Sites in the in-process replication scenario.
+    #[arg(long, default_value_t = 3)]
+    sites: usize,
+    /// Run only these scenarios (emit, codec, router, replication, tcp, memory).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as Markdown (with the machine and the command).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Write the chart of emit throughput against writers as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+/// The events every scenario writes: a blob of bytes.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Blob(pub Vec<u8>);
+
+/// Events counted, nothing else kept: the view costs nothing, so the writes are measured.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Count(u64);
+
+impl View<Blob> for Count {
+    fn apply_event(&mut self, _blob: &Blob, _meta: &EventMeta<'_>) {
+        self.0 += 1;
+    }
+}
+
+impl Stream for Blob {
+    const TYPE_NAME: &'static str = "bench.blob";
+    type Event = Blob;
+    type View = Count;
+    const COMMUTATIVE: bool = true;
+}
+
+/// A scenario's progress bar.
+#[derive(Clone)]
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    fn start(bars: &MultiProgress, name: &str) -> Self {
+        let bar = bars.add(ProgressBar::new_spinner());
+        let style = ProgressStyle::with_template("{spinner} {prefix:>12} [{elapsed:>3}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(name.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self(bar)
+    }
+
+    /// What the scenario is doing now.
+    pub fn say(&self, message: impl Into<String>) {
+        self.0.set_message(message.into());
+    }
+
+    fn done(&self, summary: String) {
+        self.0.finish_with_message(summary);
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let quick = args.quick;
+    let events = args.events.unwrap_or(if quick { 10_000 } else { 100_000 });
+    let memory_events = args.memory_events.unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let emit_for = if quick { Duration::from_millis(700) } else { Duration::from_secs(3) };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|only| only == name);
+    if let Some(unknown) = args.only.iter().find(|name| !SCENARIOS.contains(&name.as_str())) {
+        anyhow::bail!("no scenario {unknown:?}; the scenarios are {}", SCENARIOS.join(", "));
+    }
+    let started = Instant::now();
+    let bars = MultiProgress::new();
+    let mut rows = Vec::new();
+    let payload = args.payload;
+
+    if wanted("emit") {
+        let progress = Progress::start(&bars, "durable emit");
+        let bytes = emit::event_bytes(payload)?;
+        let raw = emit::raw_sled(&args.writers, &bytes, emit_for, &progress)?;
+        let mut latencies = Vec::new();
+        for streams in [1, args.streams] {
+            let runs = emit::gundb(streams, &args.writers, payload, emit_for, &progress)?;
+            for ((&writers, run), raw) in args.writers.iter().zip(&runs).zip(&raw) {
+                let plural = if streams == 1 { "stream" } else { "streams" };
+                let writer_plural = if writers == 1 { "writer" } else { "writers" };
+                let mut row = Row::new(
+                    "durable emit",
+                    format!("{streams} {plural}, {writers} {writer_plural}"),
+                    run.rate,
+                    "events/s",
+                    Better::Higher,
+                )
+                .against("raw sled, same bytes, flush + fsync", raw.rate);
+                if streams == 1 && writers == 16 {
+                    let met = row.ratio.unwrap_or(0.0) >= 0.7;
+                    row = row.target("≥ 70% of raw sled at 16 writers", met);
+                    for (name, quantile) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+                        let ms = |run: &emit::Run| run.latency.value_at_quantile(quantile) as f64 / 1e3;
+                        let mut latency = Row::new(
+                            "emit latency",
+                            format!("{name}, 16 writers, 1 stream"),
+                            ms(run),
+                            "ms",
+                            Better::Lower,
+                        )
+                        .against("raw sled, 16 writers", ms(raw));
+                        if name == "p99" {
+                            latency = latency.target("p99 ≤ 5 ms under load", ms(run) <= 5.0);
+                        }
+                        latencies.push(latency);
+                    }
+                }
+                rows.push(row);
+            }
+        }
+        rows.append(&mut latencies);
+        progress.done(format!("{} runs of {:.1} s", args.writers.len() * 3, emit_for.as_secs_f64()));
+    }
+
+    if wanted("codec") {
+        let progress = Progress::start(&bars, "codec");
+        let (fresh, reused) = core::codec(usize::try_from(events * 10)?, payload, &progress)?;
+        rows.push(
+            Row::new("codec", format!("encode an event ({payload} B payload)"), fresh, "ops/s", Better::Higher)
+                .against("into a reused buffer", reused),
+        );
+        progress.done(format!("{:.2} M encodes/s", fresh / 1e6));
+    }
+
+    if wanted("router") {
+        let progress = Progress::start(&bars, "router");
+        progress.say("the causal buffer alone");
+        let [causal, reverse, random] = core::arrivals(usize::try_from(events)?);
+        let alone = core::pending(&causal.1)?;
+        for (name, arrivals) in [&reverse, &random] {
+            let rate = core::pending(arrivals)?;
+            rows.push(
+                Row::new("router", format!("causal buffer alone, {name} arrival"), rate, "events/s", Better::Higher)
+                    .against("causal arrival", alone),
+            );
+        }
+        let actor_events = usize::try_from((events / 5).max(1_000))?;
+        let [causal, reverse, random] = core::arrivals(actor_events);
+        progress.say("through the router actor, causal arrival");
+        let actor = core::router_actor(&causal.1)?;
+        for (name, arrivals) in [&reverse, &random] {
+            progress.say(format!("through the router actor, {name} arrival"));
+            let rate = core::router_actor(arrivals)?;
+            rows.push(
+                Row::new("router", format!("router actor + sled, {name} arrival"), rate, "events/s", Better::Higher)
+                    .against("causal arrival", actor),
+            );
+        }
+        progress.done("done".into());
+    }
+
+    let baseline = if wanted("replication") || wanted("tcp") {
+        let progress = Progress::start(&bars, "replication");
+        let raw = replication::raw_sled_batches(events, &emit::event_bytes(payload)?, &progress)?;
+        if wanted("replication") {
+            let rate = replication::in_process_sites(args.sites, events, payload, &progress)?;
+            rows.push(
+                Row::new(
+                    "replication",
+                    format!("{} sites in-process, until all converged", args.sites),
+                    rate,
+                    "events/s",
+                    Better::Higher,
+                )
+                .against("raw sled, batches of 256", raw)
+                .target("≥ 20k events/s", rate >= 20_000.0),
+            );
+        }
+        progress.done("done".into());
+        Some(raw)
+    } else {
+        None
+    };
+
+    if let (true, Some(raw)) = (wanted("tcp"), baseline) {
+        let progress = Progress::start(&bars, "tcp");
+        let rate = tcp::two_nodes(events, &progress)?;
+        rows.push(
+            Row::new("replication", "2 gundb node processes over TCP", rate, "events/s", Better::Higher)
+                .against("raw sled, batches of 256", raw)
+                .target("≥ 30k events/s", rate >= 30_000.0),
+        );
+        progress.done(format!("{:.1} k events/s", rate / 1e3));
+    }
+
+    if wanted("memory") {
+        let progress = Progress::start(&bars, "memory");
+        let m = memory::measure(memory_events, payload, &progress)?;
+        let mib = |bytes: u64| bytes as f64;
+        rows.push(
+            Row::new(
+                "memory",
+                format!("peak RSS, {memory_events} events written"),
+                mib(m.rss_peak),
+                "bytes",
+                Better::Lower,
+            )
+            .against("RSS of the empty site", mib(m.rss_empty))
+            .target("≤ 256 MiB", m.rss_peak <= 256 << 20),
+        );
+        let per_event = |bytes: u64| bytes as f64 / memory_events.max(1) as f64;
+        let disk = Row::new("memory", "bytes on disk per event", per_event(m.disk), "B", Better::Lower)
+            .against("encoded bytes per event", per_event(m.encoded));
+        let ratio = disk.ratio.unwrap_or(f64::INFINITY);
+        rows.push(disk.target("≤ 3× the encoded bytes", ratio <= 3.0));
+        rows.push(
+            Row::new(
+                "memory",
+                "bytes on disk per event, raw sled alone",
+                per_event(m.raw_sled_disk),
+                "B",
+                Better::Lower,
+            )
+            .against("encoded bytes per event", per_event(m.encoded)),
+        );
+        progress.done("done".into());
+    }
+
+    let data_dir = std::env::temp_dir();
+    let report = Report {
+        command: std::iter::once("gundb".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+        date: httpdate::fmt_http_date(std::time::SystemTime::now()),
+        machine: Machine::here(&data_dir),
+        rows,
+    };
+    println!("\n{}", report.table());
+    println!(
+        "{} scenarios in {:.0} s",
+        if args.only.is_empty() { SCENARIOS.len() } else { args.only.len() },
+        started.elapsed().as_secs_f64()
+    );
+    for row in report.missed() {
+        println!("missed: {} / {}", row.scenario, row.measure);
+    }
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &args.svg {
+        report.write_chart(path)?;
+    }
+    if let Some(path) = &args.markdown {
+        report.write_markdown(path, args.svg.as_deref())?;
+    }
+    Ok(())
+}
