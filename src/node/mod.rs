@@ -59,6 +59,12 @@ impl NodeConfig {
     pub fn in_flight_for(&self) -> Duration {
         self.hello_every.map_or(Duration::from_secs(2), |every| every * 2)
     }
+
+    /// While this site's frontier moves, a `Hello` goes out at most this often (a tenth of
+    /// the hello interval, at least 10 ms); `None` on quiet links.
+    pub fn progress_hello_every(&self) -> Option<Duration> {
+        self.hello_every.map(|every| (every / 10).max(Duration::from_millis(10)))
+    }
 }
 
 impl Default for NodeConfig {

@@ -33,17 +33,29 @@ pub struct SourceNode {
     round: Option<CausalMerge<Reader>>,
     /// The frontier moved (or the peer said hello) during the round: go again after it.
     again: bool,
+    /// When our last `Hello` went out.
+    last_hello: Option<Instant>,
 }
 
 impl SourceNode {
     /// A source sending `site`'s events to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self { site, sender, config, peer: None, in_flight: VecDeque::new(), round: None, again: false }
+        Self {
+            site,
+            sender,
+            config,
+            peer: None,
+            in_flight: VecDeque::new(),
+            round: None,
+            again: false,
+            last_hello: None,
+        }
     }
 
     /// Sends our `Hello`: who we are and what we hold; `resend` when we dropped or refused
     /// something the peer sent.
     fn hello(&mut self, resend: bool, ctx: &mut Context<Self>) {
+        self.last_hello = Some(Instant::now());
         let (site, sender) = (self.site.clone(), self.sender.clone());
         let hello = async move {
             let frontier = site.router().send(GetDelivered).await.ok()?;
@@ -207,6 +219,12 @@ impl Handler<FrontierAdvanced> for SourceNode {
     fn handle(&mut self, advanced: FrontierAdvanced, ctx: &mut Context<Self>) {
         if advanced.hello {
             self.hello(true, ctx);
+        } else if let Some(every) = self.config.progress_hello_every() {
+            // While events flow, the peer hears what we hold often, so that it does not
+            // relay us what another site has sent us already.
+            if self.last_hello.is_none_or(|last| last.elapsed() >= every) {
+                self.hello(false, ctx);
+            }
         }
         self.start_round(ctx);
     }

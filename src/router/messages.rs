@@ -3,8 +3,8 @@
 use super::{opener, Equivocation, HeldBack, Opener, Router, RouterError, RouterMetrics};
 use crate::clock::VectorClock;
 use crate::event::Event;
-use crate::id::{Lane, Seq, StreamId};
-use crate::stream::StreamActor;
+use crate::id::StreamId;
+use crate::stream::{Durable, StreamActor};
 use crate::view::Stream;
 use actix::prelude::*;
 use std::marker::PhantomData;
@@ -126,19 +126,12 @@ impl Handler<Receive> for Router {
     }
 }
 
-/// A stream made these (lane, seq) durable, in its canonical order: sent by the router's
-/// own subscriptions, as many at once as have arrived.
-pub(super) struct Observed(pub(super) Vec<(Lane, Seq)>);
-
-impl Message for Observed {
-    type Result = ();
-}
-
-impl Handler<Observed> for Router {
+/// A stream made its lanes durable up to these seqs (its local writes included).
+impl Handler<Durable> for Router {
     type Result = ();
 
-    fn handle(&mut self, Observed(durable): Observed, ctx: &mut Context<Self>) {
-        for (lane, seq) in durable {
+    fn handle(&mut self, Durable(durable): Durable, ctx: &mut Context<Self>) {
+        for (lane, seq) in durable.iter() {
             if lane.site == self.storage.site_id() {
                 self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
             }

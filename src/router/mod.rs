@@ -10,7 +10,6 @@
 mod messages;
 mod pending;
 
-use self::messages::Observed;
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetDelivered, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen,
     OpenStream, Receive, Register, WaitFor,
@@ -22,14 +21,14 @@ use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
-use crate::stream::{DeliverBatch, Delivered, StreamActor, StreamConfig, StreamError, Subscribe};
+use crate::stream::{DeliverBatch, Delivered, StreamActor, StreamConfig, StreamError, WatchDurable};
 use crate::view::Stream;
 use actix::dev::SendError;
 use actix::prelude::*;
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Why the router refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,7 +92,7 @@ type Opener = Box<dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Ope
 struct Opened {
     stream_type: &'static str,
     deliver: Recipient<DeliverBatch>,
-    subscribe: Recipient<Subscribe>,
+    watch: Recipient<WatchDurable>,
     typed: Box<dyn Any>,
 }
 
@@ -103,7 +102,7 @@ fn opener<S: Stream>() -> Opener {
         Ok(Opened {
             stream_type: S::TYPE_NAME,
             deliver: addr.clone().recipient(),
-            subscribe: addr.clone().recipient(),
+            watch: addr.clone().recipient(),
             typed: Box::new(addr),
         })
     })
@@ -230,27 +229,13 @@ impl Router {
         Ok(self.streams.get(&stream))
     }
 
-    /// Subscribes to a stream actor, so that what it makes durable (its local writes
-    /// included) moves the site's frontier.
+    /// Watches a stream actor, so that what it makes durable (its local writes included)
+    /// moves the site's frontier.
     fn follow(&self, opened: &Opened, ctx: &mut Context<Self>) {
-        let (sender, mut receiver) = mpsc::channel(limits::SUBSCRIBE_BATCH_MAX);
-        let subscribe = opened.subscribe.clone();
-        let seen = self.pending.durable();
-        let router = ctx.address();
-        let forward = async move {
-            if !matches!(subscribe.send(Subscribe { seen, sender }).await, Ok(Ok(()))) {
-                return;
-            }
-            // Whatever has arrived goes in one message: one frontier update per batch.
-            let mut events = Vec::with_capacity(limits::SUBSCRIBE_BATCH_MAX);
-            while receiver.recv_many(&mut events, limits::SUBSCRIBE_BATCH_MAX).await > 0 {
-                let durable = events.drain(..).map(|event| (event.lane, event.seq)).collect();
-                if router.send(Observed(durable)).await.is_err() {
-                    return;
-                }
-            }
-        };
-        ctx.spawn(forward.into_actor(self));
+        let watch = WatchDurable(ctx.address().recipient());
+        // A full mailbox waits; a stopped stream needs no watching.
+        let send = opened.watch.send(watch);
+        ctx.spawn(async move { send.await.ok() }.into_actor(self).map(|_, _, _| ()));
     }
 
     /// Takes an event from another site.

@@ -10,11 +10,13 @@
 //! before the storage writer has applied it, and nothing shows it to anyone else: replies
 //! wait for durability and subscribers stop at the first event in flight.
 
+mod durable;
 mod error;
 mod ledger;
 mod messages;
 mod subscribe;
 
+pub use self::durable::{Durable, WatchDurable};
 pub use self::error::StreamError;
 pub use self::ledger::{Check, Ledger};
 pub use self::messages::{
@@ -115,6 +117,8 @@ pub struct StreamActor<S: Stream> {
     subscribers: Vec<Subscriber>,
     next_subscriber: u64,
     pump_scheduled: bool,
+    /// The router, told what became durable after each commit.
+    watch: durable::Watch,
     /// Set when storage failed under a write already applied in memory: from then on every
     /// message is refused with it, until the site reopens the database.
     failed: Option<StorageError>,
@@ -170,6 +174,7 @@ impl<S: Stream> StreamActor<S> {
             subscribers: Vec::new(),
             next_subscriber: 0,
             pump_scheduled: false,
+            watch: durable::Watch::default(),
             failed: None,
         };
         actor.replay_from(newest.map_or(Bound::Unbounded, Bound::Excluded))?;
@@ -316,8 +321,10 @@ impl<S: Stream> StreamActor<S> {
             self.inflight_order.pop_front();
             if let Some(event) = self.inflight.remove(&key) {
                 self.inflight_index.remove(&(event.lane, event.seq));
+                self.note_durable(&event);
             }
         }
+        self.report_durable(ctx);
         while self.waiters.front().is_some_and(|(target, _)| *target <= self.durable) {
             if let Some((_, waiter)) = self.waiters.pop_front() {
                 let _ = waiter.send(Ok(())); // a caller that went away needs no answer

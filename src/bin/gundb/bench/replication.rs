@@ -1,5 +1,6 @@
 //! Replication: events written at one site reach every other, in-process over links in a
-//! full mesh, timed from connecting until all hold every event durable; against raw sled
+//! full mesh (default node settings), timed from connecting until all hold every event
+//! durable; against raw sled
 //! storing as many events in batches (one flush and fsync per batch of 256), the most one
 //! receiving site's disk could take.
 
@@ -33,8 +34,8 @@ pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Pr
         for left in 0..sites.len() {
             for right in left + 1..sites.len() {
                 let (l, r) = in_process(16);
-                connect(&sites[left], l, NodeConfig { hello_every: None });
-                connect(&sites[right], r, NodeConfig { hello_every: None });
+                connect(&sites[left], l, NodeConfig::default());
+                connect(&sites[right], r, NodeConfig::default());
             }
         }
         for site in &sites[1..] {
