@@ -21,8 +21,8 @@ pub struct Memory {
     pub disk: u64,
     /// The events' encoded size, bytes.
     pub encoded: u64,
-    /// Raw sled's folder after storing as many values of the encoded size, in batches of
-    /// the same size, bytes: what sled itself takes.
+    /// Raw sled's folder (gundb's sled settings) after storing as many values of the
+    /// encoded size, in batches of the same size, bytes: what sled itself takes.
     pub raw_sled_disk: u64,
 }
 
@@ -105,7 +105,12 @@ async fn write(path: &Path, events: u64, payload: usize) -> Result<u64> {
 
 /// Raw sled storing `events` values of `bytes`, in batches of [`BATCH`], flushed.
 fn raw_sled(path: &Path, events: u64, bytes: &[u8]) -> Result<()> {
-    let db = sled::Config::new().path(path).cache_capacity(64 << 20).flush_every_ms(None).open()?;
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(gundb::limits::SLED_CACHE_BYTES)
+        .segment_size(gundb::limits::SLED_SEGMENT_BYTES)
+        .flush_every_ms(None)
+        .open()?;
     let mut n = 0u64;
     while n < events {
         let mut batch = sled::Batch::default();

@@ -259,7 +259,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(
             Row::new(
                 "memory",
-                "bytes on disk per event, raw sled alone",
+                "bytes on disk per event, raw sled alone (same settings)",
                 per_event(m.raw_sled_disk),
                 "B",
                 Better::Lower,
