@@ -3,6 +3,7 @@
 //! one stream.
 
 mod bench;
+mod crash_writer;
 mod demo;
 mod node;
 mod throughput;
@@ -33,6 +34,14 @@ enum Command {
     Node(node::NodeArgs),
     /// Measure throughput, latency and memory against this machine's own limits.
     Bench(bench::BenchArgs),
+    /// The process the crash-loop test kills again and again (see tests/crash.rs).
+    #[command(hide = true)]
+    CrashWriter {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        acks: PathBuf,
+    },
     /// The memory scenario's child process (run by `gundb bench`).
     #[command(hide = true)]
     BenchMemoryChild {
@@ -68,6 +77,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::CrashWriter { data, acks } => crash_writer::run(data, acks),
         Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
