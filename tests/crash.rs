@@ -159,5 +159,8 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
         last.events, last.acked
     );
     assert!(during_recovery > 0, "some kills landed during recovery (seed {seed})");
-    assert!(u64::try_from(last.acked).unwrap() > cycles, "the writer got writes acknowledged between kills (seed {seed})");
+    assert!(
+        u64::try_from(last.acked).unwrap() > cycles,
+        "the writer got writes acknowledged between kills (seed {seed})"
+    );
 }

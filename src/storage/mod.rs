@@ -15,7 +15,7 @@ mod sled;
 
 pub use self::memory::MemoryStorage;
 #[cfg(feature = "failpoints")]
-pub use self::sled::failpoints::Failpoints;
+pub use self::sled::failpoints::{Failpoints, Fault};
 pub use self::sled::{Durability, SledConfig, SledStorage};
 
 use crate::clock::VectorClock;

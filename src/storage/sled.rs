@@ -228,13 +228,17 @@ impl SledStorage {
                         &stats,
                         |tree, batch| {
                             #[cfg(feature = "failpoints")]
-                            failpoints.check(&failpoints.append, "append")?;
+                            failpoints.check(failpoints::Fault::Batch)?;
                             Ok(tree.apply_batch(batch)?)
                         },
                         || {
                             #[cfg(feature = "failpoints")]
-                            failpoints.check(&failpoints.flush, "flush")?;
-                            flush_durably(&db, fsync.as_mut())
+                            failpoints.check(failpoints::Fault::Flush)?;
+                            flush_durably(&db, fsync.as_mut(), || {
+                                #[cfg(feature = "failpoints")]
+                                failpoints.check(failpoints::Fault::Fsync)?;
+                                Ok(())
+                            })
                         },
                     );
                 })
@@ -322,10 +326,17 @@ fn tree_name(stream: StreamId) -> Vec<u8> {
     name
 }
 
-fn flush_durably(db: &sled::Db, fsync: Option<&mut Fsync>) -> Result<(), StorageError> {
+/// sled's flush, then (with `fsync`) the fsyncs; `before_fsync` is where tests inject a
+/// failed fsync.
+fn flush_durably(
+    db: &sled::Db,
+    fsync: Option<&mut Fsync>,
+    before_fsync: impl FnOnce() -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     let started = SystemTime::now();
     db.flush().map_err(|e| StorageError::Flush(e.to_string()))?;
     if let Some(fsync) = fsync {
+        before_fsync()?;
         fsync.sync(started).map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
     }
     Ok(())
@@ -441,7 +452,7 @@ impl Storage for SledStorage {
     }
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         let tree = self.tree(stream)?;
         match tree.get(keys::TYPE)? {
             Some(stored) if stored != stream_type.as_bytes() => {
@@ -471,7 +482,7 @@ impl Storage for SledStorage {
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Write)?;
         let mut writes = Vec::with_capacity(2 * append.events.len() + append.stale_snapshots.len());
         for event in append.events {
             let key = event.order_key();
@@ -491,7 +502,7 @@ impl Storage for SledStorage {
         view: &[u8],
         drop: &[OrderKey],
     ) -> Result<(), StorageError> {
-        self.stats.check()?;
+        self.check(Access::Write)?;
         let mut writes = vec![Write::Put(keys::snapshot(&key).to_vec(), view.to_vec())];
         writes.extend(drop.iter().map(|old| Write::Remove(keys::snapshot(old).to_vec())));
         // Queued behind the events it covers, so no crash can keep it without them.
@@ -499,7 +510,7 @@ impl Storage for SledStorage {
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         match self.tree(stream)?.get(keys::index(lane, seq))? {
             Some(bytes) => Ok(Some(order_key(&bytes)?)),
             None => Ok(None),
@@ -507,12 +518,12 @@ impl Storage for SledStorage {
     }
 
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         frontier(&self.tree(stream)?, stream)
     }
 
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         let tree = self.tree(lane.stream)?;
         let start = keys::index(lane, after.next());
         let end = keys::index(lane, Seq(u64::MAX));
@@ -534,7 +545,7 @@ impl Storage for SledStorage {
         before: Option<OrderKey>,
         limit: usize,
     ) -> Result<Vec<Event>, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         let start = match from {
             Bound::Included(key) => Bound::Included(keys::event(&key).to_vec()),
             Bound::Excluded(key) => Bound::Excluded(keys::event(&key).to_vec()),
@@ -553,7 +564,7 @@ impl Storage for SledStorage {
     }
 
     fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         // Looks the tree up by name first: `open_tree` would create it.
         let name = tree_name(stream);
         if !self.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_slice()) {
@@ -564,7 +575,7 @@ impl Storage for SledStorage {
     }
 
     fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {
-        self.stats.check()?;
+        self.check(Access::Read)?;
         let mut streams = Vec::new();
         for name in self.db.tree_names() {
             let Some(id) = name.strip_prefix(STREAM_TREE_PREFIX) else { continue };
@@ -585,7 +596,27 @@ impl Storage for SledStorage {
     }
 }
 
+/// What a storage call does, for [`SledStorage::check`].
+enum Access {
+    Read,
+    Write,
+}
+
 impl SledStorage {
+    /// Refuses every call once the writer has failed (fail-stop); with the `failpoints`
+    /// feature, fails the call when a test asked for it.
+    fn check(&self, access: Access) -> Result<(), StorageError> {
+        self.stats.check()?;
+        #[cfg(feature = "failpoints")]
+        self.failpoints.check(match access {
+            Access::Read => failpoints::Fault::Read,
+            Access::Write => failpoints::Fault::Write,
+        })?;
+        #[cfg(not(feature = "failpoints"))]
+        let _ = access;
+        Ok(())
+    }
+
     /// Queues `op` for the writer, never waiting: callers run on actor arbiters.
     fn send(&self, op: Op) -> Result<(), StorageError> {
         match self.ops.try_send(op) {
@@ -606,22 +637,57 @@ impl std::fmt::Debug for SledStorage {
 #[cfg(feature = "failpoints")]
 pub mod failpoints {
     use super::StorageError;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Counters of faults to inject: each one fails that many of the next calls.
+    /// A storage operation a test can make fail.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Fault {
+        /// Queuing an append or a snapshot (the caller's call).
+        Write,
+        /// The writer applying a batch to a stream's tree.
+        Batch,
+        /// sled's flush.
+        Flush,
+        /// The fsync after it (with `Durability::Fsync`).
+        Fsync,
+        /// Any read.
+        Read,
+    }
+
+    impl Fault {
+        /// Every kind, for tests that try them all.
+        pub const ALL: [Fault; 5] = [Fault::Write, Fault::Batch, Fault::Flush, Fault::Fsync, Fault::Read];
+
+        fn name(self) -> &'static str {
+            match self {
+                Fault::Write => "write",
+                Fault::Batch => "batch",
+                Fault::Flush => "flush",
+                Fault::Fsync => "fsync",
+                Fault::Read => "read",
+            }
+        }
+    }
+
+    /// Faults to inject: per kind, how many operations from now the failing one is.
     #[derive(Debug, Default)]
     pub struct Failpoints {
-        /// Appends to fail.
-        pub append: AtomicU32,
-        /// Flushes to fail.
-        pub flush: AtomicU32,
+        countdown: [AtomicU64; 5],
     }
 
     impl Failpoints {
-        pub(super) fn check(&self, counter: &AtomicU32, what: &'static str) -> Result<(), StorageError> {
-            let fail = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-            if fail {
-                Err(StorageError::Injected(what))
+        /// Makes the `n`th operation of `kind` from now fail, once (`n` = 1: the next one;
+        /// 0: none).
+        pub fn fail_nth(&self, kind: Fault, n: u64) {
+            self.countdown[kind as usize].store(n, Ordering::SeqCst);
+        }
+
+        /// Counts one operation of `kind`, failing it if it is the one asked for.
+        pub(super) fn check(&self, kind: Fault) -> Result<(), StorageError> {
+            let countdown = &self.countdown[kind as usize];
+            let before = countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if before == Ok(1) {
+                Err(StorageError::Injected(kind.name()))
             } else {
                 Ok(())
             }
