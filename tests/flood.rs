@@ -70,7 +70,7 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
         site.wait_for(&delivered).await.unwrap();
         let before = site.metrics().await.unwrap();
         for frame in 0..1_000_000 / FRAME {
-            site.receive(vec![original.clone(); FRAME as usize]).await.unwrap();
+            site.receive(vec![original.clone(); usize::try_from(FRAME).unwrap()]).await.unwrap();
             if frame % 256 == 0 {
                 still_serving(&site, 10_000 + frame).await;
             }
