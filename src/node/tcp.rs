@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
@@ -85,15 +86,15 @@ fn challenge() -> [u8; 32] {
     out
 }
 
-type Wire = Framed<TcpStream, LengthDelimitedCodec>;
+type Wire<T = TcpStream> = Framed<T, LengthDelimitedCodec>;
 
-fn framed(socket: TcpStream) -> Wire {
+fn framed<T: AsyncRead + AsyncWrite>(socket: T) -> Wire<T> {
     // The limit is checked on the length prefix, before anything is allocated.
     let codec = LengthDelimitedCodec::builder().max_frame_length(limits::WIRE_FRAME_BYTES_MAX).new_codec();
     Framed::new(socket, codec)
 }
 
-async fn next(wire: &mut Wire) -> Result<Vec<u8>, TcpError> {
+async fn next<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>) -> Result<Vec<u8>, TcpError> {
     match wire.next().await {
         Some(Ok(bytes)) => Ok(bytes.to_vec()),
         Some(Err(error)) => Err(TcpError::Io(error)),
@@ -102,7 +103,11 @@ async fn next(wire: &mut Wire) -> Result<Vec<u8>, TcpError> {
 }
 
 /// Runs the handshake on a fresh socket: both sides greet, both prove they hold `secret`.
-async fn handshake(wire: &mut Wire, site: SiteId, secret: &[u8]) -> Result<SiteId, TcpError> {
+async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    wire: &mut Wire<T>,
+    site: SiteId,
+    secret: &[u8],
+) -> Result<SiteId, TcpError> {
     let own = challenge();
     let greeting = Greeting { version: PROTOCOL_VERSION, site, challenge: own };
     let bytes = codec::encode(&greeting).map_err(|e| TcpError::Handshake(e.to_string()))?;
@@ -119,6 +124,20 @@ async fn handshake(wire: &mut Wire, site: SiteId, secret: &[u8]) -> Result<SiteI
         .verify_slice(&proof.mac)
         .map_err(|_| TcpError::Unauthenticated { peer: peer.site })?;
     Ok(peer.site)
+}
+
+/// Runs this side's handshake over any byte stream: what the handshake fuzz target feeds
+/// a peer's bytes to. Not part of the API.
+///
+/// # Errors
+/// As the handshake of [`dial`].
+#[doc(hidden)]
+pub async fn handshake_over<T: AsyncRead + AsyncWrite + Unpin>(
+    socket: T,
+    site: SiteId,
+    secret: &[u8],
+) -> Result<SiteId, TcpError> {
+    handshake(&mut framed(socket), site, secret).await
 }
 
 /// Moves frames between an authenticated socket and an endpoint until either side closes,
