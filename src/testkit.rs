@@ -153,3 +153,24 @@ pub fn causal_shuffle(events: &[Event], rng: &mut Rng) -> Vec<Event> {
     }
     order
 }
+
+/// A non-commutative view: the events' numbers in the order they were folded, so a number
+/// applied twice, or out of canonical order, shows. The tests' and the crash loop's view.
+#[derive(Clone, Default, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Trail(pub Vec<u64>);
+
+impl crate::view::View<u64> for Trail {
+    fn apply_event(&mut self, event: &u64, _meta: &crate::event::EventMeta<'_>) {
+        self.0.push(*event);
+    }
+}
+
+/// The stream type over [`Trail`].
+#[derive(Debug)]
+pub struct TrailStream;
+
+impl crate::view::Stream for TrailStream {
+    const TYPE_NAME: &'static str = "test.trail";
+    type Event = u64;
+    type View = Trail;
+}

@@ -9,32 +9,14 @@
 //! the kill timings of a failed run (the seed is printed on failure).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gundb::{codec, EventId, EventMeta, GetView, History, Lane, Site, Stream, StreamId, View};
-use serde::{Deserialize, Serialize};
+use gundb::testkit::TrailStream;
+use gundb::{codec, EventId, GetView, History, Lane, Site, StreamId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// The writer's stream type, as `gundb crash-writer` defines it.
-struct Numbers;
-
-#[derive(Clone, Default, Serialize, Deserialize)]
-struct Applied(Vec<u64>);
-
-impl View<u64> for Applied {
-    fn apply_event(&mut self, n: &u64, _meta: &EventMeta<'_>) {
-        self.0.push(*n);
-    }
-}
-
-impl Stream for Numbers {
-    const TYPE_NAME: &'static str = "crash.numbers";
-    type Event = u64;
-    type View = Applied;
-}
 
 /// The writer process, killed when dropped (also when the test fails).
 struct Writer(Child);
@@ -59,7 +41,7 @@ fn check(data: &Path, acks: &Path, seen: &mut HashMap<(Lane, u64), EventId>, con
     let acked_lines = std::fs::read_to_string(acks).unwrap_or_default();
     actix::System::new().block_on(async move {
         let site = Site::open(&data).unwrap_or_else(|e| panic!("{context}: reopening failed: {e}"));
-        let numbers = site.stream::<Numbers>(StreamId::named("crash-loop")).await.unwrap();
+        let numbers = site.stream::<TrailStream>(StreamId::named("crash-loop")).await.unwrap();
         let view = numbers.send(GetView::new()).await.unwrap().unwrap();
         let mut events = Vec::new();
         let mut after = None;

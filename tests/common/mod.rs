@@ -3,29 +3,11 @@
 
 use gundb::storage::Storage;
 use gundb::testkit::{history, HistoryShape, Rng};
-use gundb::{codec, Event, EventMeta, Lane, Seq, SiteId, Stream, StreamId, View};
-use serde::{Deserialize, Serialize};
+use gundb::{codec, Event, Lane, Seq, SiteId, Stream, StreamId, View};
 use std::future::Future;
 use std::sync::Arc;
 
-/// A non-commutative view: the events' numbers in the order they were folded.
-#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trail(pub Vec<u64>);
-
-impl View<u64> for Trail {
-    fn apply_event(&mut self, event: &u64, _meta: &EventMeta<'_>) {
-        self.0.push(*event);
-    }
-}
-
-/// Stream type over [`Trail`].
-pub struct TrailStream;
-
-impl Stream for TrailStream {
-    const TYPE_NAME: &'static str = "test.trail";
-    type Event = u64;
-    type View = Trail;
-}
+pub use gundb::testkit::{Trail, TrailStream};
 
 /// Runs `body` in a fresh actix system on its own thread, and tears everything down
 /// (actors, storage, the sled writer thread) before returning: a site stopping.

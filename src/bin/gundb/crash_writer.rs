@@ -6,32 +6,13 @@
 //! so the test knows what was acknowledged whenever the kill comes.
 
 use anyhow::{Context as _, Result};
-use gundb::{Deliver, Emit, EventMeta, GetView, Site, Stream, StreamId, View};
-use serde::{Deserialize, Serialize};
+use gundb::testkit::TrailStream;
+use gundb::{Deliver, Emit, GetView, Site, Stream, StreamId};
 use std::io::Write as _;
 use std::path::PathBuf;
 
-/// The crash loop's stream: numbers, folded in canonical order.
-pub struct Numbers;
-
-/// Every number applied, in order: a number applied twice shows up twice.
-#[derive(Clone, Default, Serialize, Deserialize)]
-pub struct Applied(pub Vec<u64>);
-
-impl View<u64> for Applied {
-    fn apply_event(&mut self, n: &u64, _meta: &EventMeta<'_>) {
-        self.0.push(*n);
-    }
-}
-
-impl Stream for Numbers {
-    const TYPE_NAME: &'static str = "crash.numbers";
-    type Event = u64;
-    type View = Applied;
-}
-
 /// The stream every run writes.
-pub fn stream() -> StreamId {
+fn stream() -> StreamId {
     StreamId::named("crash-loop")
 }
 
@@ -40,7 +21,7 @@ const LOCAL_WRITERS: u64 = 4;
 pub fn run(data: PathBuf, acks: PathBuf) -> Result<()> {
     actix::System::new().block_on(async move {
         let site = Site::open(&data).context("opening the site")?;
-        let numbers = site.stream::<Numbers>(stream()).await?;
+        let numbers = site.stream::<TrailStream>(stream()).await?;
         let recovered = numbers.send(GetView::new()).await??;
         println!("ready {}", recovered.view.0.len());
         std::io::stdout().flush()?;
@@ -71,7 +52,7 @@ pub fn run(data: PathBuf, acks: PathBuf) -> Result<()> {
             loop {
                 seq += 1;
                 let mut event = gundb::testkit::event(u128::from(seq) | 0xC4A5 << 64, lane, seq, &[], seq, seq);
-                event.stream_type = Numbers::TYPE_NAME.to_owned();
+                event.stream_type = TrailStream::TYPE_NAME.to_owned();
                 let Ok(payload) = gundb::codec::encode(&(seq << 32)) else { return };
                 event.payload = payload;
                 if !matches!(delivering.send(Deliver(event)).await, Ok(Ok(_))) {
