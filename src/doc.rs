@@ -132,7 +132,9 @@ impl TryFrom<BTreeMap<String, Option<String>>> for Patch {
             return Err(PatchError::TooManyFields { got: fields.len(), max: limits::PATCH_FIELDS_MAX });
         }
         for text in fields.values().flatten() {
-            serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+            // Parsed as a `Value`, as `Fields::to_json` will: some JSON (`1e400`) passes a
+            // syntax check and still does not parse into one.
+            serde_json::from_str::<Value>(text)?;
         }
         Ok(Self { fields })
     }
@@ -215,6 +217,8 @@ mod tests {
         let fields: BTreeMap<String, Option<String>> = [("a".to_string(), Some("{nope".to_string()))].into();
         let bytes = codec::encode(&fields).unwrap();
         assert!(codec::decode::<Patch>(&bytes).is_err());
+        let huge: BTreeMap<String, Option<String>> = [("a".to_string(), Some("1e400".to_string()))].into();
+        assert!(codec::decode::<Patch>(&codec::encode(&huge).unwrap()).is_err(), "JSON that no Value holds");
         let good = Patch::from_json(r#"{"a": 1}"#).unwrap();
         assert_eq!(codec::decode::<Patch>(&codec::encode(&good).unwrap()).unwrap(), good);
     }

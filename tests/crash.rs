@@ -109,7 +109,7 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
         let stdout = child.stdout.take().unwrap();
         let mut writer = Writer(child);
         let (ready, on_ready) = mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = ready.send(line);
             }
@@ -127,6 +127,8 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
         writer.0.kill().unwrap();
         let status = writer.0.wait().unwrap();
         assert!(!status.success(), "cycle {cycle}: the writer stopped by itself: {status} (seed {seed})");
+        // The pipe closed with the process: once the reader is done, every line it printed is here.
+        reader.join().unwrap();
         if early && !on_ready.try_iter().any(|line| line.starts_with("ready")) {
             during_recovery += 1;
         }

@@ -19,6 +19,33 @@ use tokio::sync::mpsc;
 
 type Reader = Box<dyn FnMut(Lane, Seq, usize) -> Result<Vec<Event>, StorageError>>;
 
+/// What one frame carried: per lane, the first and last seq (a frame's events of a lane
+/// are consecutive).
+type Carried = Vec<(Lane, Seq, Seq)>;
+
+fn carried(batch: &[Event]) -> Carried {
+    let mut ranges: Carried = Vec::new();
+    for event in batch {
+        match ranges.iter_mut().find(|(lane, _, _)| *lane == event.lane) {
+            Some((_, _, last)) => *last = event.seq,
+            None => ranges.push((event.lane, event.seq, event.seq)),
+        }
+    }
+    ranges
+}
+
+/// Moves `peer` past what a frame carried, lane by lane, but only where the frame starts
+/// at or before the peer's next seq: past a gap (the peer rewound a refused event), the
+/// frame proves nothing, and the gap must be sent again.
+fn advance(peer: &mut VectorClock, carried: &Carried) {
+    for &(lane, first, last) in carried {
+        let has = peer.get(lane);
+        if first <= has.next() && has < last {
+            peer.set(lane, last);
+        }
+    }
+}
+
 /// Sends to one peer.
 pub struct SourceNode {
     site: Site,
@@ -28,7 +55,7 @@ pub struct SourceNode {
     peer: Option<VectorClock>,
     /// The last frames sent, with when and what each carried: a periodic hello may not
     /// reflect them yet, since they may still be on their way.
-    in_flight: VecDeque<(Instant, VectorClock)>,
+    in_flight: VecDeque<(Instant, Carried)>,
     /// The round under way: what is left to send.
     round: Option<CausalMerge<Reader>>,
     /// The frontier moved (or the peer said hello) during the round: go again after it.
@@ -106,7 +133,7 @@ impl SourceNode {
             }
             return;
         }
-        let slots: Vec<(Lane, Seq)> = batch.iter().map(|e| (e.lane, e.seq)).collect();
+        let carried = carried(&batch);
         let Ok(frame) = codec::encode_frame(&Frame::Events(batch)) else { return ctx.stop() };
         let sender = self.sender.clone();
         let send = async move { sender.send(frame).await.is_ok() };
@@ -116,9 +143,8 @@ impl SourceNode {
             }
             // Counting is best effort: a full router mailbox skips one count, not data.
             let _ = node.site.router().try_send(BatchSent);
-            let carried: VectorClock = slots.into_iter().collect();
             if let Some(peer) = node.peer.as_mut() {
-                peer.merge(&carried);
+                advance(peer, &carried);
             }
             if node.in_flight.len() == limits::IN_FLIGHT_FRAMES_MAX {
                 node.in_flight.pop_front(); // forgotten: at worst sent again after a hello
@@ -188,7 +214,7 @@ impl Handler<PeerHello> for SourceNode {
             self.in_flight.pop_front();
         }
         for (_, carried) in &self.in_flight {
-            frontier.merge(carried);
+            advance(&mut frontier, carried);
         }
         self.peer = Some(frontier);
         self.start_round(ctx);
@@ -227,5 +253,36 @@ impl Handler<FrontierAdvanced> for SourceNode {
             }
         }
         self.start_round(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{SiteId, StreamId};
+
+    #[test]
+    fn a_frame_past_a_gap_does_not_advance_what_the_peer_holds() {
+        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(1));
+        let mut peer: VectorClock = [(lane, Seq(4))].into_iter().collect();
+        advance(&mut peer, &vec![(lane, Seq(101), Seq(120))]);
+        assert_eq!(peer.get(lane), Seq(4), "5 to 100 are still missing there");
+        advance(&mut peer, &vec![(lane, Seq(5), Seq(9))]);
+        assert_eq!(peer.get(lane), Seq(9));
+        advance(&mut peer, &vec![(lane, Seq(3), Seq(7))]);
+        assert_eq!(peer.get(lane), Seq(9), "an older frame moves nothing back");
+    }
+
+    #[test]
+    fn a_frame_carries_one_range_per_lane() {
+        let (a, b) = (
+            Lane::new(SiteId::from_u128(1), StreamId::from_u128(1)),
+            Lane::new(SiteId::from_u128(2), StreamId::from_u128(1)),
+        );
+        let batch: Vec<Event> = [(a, 3), (b, 1), (a, 4), (b, 2), (a, 5)]
+            .into_iter()
+            .map(|(lane, seq)| crate::testkit::event(u128::from(seq), lane, seq, &[], seq, 0))
+            .collect();
+        assert_eq!(carried(&batch), vec![(a, Seq(3), Seq(5)), (b, Seq(1), Seq(2))]);
     }
 }

@@ -302,10 +302,20 @@ impl Router {
         let hello = std::mem::take(&mut self.rewound);
         if std::mem::take(&mut self.advanced) || hello {
             self.wake_waiters();
-            // A notification already queued says much the same: a full mailbox loses little,
-            // and the periodic hello covers the rest.
+            // A notification already queued says much the same, so a full mailbox loses
+            // little; but a request to resend must reach every source: it is kept and
+            // tried again at the next release.
             let notice = FrontierAdvanced { hello };
-            self.listeners.retain(|listener| !matches!(listener.try_send(notice), Err(SendError::Closed(_))));
+            let mut undelivered = false;
+            self.listeners.retain(|listener| match listener.try_send(notice) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    undelivered = true;
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
+            });
+            self.rewound = hello && undelivered;
         }
     }
 
