@@ -6,12 +6,14 @@
 mod common;
 
 use common::{run_site, TrailStream};
+use futures::{SinkExt, StreamExt};
 use gundb::node::tcp::{dial, serve, TcpError};
 use gundb::node::NodeConfig;
 use gundb::{Emit, GetView, Site, StreamId};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 const SECRET: &[u8] = b"correct horse battery staple";
 
@@ -97,5 +99,64 @@ fn keep_dialing_connects_once_the_peer_listens() {
             .await
             .expect("B connected and caught up")
             .unwrap();
+    });
+}
+
+/// Reads frames until the node closes the connection, for at most 10 s; fails the test
+/// unless the connection closed with no frame.
+async fn assert_closed_with_nothing(wire: &mut Framed<TcpStream, LengthDelimitedCodec>, attack: &str) {
+    let mut frames = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = wire.next().await {
+            frames += 1;
+        }
+    });
+    let closed = closed.await.is_ok();
+    assert!(closed && frames == 0, "{attack}: closed {closed}, {frames} frames after the handshake");
+}
+
+async fn hostile(addr: std::net::SocketAddr) -> Framed<TcpStream, LengthDelimitedCodec> {
+    Framed::new(TcpStream::connect(addr).await.unwrap(), LengthDelimitedCodec::new())
+}
+
+/// A client without the secret reflects the node's handshake: it sends the node's own
+/// greeting back, then whatever proof the node sends, on one connection; and across two
+/// connections it hands each one the other's greeting and proof. Before the proof was
+/// bound to the side's role, the first attack was accepted and received the node's
+/// events. Now each connection is closed with nothing sent after the handshake, and
+/// nothing reaches the router.
+#[test]
+fn a_reflected_handshake_is_refused() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        let at_a = a.stream::<TrailStream>(StreamId::from_u128(14)).await.unwrap();
+        at_a.send(Emit::new(1)).await.unwrap().unwrap();
+
+        // One connection: echo the greeting, then echo the proof if one comes.
+        let mut wire = hostile(addr).await;
+        let greeting = wire.next().await.unwrap().unwrap();
+        wire.send(greeting.freeze()).await.unwrap();
+        if let Some(Ok(proof)) = wire.next().await {
+            wire.send(proof.freeze()).await.unwrap();
+        }
+        assert_closed_with_nothing(&mut wire, "reflection").await;
+
+        // Two connections: each gets the other's greeting, then the other's proof.
+        let (mut one, mut two) = (hostile(addr).await, hostile(addr).await);
+        let greeting_one = one.next().await.unwrap().unwrap();
+        let greeting_two = two.next().await.unwrap().unwrap();
+        one.send(greeting_two.freeze()).await.unwrap();
+        two.send(greeting_one.freeze()).await.unwrap();
+        if let (Some(Ok(proof_one)), Some(Ok(proof_two))) = (one.next().await, two.next().await) {
+            one.send(proof_two.freeze()).await.unwrap();
+            two.send(proof_one.freeze()).await.unwrap();
+        }
+        assert_closed_with_nothing(&mut one, "cross reflection").await;
+        assert_closed_with_nothing(&mut two, "cross reflection").await;
+
+        assert_eq!(a.metrics().await.unwrap().received, 0, "nothing from the attacker reached A's router");
+        let honest = Site::temporary().unwrap();
+        dial(&honest, addr, SECRET, NodeConfig::default()).await.unwrap();
     });
 }

@@ -1,6 +1,6 @@
 //! TCP transport: length-delimited frames over a socket, after a handshake that checks the
 //! protocol version and authenticates both sides with a shared secret (HMAC-SHA256 over
-//! both sides' random challenges; the secret never crosses the wire).
+//! both sides' random challenges and the side's role; the secret never crosses the wire).
 //!
 //! A connection that fails the handshake, or sends a frame over the size limit, is closed
 //! before any frame reaches the router. After the handshake the socket is bridged to an
@@ -25,7 +25,7 @@ use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +68,38 @@ struct Proof {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The answer `site` gives to `challenge`, bound to both sides' identities and challenges
-/// so it cannot be replayed to another peer or reflected back.
-fn answer(secret: &[u8], site: SiteId, challenge: &[u8; 32], own_challenge: &[u8; 32]) -> HmacSha256 {
+/// Which end of a connection a side is. The two ends prove different statements, so a
+/// proof can never be sent back to the side that made it: before the role was part of
+/// the proof, a client that echoed a node's greeting and then its proof was accepted
+/// without ever holding the secret (a reflection attack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Dialer,
+    Listener,
+}
+
+impl Role {
+    fn peer(self) -> Role {
+        match self {
+            Role::Dialer => Role::Listener,
+            Role::Listener => Role::Dialer,
+        }
+    }
+
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Role::Dialer => b"gundb-auth-v3 dialer",
+            Role::Listener => b"gundb-auth-v3 listener",
+        }
+    }
+}
+
+/// The answer `site`, in `role`, gives to `challenge`: bound to the role, to the side's
+/// identity and to both challenges, so it cannot be reflected back, replayed to another
+/// connection (the other side's challenge is fresh) or claimed by another site.
+fn answer(secret: &[u8], role: Role, site: SiteId, challenge: &[u8; 32], own_challenge: &[u8; 32]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"gundb-auth-v1");
+    mac.update(role.tag());
     mac.update(site.as_uuid().as_bytes());
     mac.update(challenge);
     mac.update(own_challenge);
@@ -105,6 +132,7 @@ async fn next<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>) -> Result<V
 /// Runs the handshake on a fresh socket: both sides greet, both prove they hold `secret`.
 async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<T>,
+    role: Role,
     site: SiteId,
     secret: &[u8],
 ) -> Result<SiteId, TcpError> {
@@ -116,18 +144,23 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     if peer.version != PROTOCOL_VERSION {
         return Err(TcpError::Version { peer: peer.version, ours: PROTOCOL_VERSION });
     }
-    let mac = answer(secret, site, &peer.challenge, &own).finalize().into_bytes().to_vec();
+    // Our own greeting sent back: a reflection. The roles already make its proof fail;
+    // refusing here also keeps our proof from being handed to such a peer at all.
+    if peer.challenge == own || peer.site == site {
+        return Err(TcpError::Handshake("the peer sent this site's own greeting back".into()));
+    }
+    let mac = answer(secret, role, site, &peer.challenge, &own).finalize().into_bytes().to_vec();
     let bytes = codec::encode(&Proof { mac }).map_err(|e| TcpError::Handshake(e.to_string()))?;
     wire.send(Bytes::from(bytes)).await?;
     let proof: Proof = codec::decode(&next(wire).await?).map_err(|e| TcpError::Handshake(e.to_string()))?;
-    answer(secret, peer.site, &own, &peer.challenge)
+    answer(secret, role.peer(), peer.site, &own, &peer.challenge)
         .verify_slice(&proof.mac)
         .map_err(|_| TcpError::Unauthenticated { peer: peer.site })?;
     Ok(peer.site)
 }
 
-/// Runs this side's handshake over any byte stream: what the handshake fuzz target feeds
-/// a peer's bytes to. Not part of the API.
+/// Runs the listening side's handshake over any byte stream: what the handshake fuzz
+/// target feeds a peer's bytes to. Not part of the API.
 ///
 /// # Errors
 /// As the handshake of [`dial`].
@@ -137,7 +170,7 @@ pub async fn handshake_over<T: AsyncRead + AsyncWrite + Unpin>(
     site: SiteId,
     secret: &[u8],
 ) -> Result<SiteId, TcpError> {
-    handshake(&mut framed(socket), site, secret).await
+    handshake(&mut framed(socket), Role::Listener, site, secret).await
 }
 
 /// Moves frames between an authenticated socket and an endpoint until either side closes,
@@ -183,7 +216,10 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
                 let mut wire = framed(socket);
-                let handshake = tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), &secret));
+                let handshake = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    handshake(&mut wire, Role::Listener, site.id(), &secret),
+                );
                 match handshake.await {
                     Ok(Ok(peer)) => {
                         tracing::info!(%peer, "peer connected");
@@ -216,7 +252,7 @@ async fn dial_watched(
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(TcpStream::connect(addr).await?);
-    tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, site.id(), secret))
+    tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, Role::Dialer, site.id(), secret))
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
     let (endpoint, closed) = bridge(wire, idle_limit(&config));
