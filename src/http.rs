@@ -5,8 +5,9 @@
 //! | `POST /streams/{name}/events` | appends a patch (a JSON object; `null` removes a field); answers `201` once durable |
 //! | `GET /streams/{name}` | the stream's view, as a JSON object |
 //! | `GET /streams/{name}/events?after=CURSOR&limit=N` | its history in canonical order, a page at a time |
-//! | `GET /streams` | every stream this site holds, with its type |
-//! | `GET /health` | the site id and its frontier |
+//! | `GET /streams?after=ID&limit=N` | the streams this site holds, with their types, a page at a time |
+//! | `GET /health` | the site id and a summary of its frontier: lanes, events and a digest |
+//! | `GET /frontier?after=ID&limit=N` | the stored frontier, a page of streams at a time |
 //! | `GET /metrics` | the router's counters, in Prometheus' text format |
 //!
 //! A stream's `{name}` is its id when it parses as a UUID, and otherwise a name every site
@@ -32,6 +33,9 @@ pub const BODY_BYTES_DEFAULT: usize = 256 << 10;
 
 /// Events a history page holds unless the request asks for fewer or more.
 const HISTORY_PAGE_DEFAULT: u32 = 100;
+
+/// Streams a `/streams` or `/frontier` page holds unless the request asks for fewer or more.
+const STREAMS_PAGE_DEFAULT: u32 = 100;
 
 /// Why a request failed; each maps to a status code and a JSON body naming the reason.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +118,7 @@ pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceCon
             .app_data(web::PayloadConfig::new(body_limit))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
+            .route("/frontier", web::get().to(frontier))
             .route("/streams", web::get().to(streams))
             .route("/streams/{name}", web::get().to(view))
             .route("/streams/{name}/events", web::get().to(history))
@@ -220,18 +225,73 @@ fn parse_cursor(text: &str) -> Result<OrderKey, ApiError> {
     Ok(OrderKey { lamport, timestamp_ms, id })
 }
 
-async fn streams(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
-    let streams = site.storage().streams().map_err(SiteError::from)?;
-    let streams: Vec<Value> =
-        streams.into_iter().map(|(id, stream_type)| json!({ "id": id.to_string(), "type": stream_type })).collect();
-    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+/// The query of a `/streams` or `/frontier` page.
+#[derive(Debug, Deserialize)]
+struct StreamsPage {
+    /// The `next` stream id of the previous page.
+    after: Option<String>,
+    limit: Option<u32>,
 }
 
+/// Streams with their types, and the cursor of the next page (`None` on the last).
+type StreamsAndNext = (Vec<(StreamId, String)>, Option<String>);
+
+/// The page of the streams this site holds that `page` asks for.
+fn streams_page(site: &Site, page: &StreamsPage) -> Result<StreamsAndNext, ApiError> {
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse().map(StreamId).map_err(|_| {
+            ApiError::BadRequest(format!("`after` is the `next` stream id of an earlier page; got {text:?}"))
+        })?),
+    };
+    let limit = page.limit.unwrap_or(STREAMS_PAGE_DEFAULT).clamp(1, limits::STREAMS_PAGE_MAX);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let streams = site.storage().streams_page(after, limit).map_err(SiteError::from)?;
+    let next = if streams.len() == limit { streams.last().map(|(id, _)| id.to_string()) } else { None };
+    Ok((streams, next))
+}
+
+async fn streams(site: web::Data<Site>, page: web::Query<StreamsPage>) -> Result<HttpResponse, ApiError> {
+    let (streams, next) = streams_page(&site, &page)?;
+    let streams: Vec<Value> =
+        streams.into_iter().map(|(id, stream_type)| json!({ "id": id.to_string(), "type": stream_type })).collect();
+    Ok(HttpResponse::Ok().json(json!({ "streams": streams, "next": next })))
+}
+
+/// The stored frontier of a page of streams: `stream/site` → seq.
+async fn frontier(site: web::Data<Site>, page: web::Query<StreamsPage>) -> Result<HttpResponse, ApiError> {
+    let (streams, next) = streams_page(&site, &page)?;
+    let mut lanes = Map::new();
+    for (stream, _) in streams {
+        for (lane, seq) in site.storage().frontier(stream).map_err(SiteError::from)?.iter() {
+            lanes.insert(format!("{}/{}", lane.stream, lane.site), json!(seq.0));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "frontier": lanes, "next": next })))
+}
+
+/// A summary of the site's frontier that stays small whatever the number of streams: how
+/// many lanes and events it holds, and a SHA-256 digest of it, equal at two sites exactly
+/// when they hold the same events.
 async fn health(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
+    use sha2::Digest;
     let frontier = site.frontier().await?;
-    let lanes: Map<String, Value> =
-        frontier.iter().map(|(lane, seq)| (format!("{}/{}", lane.stream, lane.site), json!(seq.0))).collect();
-    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "site": site.id().to_string(), "frontier": lanes })))
+    let mut digest = sha2::Sha256::new();
+    let mut events = 0u64;
+    for (lane, seq) in frontier.iter() {
+        digest.update(lane.site.as_uuid().as_bytes());
+        digest.update(lane.stream.as_uuid().as_bytes());
+        digest.update(seq.0.to_be_bytes());
+        events = events.saturating_add(seq.0);
+    }
+    let digest: String = digest.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "site": site.id().to_string(),
+        "lanes": frontier.len(),
+        "events": events,
+        "digest": digest,
+    })))
 }
 
 async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {

@@ -75,6 +75,9 @@ pub const PATCH_FIELDS_MAX: usize = 1_024;
 /// Events one `History` reply carries; page with its cursor for more.
 pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 
+/// Streams one `/streams` or `/frontier` page lists at most; page with its cursor for more.
+pub const STREAMS_PAGE_MAX: u32 = 1_000;
+
 /// Subscribers of one stream actor.
 pub const SUBSCRIBERS_MAX: usize = 1_024;
 

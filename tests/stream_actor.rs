@@ -123,12 +123,17 @@ fn subscribe_catches_up_then_follows_live_through_a_tiny_channel() {
     });
 }
 
-/// A stream is of one type for ever: opening it as another type is refused.
+/// A stream is of one type for ever once it holds an event: opening it as another type
+/// is refused.
 #[test]
 fn a_stream_cannot_be_reopened_as_another_type() {
     let storage = temporary();
     let stream = StreamId::random();
-    drop(StreamActor::<TrailStream>::open(Arc::clone(&storage), stream).unwrap());
+    let writer = Arc::clone(&storage);
+    run_site(move || async move {
+        let actor = StreamActor::<TrailStream>::open(writer, stream).unwrap().start();
+        actor.send(Emit::new(1)).await.unwrap().unwrap();
+    });
     let error = StreamActor::<Account>::open(storage, stream).err().unwrap();
     assert!(matches!(error, StreamError::Storage(StorageError::TypeMismatch { .. })), "{error}");
 }

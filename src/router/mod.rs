@@ -181,9 +181,15 @@ impl Router {
     ) -> Result<Self, StorageError> {
         let mut frontier = VectorClock::new();
         let mut relayed = HashMap::new();
-        for (stream, stream_type) in storage.streams()? {
-            frontier.merge(&storage.frontier(stream)?);
-            relayed.insert(stream, stream_type);
+        let mut after = None;
+        loop {
+            let page = storage.streams_page(after, limits::REPLAY_PAGE_MAX)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (stream, stream_type) in page {
+                frontier.merge(&storage.frontier(stream)?);
+                relayed.insert(stream, stream_type);
+            }
         }
         Ok(Self {
             storage,

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub struct MemoryStorage {
     site: SiteId,
-    streams: Mutex<HashMap<StreamId, MemoryStream>>,
+    streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
     /// Writes held back, in order, when deferred; `None` applies at once.
     held: Option<Mutex<Vec<Held>>>,
     commits: AtomicU64,
@@ -82,7 +82,7 @@ impl MemoryStorage {
     pub fn new(site: SiteId) -> Self {
         Self {
             site,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(BTreeMap::new()),
             held: None,
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -214,8 +214,16 @@ impl Storage for MemoryStorage {
         Ok(events.take(limit).map(|(_, e)| e.clone()).collect())
     }
 
-    fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {
-        Ok(lock(&self.streams).iter().map(|(id, s)| (*id, s.stream_type.clone())).collect())
+    fn streams_page(&self, after: Option<StreamId>, limit: usize) -> Result<Vec<(StreamId, String)>, StorageError> {
+        let streams = lock(&self.streams);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let stored = streams.range((from, Bound::Unbounded)).filter(|(_, s)| !s.log.is_empty());
+        Ok(stored.take(limit).map(|(id, s)| (*id, s.stream_type.clone())).collect())
+    }
+
+    fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
+        let streams = lock(&self.streams);
+        Ok(streams.get(&stream).filter(|s| !s.log.is_empty()).map(|s| s.stream_type.clone()))
     }
 
     fn stats(&self) -> StorageStats {

@@ -2,7 +2,7 @@
 //! ([`SledStorage`], the only code that names sled) and an in-memory one
 //! ([`MemoryStorage`]) for tests and simulation.
 //!
-//! Per stream it keeps the log in canonical order, an index by (lane, seq) (whose last
+//! Per stream it keeps the stream's type, the log in canonical order, an index by (lane, seq) (whose last
 //! entry per lane is the frontier), and view snapshots. An append's events, with their
 //! index entries, are written in one atomic batch. Writes are applied in the order they are made; reads see a
 //! write once it is applied, at the latest when the [`Commit`] that [`Storage::append`]
@@ -10,9 +10,11 @@
 //! commit). Writing never blocks: a full queue refuses the write with
 //! [`StorageError::Busy`] and nothing is written.
 
+mod layout;
 mod memory;
 mod sled;
 
+pub use self::layout::STORAGE_FORMAT;
 pub use self::memory::MemoryStorage;
 #[cfg(feature = "failpoints")]
 pub use self::sled::failpoints::{Failpoints, Fault};
@@ -25,6 +27,7 @@ use crate::id::{Lane, Seq, SiteId, StreamId};
 use std::collections::HashSet;
 use std::future::Future;
 use std::ops::Bound;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -41,6 +44,21 @@ pub enum StorageError {
     /// or may not survive a crash. Restart the site.
     #[error("flush failed: {0}")]
     Flush(String),
+    /// The database was written in another storage format than this build's. Nothing was
+    /// read or changed.
+    #[error(
+        "the database in {path:?} has storage format {found}, and this build of gundb reads format {supported} only: \
+         open it with the gundb release that wrote it, or move the folder aside and start this site from an \
+         empty one (its peers send it everything again on catch-up)"
+    )]
+    Format {
+        /// The database folder.
+        path: PathBuf,
+        /// The format it was written in.
+        found: u32,
+        /// The format this build reads.
+        supported: u32,
+    },
     /// Stored bytes did not decode.
     #[error("stored bytes did not decode: {0}")]
     Codec(#[from] CodecError),
@@ -172,20 +190,20 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
 
-    /// The streams stored, with their types.
+    /// Up to `limit` of the streams stored, with their types, in stream id order after
+    /// `after` (from the first when `None`): page with the last id of the previous page.
+    /// A stream is stored once it holds an event.
     ///
     /// # Errors
     /// A read failure.
-    fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError>;
+    fn streams_page(&self, after: Option<StreamId>, limit: usize) -> Result<Vec<(StreamId, String)>, StorageError>;
 
-    /// The type of `stream`, or `None` when this site holds no such stream. Unlike
+    /// The type of `stream`, or `None` when this site holds no event of it. Unlike
     /// [`Storage::open_stream`], it creates nothing.
     ///
     /// # Errors
     /// A read failure.
-    fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
-        Ok(self.streams()?.into_iter().find(|(id, _)| *id == stream).map(|(_, stream_type)| stream_type))
-    }
+    fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError>;
 
     /// Flush counters.
     fn stats(&self) -> StorageStats;
@@ -251,38 +269,5 @@ impl Future for Commit {
             // A dropped sender means the writer thread stopped before acknowledging.
             CommitState::Waiting(ack) => Pin::new(ack).poll(cx).map(|r| r.unwrap_or(Err(StorageError::Closed))),
         }
-    }
-}
-
-/// sled keys of a stream's tree. Shared by both implementations so their orders agree.
-pub(crate) mod keys {
-    use super::*;
-
-    pub const EVENT: u8 = b'e';
-    pub const INDEX: u8 = b'i';
-    pub const SNAPSHOT: u8 = b's';
-    pub const TYPE: &[u8] = b"t";
-
-    pub fn event(key: &OrderKey) -> [u8; 33] {
-        prefixed(EVENT, &key.to_bytes())
-    }
-
-    pub fn snapshot(key: &OrderKey) -> [u8; 33] {
-        prefixed(SNAPSHOT, &key.to_bytes())
-    }
-
-    pub fn index(lane: Lane, seq: Seq) -> [u8; 25] {
-        let mut out = [0u8; 25];
-        out[0] = INDEX;
-        out[1..17].copy_from_slice(lane.site.as_uuid().as_bytes());
-        out[17..].copy_from_slice(&seq.0.to_be_bytes());
-        out
-    }
-
-    fn prefixed(prefix: u8, key: &[u8; 32]) -> [u8; 33] {
-        let mut out = [0u8; 33];
-        out[0] = prefix;
-        out[1..].copy_from_slice(key);
-        out
     }
 }

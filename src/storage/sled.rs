@@ -1,10 +1,10 @@
-//! [`SledStorage`]: one sled database per site, one tree per stream, and the group-commit
-//! writer thread.
+//! [`SledStorage`]: one sled database per site, every stream in one data tree (the layout
+//! is in [`super::layout`]), and the group-commit writer thread.
 //!
 //! Every write goes to one writer thread over a bounded crossbeam channel, in order; a
 //! full channel refuses the write ([`StorageError::Busy`]) rather than block the caller's
 //! arbiter. The writer takes everything queued, applies the writes (merged into one atomic
-//! sled batch per tree), flushes once with sled's blocking `flush` (never `flush_async`,
+//! sled batch, whatever the number of streams they touch), flushes once with sled's blocking `flush` (never `flush_async`,
 //! which deadlocks under concurrent use in sled 0.34.7, upstream issue 1308), optionally
 //! fsyncs, and only then acknowledges every append of that group. Applying on the writer
 //! rather than in the stream actors matters for speed: a sled write made while a flush is
@@ -16,9 +16,9 @@
 //! with a gap and nothing sled holds only in memory is read. Reopen the database to
 //! recover what was durable.
 
-use super::{keys, Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
+use super::{Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
-use crate::codec;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use crate::limits;
@@ -28,7 +28,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
@@ -85,8 +85,13 @@ impl SledConfig {
 /// # Ok::<(), gundb::storage::StorageError>(())
 /// ```
 pub struct SledStorage {
-    db: sled::Db,
+    /// Every stream's records, as key prefixes.
+    data: sled::Tree,
     site: SiteId,
+    /// Streams opened whose type is not stored yet: it is written with their first event,
+    /// by the writer, rather than by the opening actor (a sled write waits for a running
+    /// flush). An entry lives from `open_stream` to that stream's first append or release.
+    new_types: Mutex<HashMap<StreamId, String>>,
     ops: Sender<Op>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<Counters>,
@@ -97,10 +102,9 @@ pub struct SledStorage {
     _temporary: Option<tempfile::TempDir>,
 }
 
-/// What the writer thread is asked to do, in order: apply these writes to a stream's tree
-/// atomically, and (when an ack is given) acknowledge once they are durable.
+/// What the writer thread is asked to do, in order: apply these writes atomically, and
+/// (when an ack is given) acknowledge once they are durable.
 struct Op {
-    tree: sled::Tree,
     writes: Vec<Write>,
     ack: Option<Ack>,
 }
@@ -113,13 +117,12 @@ enum Write {
     Remove(Vec<u8>),
 }
 
-/// The writes of one group, merged into one sled batch per tree: one batch of many events
-/// costs far less than many batches (about 21 µs against 41 µs per event measured), and
-/// is still atomic for each event in it.
+/// The writes of one group, merged into one sled batch: one batch of many events costs
+/// far less than many batches (about 21 µs against 41 µs per event measured), and is
+/// still atomic for each event in it.
 #[derive(Default)]
 struct Group {
-    batches: Vec<(sled::Tree, sled::Batch)>,
-    by_tree: HashMap<sled::IVec, usize>,
+    batch: sled::Batch,
     acks: Vec<Ack>,
     ops: usize,
 }
@@ -128,16 +131,11 @@ impl Group {
     fn add(&mut self, op: Op) {
         self.ops += 1;
         self.acks.extend(op.ack);
-        let index = *self.by_tree.entry(op.tree.name()).or_insert_with(|| {
-            self.batches.push((op.tree, sled::Batch::default()));
-            self.batches.len() - 1
-        });
         // Later writes to a key replace earlier ones, as if applied one by one.
-        let batch = &mut self.batches[index].1;
         for write in op.writes {
             match write {
-                Write::Put(key, value) => batch.insert(key, value),
-                Write::Remove(key) => batch.remove(key),
+                Write::Put(key, value) => self.batch.insert(key, value),
+                Write::Remove(key) => self.batch.remove(key),
             }
         }
     }
@@ -167,9 +165,6 @@ impl Counters {
     }
 }
 
-const SITE_ID_KEY: &[u8] = b"gundb.site_id";
-const STREAM_TREE_PREFIX: &[u8] = b"stream:";
-
 impl SledStorage {
     /// Opens (or creates) the database in `path` with the default configuration.
     ///
@@ -190,7 +185,8 @@ impl SledStorage {
     /// Opens a database as `config` says.
     ///
     /// # Errors
-    /// sled cannot open the folder, or the stored site id is damaged.
+    /// sled cannot open the folder, the stored site id is damaged, or the database was
+    /// written in another storage format ([`StorageError::Format`]).
     pub fn with_config(config: SledConfig) -> Result<Self, StorageError> {
         let (temporary, path) = match config.path {
             Some(path) => (None, path),
@@ -207,7 +203,8 @@ impl SledStorage {
             .flush_every_ms(None)
             .segment_size(limits::SLED_SEGMENT_BYTES)
             .open()?;
-        let site = load_or_create_site(&db)?;
+        let site = load_or_create_site(&db, &path)?;
+        let data = db.open_tree(DATA_TREE)?;
         let mut fsync = match config.durability {
             Durability::Fsync => Some(Fsync::new(&path)?),
             Durability::Flush => None,
@@ -217,7 +214,7 @@ impl SledStorage {
         #[cfg(feature = "failpoints")]
         let failpoints = Arc::new(failpoints::Failpoints::default());
         let writer = {
-            let (db, stats) = (db.clone(), Arc::clone(&stats));
+            let (db, data, stats) = (db.clone(), data.clone(), Arc::clone(&stats));
             #[cfg(feature = "failpoints")]
             let failpoints = Arc::clone(&failpoints);
             std::thread::Builder::new()
@@ -226,10 +223,10 @@ impl SledStorage {
                     write_loop(
                         &queue,
                         &stats,
-                        |tree, batch| {
+                        |batch| {
                             #[cfg(feature = "failpoints")]
                             failpoints.check(failpoints::Fault::Batch)?;
-                            Ok(tree.apply_batch(batch)?)
+                            Ok(data.apply_batch(batch)?)
                         },
                         || {
                             #[cfg(feature = "failpoints")]
@@ -245,8 +242,9 @@ impl SledStorage {
                 .map_err(io_error)?
         };
         Ok(Self {
-            db,
+            data,
             site,
+            new_types: Mutex::new(HashMap::new()),
             ops,
             writer: Some(writer),
             stats,
@@ -263,8 +261,31 @@ impl SledStorage {
         &self.failpoints
     }
 
-    fn tree(&self, stream: StreamId) -> Result<sled::Tree, StorageError> {
-        Ok(self.db.open_tree(tree_name(stream))?)
+    /// The stored type of `stream`, or the one it was opened with if no event is stored yet.
+    fn type_of(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
+        if let Some(stored) = self.data.get(layout::type_key(stream))? {
+            return Ok(Some(String::from_utf8_lossy(&stored).into_owned()));
+        }
+        Ok(lock(&self.new_types).get(&stream).cloned())
+    }
+
+    /// `stream`'s events stored under `entries` (order keys and stored bytes), decoded.
+    fn decode_all(
+        &self,
+        stream: StreamId,
+        entries: impl Iterator<Item = Result<(OrderKey, sled::IVec), StorageError>>,
+    ) -> Result<Vec<Event>, StorageError> {
+        let mut stream_type = None;
+        entries
+            .map(|entry| {
+                let (key, value) = entry?;
+                let stream_type = match &stream_type {
+                    Some(known) => known,
+                    None => stream_type.insert(self.type_of(stream)?.unwrap_or_default()),
+                };
+                layout::decode_event(stream, &key, stream_type, &value)
+            })
+            .collect()
     }
 }
 
@@ -282,7 +303,7 @@ impl Drop for SledStorage {
 /// The writer thread: applies queued writes in order and acknowledges commits in groups.
 fn write_loop<A, F>(queue: &Receiver<Op>, stats: &Counters, mut apply: A, mut flush: F)
 where
-    A: FnMut(&sled::Tree, sled::Batch) -> Result<(), StorageError>,
+    A: FnMut(sled::Batch) -> Result<(), StorageError>,
     F: FnMut() -> Result<(), StorageError>,
 {
     let mut failed: Option<StorageError> = None;
@@ -295,10 +316,8 @@ where
                 Err(_) => break,
             }
         }
-        for (tree, batch) in group.batches {
-            if failed.is_none() {
-                failed = apply(&tree, batch).err();
-            }
+        if failed.is_none() {
+            failed = apply(group.batch).err();
         }
         if group.acks.is_empty() {
             continue; // snapshots only: the next append's flush makes them durable
@@ -317,13 +336,6 @@ where
             let _ = ack.send(result.clone());
         }
     }
-}
-
-/// The name of `stream`'s sled tree.
-fn tree_name(stream: StreamId) -> Vec<u8> {
-    let mut name = STREAM_TREE_PREFIX.to_vec();
-    name.extend_from_slice(stream.as_uuid().as_bytes());
-    name
 }
 
 /// sled's flush, then (with `fsync`) the fsyncs; `before_fsync` is where tests inject a
@@ -381,16 +393,39 @@ impl Fsync {
     }
 }
 
-fn load_or_create_site(db: &sled::Db) -> Result<SiteId, StorageError> {
-    if let Some(bytes) = db.get(SITE_ID_KEY)? {
-        let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;
-        return Ok(SiteId(uuid));
+/// Reads the site id of an existing database after checking its storage format, or
+/// creates both for an empty one.
+fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageError> {
+    let format = db.get(FORMAT_KEY)?;
+    let Some(bytes) = db.get(SITE_ID_KEY)? else {
+        if format.is_some() {
+            return Err(StorageError::Corrupt("a storage format is recorded but no site id".into()));
+        }
+        let site = SiteId::random();
+        let mut batch = sled::Batch::default();
+        batch.insert(FORMAT_KEY, &STORAGE_FORMAT.to_be_bytes());
+        batch.insert(SITE_ID_KEY, site.as_uuid().as_bytes());
+        db.apply_batch(batch)?;
+        // A site id is created once: make it durable before anything can depend on it.
+        db.flush()?;
+        return Ok(site);
+    };
+    // Version 1 recorded no format: a site id without one is a version-1 database.
+    let found = match format {
+        None => 1,
+        Some(format) => {
+            let bytes: [u8; 4] = format
+                .as_ref()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt(format!("storage format record of {} bytes", format.len())))?;
+            u32::from_be_bytes(bytes)
+        }
+    };
+    if found != STORAGE_FORMAT {
+        return Err(StorageError::Format { path: path.to_path_buf(), found, supported: STORAGE_FORMAT });
     }
-    let site = SiteId::random();
-    db.insert(SITE_ID_KEY, site.as_uuid().as_bytes())?;
-    // A site id is created once: make it durable before anything can depend on it.
-    db.flush()?;
-    Ok(site)
+    let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;
+    Ok(SiteId(uuid))
 }
 
 fn io_error(error: std::io::Error) -> StorageError {
@@ -403,39 +438,33 @@ impl From<sled::Error> for StorageError {
     }
 }
 
-/// Every lane's highest stored seq: the last index entry of each site, found by seeking
-/// from one site's entries to the next (O(lanes · log n), not a scan of the index).
-fn frontier(tree: &sled::Tree, stream: StreamId) -> Result<VectorClock, StorageError> {
-    let mut frontier = VectorClock::new();
-    let mut from = vec![keys::INDEX];
-    while let Some(entry) = tree.range(from.as_slice()..).next() {
-        let (first, _) = entry?;
-        if first.first() != Some(&keys::INDEX) {
-            break;
-        }
-        let site = first.get(1..17).ok_or_else(|| StorageError::Corrupt("index key too short".into()))?;
-        let mut last_of_site = vec![keys::INDEX];
-        last_of_site.extend_from_slice(site);
-        last_of_site.extend_from_slice(&[0xFF; 8]);
-        let (last, _) = tree
-            .range(..=last_of_site.as_slice())
-            .next_back()
-            .ok_or_else(|| StorageError::Corrupt("index entry vanished".into()))??;
-        let seq = last
-            .get(17..25)
-            .and_then(|bytes| bytes.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| StorageError::Corrupt("index key too short".into()))?;
-        let site = uuid::Uuid::from_slice(site).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        frontier.set(Lane::new(SiteId(site), stream), Seq(seq));
-        last_of_site.push(0); // the smallest key after this site's entries
-        from = last_of_site;
-    }
-    Ok(frontier)
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is one insert or remove, so a poisoned map is still consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn order_key(bytes: &[u8]) -> Result<OrderKey, StorageError> {
-    OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
+/// Every lane's highest stored seq: the last index entry of each site, found by seeking
+/// from one site's entries to the next (O(lanes · log n), not a scan of the index).
+fn frontier(data: &sled::Tree, stream: StreamId) -> Result<VectorClock, StorageError> {
+    let mut frontier = VectorClock::new();
+    let prefix = layout::lanes_prefix(stream);
+    let end = layout::prefix_end(&prefix);
+    let mut from = prefix.to_vec();
+    while let Some(entry) = data.range(from.as_slice()..end.as_slice()).next() {
+        let (first, _) = entry?;
+        let (site, _) = layout::parse_lane_key(&first)?;
+        let lane = Lane::new(site, stream);
+        let last_of_lane = layout::lane_key(lane, Seq(u64::MAX));
+        let (last, _) = data
+            .range(..=&last_of_lane[..])
+            .next_back()
+            .ok_or_else(|| StorageError::Corrupt("lane index entry vanished".into()))??;
+        let (_, seq) = layout::parse_lane_key(&last)?;
+        frontier.set(lane, seq);
+        from = last_of_lane.to_vec();
+        from.push(0); // the smallest key after this lane's entries
+    }
+    Ok(frontier)
 }
 
 impl Storage for SledStorage {
@@ -449,49 +478,56 @@ impl Storage for SledStorage {
 
     fn release_stream(&self, stream: StreamId) {
         self.claims.release(stream);
+        lock(&self.new_types).remove(&stream);
     }
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
         self.check(Access::Read)?;
-        let tree = self.tree(stream)?;
-        match tree.get(keys::TYPE)? {
-            Some(stored) if stored != stream_type.as_bytes() => {
-                return Err(StorageError::TypeMismatch {
-                    stream,
-                    stored: String::from_utf8_lossy(&stored).into_owned(),
-                    requested: stream_type.to_owned(),
-                })
+        match self.type_of(stream)? {
+            Some(stored) if stored != stream_type => {
+                return Err(StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() })
             }
             Some(_) => {}
-            // Not flushed here: a stream with no durable event has nothing to lose.
-            None => drop(tree.insert(keys::TYPE, stream_type.as_bytes())?),
+            // Written with the first event: a stream with no event has nothing to keep.
+            None => drop(lock(&self.new_types).insert(stream, stream_type.to_owned())),
         }
         // The log is keyed by canonical order, which starts with the Lamport counter.
-        let lamport = match tree.scan_prefix([keys::EVENT]).next_back() {
-            Some(entry) => order_key(&entry?.0[1..])?.lamport,
+        let lamport = match self.data.scan_prefix(layout::log_prefix(stream)).next_back() {
+            Some(entry) => layout::parse_order_key(&entry?.0)?.lamport,
             None => 0,
         };
-        let snapshots = tree
-            .scan_prefix([keys::SNAPSHOT])
+        let snapshots = self
+            .data
+            .scan_prefix(layout::snapshot_prefix(stream))
             .map(|entry| {
                 let (key, value) = entry?;
-                Ok((order_key(&key[1..])?, value.to_vec()))
+                Ok((layout::parse_order_key(&key)?, value.to_vec()))
             })
             .collect::<Result<_, StorageError>>()?;
-        Ok(StreamRecord { frontier: frontier(&tree, stream)?, lamport, snapshots })
+        Ok(StreamRecord { frontier: frontier(&self.data, stream)?, lamport, snapshots })
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
         self.check(Access::Write)?;
-        let mut writes = Vec::with_capacity(2 * append.events.len() + append.stale_snapshots.len());
+        let mut writes = Vec::with_capacity(2 * append.events.len() + append.stale_snapshots.len() + 1);
         for event in append.events {
             let key = event.order_key();
-            writes.push(Write::Put(keys::event(&key).to_vec(), codec::encode(event)?));
-            writes.push(Write::Put(keys::index(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()));
+            writes.push(Write::Put(layout::event_key(stream, &key).to_vec(), layout::encode_event(event)?));
+            writes.push(Write::Put(layout::lane_key(event.lane, event.seq).to_vec(), key.to_bytes().to_vec()));
         }
-        writes.extend(append.stale_snapshots.iter().map(|stale| Write::Remove(keys::snapshot(stale).to_vec())));
+        let remove = |stale: &OrderKey| Write::Remove(layout::snapshot_key(stream, stale).to_vec());
+        writes.extend(append.stale_snapshots.iter().map(remove));
         let (ack, done) = oneshot::channel();
-        self.send(Op { tree: self.tree(stream)?, writes, ack: Some(ack) })?;
+        let mut new_types = lock(&self.new_types);
+        let stream_type = if append.events.is_empty() { None } else { new_types.remove(&stream) };
+        if let Some(stream_type) = &stream_type {
+            writes.push(Write::Put(layout::type_key(stream).to_vec(), stream_type.as_bytes().to_vec()));
+        }
+        let sent = self.send(Op { writes, ack: Some(ack) });
+        if let (Err(_), Some(stream_type)) = (&sent, stream_type) {
+            new_types.insert(stream, stream_type); // nothing was queued: the next append writes it
+        }
+        sent?;
         Ok(Commit::waiting(done))
     }
 
@@ -503,39 +539,38 @@ impl Storage for SledStorage {
         drop: &[OrderKey],
     ) -> Result<(), StorageError> {
         self.check(Access::Write)?;
-        let mut writes = vec![Write::Put(keys::snapshot(&key).to_vec(), view.to_vec())];
-        writes.extend(drop.iter().map(|old| Write::Remove(keys::snapshot(old).to_vec())));
+        let mut writes = vec![Write::Put(layout::snapshot_key(stream, &key).to_vec(), view.to_vec())];
+        writes.extend(drop.iter().map(|old| Write::Remove(layout::snapshot_key(stream, old).to_vec())));
         // Queued behind the events it covers, so no crash can keep it without them.
-        self.send(Op { tree: self.tree(stream)?, writes, ack: None })
+        self.send(Op { writes, ack: None })
     }
 
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         self.check(Access::Read)?;
-        match self.tree(stream)?.get(keys::index(lane, seq))? {
-            Some(bytes) => Ok(Some(order_key(&bytes)?)),
+        debug_assert_eq!(lane.stream, stream, "a lane of another stream");
+        match self.data.get(layout::lane_key(lane, seq))? {
+            Some(bytes) => Ok(Some(layout::order_key(&bytes)?)),
             None => Ok(None),
         }
     }
 
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
         self.check(Access::Read)?;
-        frontier(&self.tree(stream)?, stream)
+        frontier(&self.data, stream)
     }
 
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
         self.check(Access::Read)?;
-        let tree = self.tree(lane.stream)?;
-        let start = keys::index(lane, after.next());
-        let end = keys::index(lane, Seq(u64::MAX));
-        let mut events = Vec::with_capacity(limit.min(limits::REPLAY_PAGE_MAX));
-        for entry in tree.range(start..=end).take(limit) {
-            let (_, key) = entry?;
-            let event = tree
-                .get(keys::event(&order_key(&key)?))?
-                .ok_or_else(|| StorageError::Corrupt(format!("index entry of {lane} without its event")))?;
-            events.push(codec::decode(&event)?);
-        }
-        Ok(events)
+        let start = layout::lane_key(lane, after.next());
+        let end = layout::lane_key(lane, Seq(u64::MAX));
+        let entries = self.data.range(start..=end).take(limit).map(|entry| {
+            let key = layout::order_key(&entry?.1)?;
+            match self.data.get(layout::event_key(lane.stream, &key))? {
+                Some(event) => Ok((key, event)),
+                None => Err(StorageError::Corrupt(format!("lane index entry of {lane} without its event"))),
+            }
+        });
+        self.decode_all(lane.stream, entries)
     }
 
     fn events_from(
@@ -546,46 +581,45 @@ impl Storage for SledStorage {
         limit: usize,
     ) -> Result<Vec<Event>, StorageError> {
         self.check(Access::Read)?;
+        let key = |key: &OrderKey| layout::event_key(stream, key).to_vec();
         let start = match from {
-            Bound::Included(key) => Bound::Included(keys::event(&key).to_vec()),
-            Bound::Excluded(key) => Bound::Excluded(keys::event(&key).to_vec()),
-            Bound::Unbounded => Bound::Included(vec![keys::EVENT]),
+            Bound::Included(from) => Bound::Included(key(&from)),
+            Bound::Excluded(from) => Bound::Excluded(key(&from)),
+            Bound::Unbounded => Bound::Included(layout::log_prefix(stream).to_vec()),
         };
         let past_the_end = |key: &OrderKey| before.is_some_and(|before| *key >= before);
         if matches!(from, Bound::Included(key) | Bound::Excluded(key) if past_the_end(&key)) {
             return Ok(Vec::new()); // an empty range: sled wants start <= end
         }
-        let end = Bound::Excluded(before.map_or_else(|| vec![keys::EVENT + 1], |key| keys::event(&key).to_vec()));
-        self.tree(stream)?
-            .range::<Vec<u8>, _>((start, end))
-            .take(limit)
-            .map(|entry| Ok(codec::decode(&entry?.1)?))
-            .collect()
+        let end = Bound::Excluded(before.map_or_else(|| layout::prefix_end(&layout::log_prefix(stream)), |b| key(&b)));
+        let entries = self.data.range::<Vec<u8>, _>((start, end)).take(limit).map(|entry| {
+            let (key, event) = entry?;
+            Ok((layout::parse_order_key(&key)?, event))
+        });
+        self.decode_all(stream, entries)
     }
 
     fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
         self.check(Access::Read)?;
-        // Looks the tree up by name first: `open_tree` would create it.
-        let name = tree_name(stream);
-        if !self.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_slice()) {
-            return Ok(None);
-        }
-        let stream_type = self.db.open_tree(name)?.get(keys::TYPE)?;
-        Ok(stream_type.map(|t| String::from_utf8_lossy(&t).into_owned()))
+        let stored = self.data.get(layout::type_key(stream))?;
+        Ok(stored.map(|t| String::from_utf8_lossy(&t).into_owned()))
     }
 
-    fn streams(&self) -> Result<Vec<(StreamId, String)>, StorageError> {
+    fn streams_page(&self, after: Option<StreamId>, limit: usize) -> Result<Vec<(StreamId, String)>, StorageError> {
         self.check(Access::Read)?;
-        let mut streams = Vec::new();
-        for name in self.db.tree_names() {
-            let Some(id) = name.strip_prefix(STREAM_TREE_PREFIX) else { continue };
-            let id = uuid::Uuid::from_slice(id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let tree = self.db.open_tree(&name)?;
-            let stream_type =
-                tree.get(keys::TYPE)?.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
-            streams.push((StreamId(id), stream_type));
-        }
-        Ok(streams)
+        let start = match after {
+            Some(after) => Bound::Excluded(layout::type_key(after).to_vec()),
+            None => Bound::Included(layout::TYPE_PREFIX.to_vec()),
+        };
+        let end = Bound::Excluded(layout::prefix_end(&layout::TYPE_PREFIX));
+        self.data
+            .range::<Vec<u8>, _>((start, end))
+            .take(limit)
+            .map(|entry| {
+                let (key, stream_type) = entry?;
+                Ok((layout::parse_type_key(&key)?, String::from_utf8_lossy(&stream_type).into_owned()))
+            })
+            .collect()
     }
 
     fn stats(&self) -> StorageStats {
@@ -708,9 +742,9 @@ mod tests {
         queue
     }
 
-    fn write(tree: &sled::Tree, n: u8) -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
+    fn write(n: u8) -> (Op, oneshot::Receiver<Result<(), StorageError>>) {
         let (ack, done) = oneshot::channel();
-        (Op { tree: tree.clone(), writes: vec![Write::Put(vec![n], vec![n])], ack: Some(ack) }, done)
+        (Op { writes: vec![Write::Put(vec![n], vec![n])], ack: Some(ack) }, done)
     }
 
     /// Appends queued while the writer is busy are applied as one merged batch and
@@ -719,7 +753,7 @@ mod tests {
     fn one_flush_acknowledges_every_queued_append() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let (ops, mut acks): (Vec<Op>, Vec<_>) = (0u8..100).map(|n| write(&tree, n)).unzip();
+        let (ops, mut acks): (Vec<Op>, Vec<_>) = (0u8..100).map(write).unzip();
         let queue = queue_of(ops);
         let stats = Counters::default();
         let flushed = AtomicBool::new(false);
@@ -727,7 +761,7 @@ mod tests {
         write_loop(
             &queue,
             &stats,
-            |tree, batch| {
+            |batch| {
                 assert!(!flushed.load(Ordering::SeqCst), "every write of the group precedes its flush");
                 applied.fetch_add(1, Ordering::SeqCst);
                 Ok(tree.apply_batch(batch)?)
@@ -737,7 +771,7 @@ mod tests {
                 Ok(())
             },
         );
-        assert_eq!(applied.load(Ordering::SeqCst), 1, "one merged batch per tree");
+        assert_eq!(applied.load(Ordering::SeqCst), 1, "one merged batch");
         assert_eq!(stats.flushes.load(Ordering::SeqCst), 1);
         assert_eq!(stats.commits.load(Ordering::SeqCst), 100);
         assert_eq!(tree.len(), 100);
@@ -750,13 +784,11 @@ mod tests {
     /// lane cannot be stored with a gap.
     #[test]
     fn the_writer_fails_stop() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
         let (sender, queue) = channel::bounded(8);
         let attempts = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&attempts);
         let writer = std::thread::spawn(move || {
-            let fail = |_: &sled::Tree, _: sled::Batch| {
+            let fail = |_: sled::Batch| {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Err(StorageError::Injected("append"))
             };
@@ -764,7 +796,7 @@ mod tests {
         });
         // One group at a time: the second append is queued after the first was answered.
         for n in 1..=2 {
-            let (op, done) = write(&tree, n);
+            let (op, done) = write(n);
             assert!(sender.send(op).is_ok());
             assert_eq!(done.blocking_recv().unwrap(), Err(StorageError::Injected("append")));
         }
@@ -775,11 +807,9 @@ mod tests {
 
     #[test]
     fn a_failed_flush_fails_every_append_it_carried() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        let (op, mut done) = write(&tree, 1);
+        let (op, mut done) = write(1);
         let queue = queue_of(vec![op]);
-        write_loop(&queue, &Counters::default(), |_, _| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
+        write_loop(&queue, &Counters::default(), |_| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
         assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
     }
 

@@ -1,0 +1,299 @@
+//! The on-disk layout of a site's database: the storage format version, the keys of the
+//! one data tree, and the compact form of a stored event.
+//!
+//! Every stream lives in one fixed sled tree as key prefixes, never in a tree of its own:
+//! sled 0.34.7 keeps the roots of all trees in one map that it clones and rewrites whole
+//! whenever a tree is created (`PageCache::cas_root_in_meta`), so a tree per stream made
+//! the n-th stream cost O(n). With one tree, a group commit is also one atomic sled batch
+//! whatever the number of streams it touches.
+//!
+//! Keys of the data tree (a byte saying what the record is, then the stream's 16 bytes):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `t` stream | the stream type's name (written with the stream's first event) |
+//! | `e` stream order-key | the event, compact: what the key and the `t` record say is not repeated |
+//! | `l` stream site seq | the order key of the event at (lane, seq); a lane's last entry is its frontier |
+//! | `s` stream order-key | a view snapshot taken after the event at that key |
+//!
+//! Order keys are 32 bytes that sort like [`OrderKey`], seqs are big-endian, so a prefix
+//! scan of `e` stream is the stream in canonical order and of `l` stream site is the lane
+//! in seq order.
+
+use crate::clock::VectorClock;
+use crate::codec;
+use crate::event::{Event, OrderKey};
+use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+use serde::{Deserialize, Serialize};
+
+use super::StorageError;
+
+/// The storage layout this build reads and writes. Version 1 was a sled tree per stream
+/// with whole events as values (it had no version record); version 2 is this module.
+pub const STORAGE_FORMAT: u32 = 2;
+
+/// Key of the format version in sled's default tree, beside the site id.
+pub(super) const FORMAT_KEY: &[u8] = b"gundb.format";
+
+/// Key of the site id in sled's default tree (the same in every version, which is how a
+/// version-1 database is told from an empty folder).
+pub(super) const SITE_ID_KEY: &[u8] = b"gundb.site_id";
+
+/// The name of the one tree that holds every stream.
+pub(super) const DATA_TREE: &[u8] = b"gundb.streams";
+
+const TYPE: u8 = b't';
+const EVENT: u8 = b'e';
+const LANE: u8 = b'l';
+const SNAPSHOT: u8 = b's';
+
+/// `t` stream: the stream's record.
+pub(super) fn type_key(stream: StreamId) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[0] = TYPE;
+    out[1..].copy_from_slice(stream.as_uuid().as_bytes());
+    out
+}
+
+/// The first byte of every stream record key: `t` followed by a stream id.
+pub(super) const TYPE_PREFIX: [u8; 1] = [TYPE];
+
+/// `e` stream: the prefix of a stream's log.
+pub(super) fn log_prefix(stream: StreamId) -> [u8; 17] {
+    let mut out = type_key(stream);
+    out[0] = EVENT;
+    out
+}
+
+/// `e` stream key: where the event with `key` sits in its stream's log.
+pub(super) fn event_key(stream: StreamId, key: &OrderKey) -> [u8; 49] {
+    keyed(EVENT, stream, key)
+}
+
+/// `s` stream: the prefix of a stream's snapshots.
+pub(super) fn snapshot_prefix(stream: StreamId) -> [u8; 17] {
+    let mut out = type_key(stream);
+    out[0] = SNAPSHOT;
+    out
+}
+
+/// `s` stream key: the snapshot taken after the event at `key`.
+pub(super) fn snapshot_key(stream: StreamId, key: &OrderKey) -> [u8; 49] {
+    keyed(SNAPSHOT, stream, key)
+}
+
+/// `l` stream: the prefix of a stream's lane index.
+pub(super) fn lanes_prefix(stream: StreamId) -> [u8; 17] {
+    let mut out = type_key(stream);
+    out[0] = LANE;
+    out
+}
+
+/// `l` stream site seq: the index entry of (lane, seq).
+pub(super) fn lane_key(lane: Lane, seq: Seq) -> [u8; 41] {
+    let mut out = [0u8; 41];
+    out[..17].copy_from_slice(&lanes_prefix(lane.stream));
+    out[17..33].copy_from_slice(lane.site.as_uuid().as_bytes());
+    out[33..].copy_from_slice(&seq.0.to_be_bytes());
+    out
+}
+
+/// The site and seq of a lane index key.
+pub(super) fn parse_lane_key(key: &[u8]) -> Result<(SiteId, Seq), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("lane index key of {} bytes", key.len()));
+    let site: [u8; 16] = key.get(17..33).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    let seq: [u8; 8] = key.get(33..41).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    Ok((SiteId(uuid::Uuid::from_bytes(site)), Seq(u64::from_be_bytes(seq))))
+}
+
+/// The stream id of a `t` stream key.
+pub(super) fn parse_type_key(key: &[u8]) -> Result<StreamId, StorageError> {
+    let id: [u8; 16] = key
+        .get(1..17)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("stream record key of {} bytes", key.len())))?;
+    Ok(StreamId(uuid::Uuid::from_bytes(id)))
+}
+
+/// The order key at the end of an `e` or `s` key.
+pub(super) fn parse_order_key(key: &[u8]) -> Result<OrderKey, StorageError> {
+    let bytes = key.get(17..).unwrap_or_default();
+    OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
+}
+
+/// The order key stored as a lane index value.
+pub(super) fn order_key(bytes: &[u8]) -> Result<OrderKey, StorageError> {
+    OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only an all-0xFF prefix gets here, and every prefix here starts with a record byte.
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+fn keyed(kind: u8, stream: StreamId, key: &OrderKey) -> [u8; 49] {
+    let mut out = [0u8; 49];
+    out[0] = kind;
+    out[1..17].copy_from_slice(stream.as_uuid().as_bytes());
+    out[17..].copy_from_slice(&key.to_bytes());
+    out
+}
+
+/// A clock entry in the event's own stream: (site, seq).
+type SameStream = ([u8; 16], u64);
+/// A clock entry in another stream: (site, stream, seq).
+type OtherStream = ([u8; 16], [u8; 16], u64);
+
+/// An event as stored: only what its key (stream, Lamport counter, timestamp, id) and its
+/// stream's record (the type) do not say. The clock leaves out the event's own lane (it is
+/// always at the event's seq) and names lanes of its own stream by site alone.
+#[derive(Serialize)]
+struct StoredEventRef<'a> {
+    site: [u8; 16],
+    seq: u64,
+    same_stream: Vec<SameStream>,
+    other_streams: Vec<OtherStream>,
+    payload: &'a [u8],
+}
+
+/// [`StoredEventRef`] read back; the field order is the encoding, so the two must agree.
+#[derive(Deserialize)]
+struct StoredEvent {
+    site: [u8; 16],
+    seq: u64,
+    same_stream: Vec<SameStream>,
+    other_streams: Vec<OtherStream>,
+    payload: Vec<u8>,
+}
+
+/// The stored form of `event`.
+///
+/// # Errors
+/// The event's clock does not name its own lane at its seq (the store only takes
+/// well-formed events, so this is a caller's bug), or it does not encode.
+pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, StorageError> {
+    if !event.clock_names_own_lane() {
+        return Err(StorageError::Corrupt(format!(
+            "event {} at {} seq {} has a clock without its own lane at that seq",
+            event.id, event.lane, event.seq.0
+        )));
+    }
+    let stream = event.lane.stream;
+    let mut same_stream = Vec::new();
+    let mut other_streams = Vec::new();
+    for (lane, seq) in event.clock.iter() {
+        if lane == event.lane {
+            continue;
+        }
+        let site = *lane.site.as_uuid().as_bytes();
+        if lane.stream == stream {
+            same_stream.push((site, seq.0));
+        } else {
+            other_streams.push((site, *lane.stream.as_uuid().as_bytes(), seq.0));
+        }
+    }
+    let stored = StoredEventRef {
+        site: *event.lane.site.as_uuid().as_bytes(),
+        seq: event.seq.0,
+        same_stream,
+        other_streams,
+        payload: &event.payload,
+    };
+    Ok(codec::encode(&stored)?)
+}
+
+/// The event stored under `key` in `stream`'s log, whose type is `stream_type`.
+///
+/// # Errors
+/// The bytes do not decode, or decode to an event whose clock is not canonical.
+pub(super) fn decode_event(
+    stream: StreamId,
+    key: &OrderKey,
+    stream_type: &str,
+    bytes: &[u8],
+) -> Result<Event, StorageError> {
+    let stored: StoredEvent = codec::decode(bytes)?;
+    let lane = Lane::new(SiteId(uuid::Uuid::from_bytes(stored.site)), stream);
+    let site_lane = |site: [u8; 16]| Lane::new(SiteId(uuid::Uuid::from_bytes(site)), stream);
+    let clock: VectorClock = std::iter::once((lane, Seq(stored.seq)))
+        .chain(stored.same_stream.into_iter().map(|(site, seq)| (site_lane(site), Seq(seq))))
+        .chain(stored.other_streams.into_iter().map(|(site, other, seq)| {
+            (Lane::new(SiteId(uuid::Uuid::from_bytes(site)), StreamId(uuid::Uuid::from_bytes(other))), Seq(seq))
+        }))
+        .collect();
+    let event = Event {
+        id: EventId(*key.id.as_uuid()),
+        lane,
+        seq: Seq(stored.seq),
+        clock,
+        lamport: key.lamport,
+        timestamp_ms: key.timestamp_ms,
+        stream_type: stream_type.to_owned(),
+        payload: stored.payload,
+    };
+    if !event.clock_names_own_lane() {
+        return Err(StorageError::Corrupt(format!("stored event {} names its own lane twice", event.id)));
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The compact form gives back exactly the event, for any clock over a few streams.
+        #[test]
+        fn a_stored_event_round_trips(
+            seq in 1u64..1_000,
+            others in proptest::collection::vec((0u8..4, 0u8..3, 1u64..1_000), 0..8),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            lamport in 1u64..1_000_000,
+            timestamp_ms in any::<u64>(),
+        ) {
+            let stream = StreamId::from_u128(10);
+            let lane = Lane::new(SiteId::from_u128(1), stream);
+            let deps: Vec<(Lane, u64)> = others
+                .into_iter()
+                .map(|(site, other, at)| {
+                    (Lane::new(SiteId::from_u128(u128::from(site) + 2), StreamId::from_u128(u128::from(other) + 10)), at)
+                })
+                .collect();
+            let mut event = testkit::event(99, lane, seq, &deps, lamport, timestamp_ms);
+            event.payload = payload;
+            let bytes = encode_event(&event).unwrap();
+            let back = decode_event(stream, &event.order_key(), &event.stream_type, &bytes).unwrap();
+            prop_assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn prefix_end_is_past_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(&[b'e', 1, 0xFF]), vec![b'e', 2]);
+        assert!(
+            prefix_end(&log_prefix(StreamId::from_u128(u128::MAX))).as_slice()
+                > event_key(
+                    StreamId::from_u128(u128::MAX),
+                    &OrderKey { lamport: u64::MAX, timestamp_ms: u64::MAX, id: EventId::from_u128(u128::MAX) }
+                )
+                .as_slice()
+        );
+    }
+
+    #[test]
+    fn lane_keys_parse_back() {
+        let lane = Lane::new(SiteId::from_u128(7), StreamId::from_u128(8));
+        assert_eq!(parse_lane_key(&lane_key(lane, Seq(300))).unwrap(), (lane.site, Seq(300)));
+        assert_eq!(parse_type_key(&type_key(lane.stream)).unwrap(), lane.stream);
+    }
+}
