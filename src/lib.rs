@@ -4,7 +4,8 @@
 //!
 //! Pure core (no actix, no sled, no wall clock): [`id`], [`clock`], [`event`], [`order`],
 //! [`codec`], [`view`], and [`stream::Ledger`]. Shells: [`storage`] (the only sled user)
-//! and [`stream`] (the actix actor). [`limits`] holds every bound; [`testkit`] generates
+//! and [`stream`] (the actix actor), [`router`] (one per site), [`site`] with its
+//! [`handle`] on a stream that survives passivation, and [`node`] (replication). [`limits`] holds every bound; [`testkit`] generates
 //! seeded histories for tests and benchmarks.
 
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod codec;
 pub mod doc;
 pub mod error;
 pub mod event;
+pub mod handle;
 pub mod http;
 pub mod id;
 pub mod limits;
@@ -27,8 +29,10 @@ pub mod view;
 pub use clock::{Causality, VectorClock};
 pub use error::Error;
 pub use event::{Dependencies, Event, EventMeta, OrderKey};
+pub use handle::StreamHandle;
 pub use id::{EventId, Lane, Seq, SiteId, StreamId};
 pub use order::{sort_events, OrderError};
+pub use router::Passivation;
 pub use site::{Site, SiteConfig, SiteError};
 pub use stream::{
     Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, StreamActor,

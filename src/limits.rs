@@ -64,6 +64,23 @@ pub const SLED_BATCH_WRITES_MAX: usize = 256;
 /// (`try_send`). Big enough for many writers to keep a group commit full.
 pub const STREAM_MAILBOX_MAX: usize = 4_096;
 
+/// Stream actors a site keeps alive at most; past it the least recently used idle ones
+/// stop (passivate). An actor holds its view and up to `SNAPSHOTS_KEPT` snapshots in
+/// memory, so this bounds a site's memory whatever the number of streams it stores.
+pub const STREAMS_LIVE_MAX: usize = 10_000;
+
+/// A stream actor unused for this long stops; its next message starts it again from its
+/// snapshot and the tail of its log.
+pub const STREAM_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Live actors the router looks at in one passivation round: a bound on one router turn
+/// when many actors are busy and cannot stop.
+pub const PASSIVATION_LOOKS_MAX: usize = 256;
+
+/// Times a stream handle asks the router for a stream's actor before giving up: each
+/// answer is an open actor unless it was passivated again in between.
+pub const HANDLE_ROUNDS_MAX: usize = 64;
+
 /// Events folded between two view snapshots. A late event costs a replay of at most about
 /// this many events when a snapshot before it is still held.
 pub const SNAPSHOT_EVERY: u32 = 1_024;

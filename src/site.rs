@@ -6,13 +6,14 @@
 
 use crate::clock::VectorClock;
 use crate::event::Event;
+use crate::handle::StreamHandle;
 use crate::id::{SiteId, StreamId};
 use crate::router::{
-    Equivocation, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, HeldBack, OpenStream, PendingLimits, Receive,
-    Register, Router, RouterError, RouterMetrics, WaitFor,
+    Equivocation, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, HeldBack, Passivation, PendingLimits,
+    Receive, Register, Router, RouterError, RouterMetrics, WaitFor,
 };
 use crate::storage::{SledConfig, SledStorage, Storage, StorageError};
-use crate::stream::{StreamActor, StreamConfig};
+use crate::stream::StreamConfig;
 use crate::view::Stream;
 use actix::{Actor, Addr, MailboxError};
 use std::path::Path;
@@ -39,6 +40,8 @@ pub struct SiteConfig {
     pub pending: PendingLimits,
     /// Settings of every stream actor the site starts.
     pub stream: StreamConfig,
+    /// When stream actors stop: how many may be alive, and after how long idle.
+    pub passivation: Passivation,
 }
 
 /// One replica of the data: storage, router and stream actors.
@@ -100,7 +103,7 @@ impl Site {
     /// # Errors
     /// Storage cannot be read.
     pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
-        let router = Router::new(Arc::clone(&storage), config.pending, config.stream)?.start();
+        let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation)?.start();
         Ok(Self { id: storage.site_id(), storage, router })
     }
 
@@ -123,12 +126,14 @@ impl Site {
         Ok(self.router.send(Register::of::<S>()).await?)
     }
 
-    /// The actor of stream `stream` of type `S`, started on first use (and `S` registered).
+    /// A handle on stream `stream` of type `S`, whose actor starts on first use (and `S`
+    /// is registered). The handle keeps working when the site stops the actor for being
+    /// idle: the next message starts it again.
     ///
     /// # Errors
     /// The stream exists with another type, or cannot be opened.
-    pub async fn stream<S: Stream>(&self, stream: StreamId) -> Result<Addr<StreamActor<S>>, SiteError> {
-        Ok(self.router.send(OpenStream::<S>::new(stream)).await??)
+    pub async fn stream<S: Stream>(&self, stream: StreamId) -> Result<StreamHandle<S>, SiteError> {
+        StreamHandle::open(self.router.clone(), stream).await
     }
 
     /// Everything durable at this site: every lane of every stream, at its seq.

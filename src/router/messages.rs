@@ -1,13 +1,14 @@
 //! The router's messages and their handlers.
 
-use super::{opener, Equivocation, HeldBack, Opener, Router, RouterError, RouterMetrics};
+use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics};
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::StreamId;
-use crate::stream::{Durable, StreamActor};
+use crate::stream::{Durable, Gate, StreamActor};
 use crate::view::Stream;
 use actix::prelude::*;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Registers a stream type, so that events of it are folded into views.
@@ -30,14 +31,10 @@ impl Message for Register {
 impl Handler<Register> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Register, _ctx: &mut Context<Self>) {
+        // Streams of this type stored while it was unknown are folded when next used: their
+        // actors open on demand like any other's.
         self.registry.entry(msg.stream_type).or_insert(msg.opener);
-        // Events of this type stored while it was unknown are folded from now on.
-        let stored: Vec<StreamId> =
-            self.relayed.iter().filter(|(_, t)| t.as_str() == msg.stream_type).map(|(s, _)| *s).collect();
-        for stream in stored {
-            let _ = self.open(stream, msg.stream_type, ctx);
-        }
     }
 }
 
@@ -51,40 +48,48 @@ impl<S: Stream> OpenStream<S> {
     }
 }
 
+/// A stream actor's address with its gate: what a [`crate::StreamHandle`] sends through.
+pub type LiveStream<S> = (Addr<StreamActor<S>>, Arc<Gate>);
+
 impl<S: Stream> Message for OpenStream<S> {
-    type Result = Result<Addr<StreamActor<S>>, RouterError>;
+    type Result = Result<LiveStream<S>, RouterError>;
 }
 
 impl<S: Stream> Handler<OpenStream<S>> for Router {
-    type Result = ResponseFuture<Result<Addr<StreamActor<S>>, RouterError>>;
+    type Result = ResponseFuture<Result<LiveStream<S>, RouterError>>;
 
     fn handle(&mut self, OpenStream(stream, _): OpenStream<S>, ctx: &mut Context<Self>) -> Self::Result {
         self.registry.entry(S::TYPE_NAME).or_insert_with(opener::<S>);
+        let (waiter, ready) = oneshot::channel();
         if self.relaying.contains_key(&stream) && !self.streams.contains_key(&stream) {
-            // Open once the events stored for it unfolded are durable, so it loads them.
-            let (waiter, ready) = oneshot::channel();
+            // Open once the events stored for it unfolded are durable, so that it loads them.
             self.open_waiters.entry(stream).or_default().push(waiter);
-            let router = ctx.address();
-            return Box::pin(async move {
-                let _ = ready.await;
-                router.send(OpenStream::<S>::new(stream)).await.map_err(|_| RouterError::Closed)?
-            });
+        } else {
+            match self.open(stream, S::TYPE_NAME, ctx) {
+                Ok(Open::Ready(_)) => {
+                    let live = self.live::<S>(stream);
+                    return Box::pin(async move { live });
+                }
+                // Its actor is stopping, or another must stop first: ask again after.
+                Ok(Open::Later(_)) => self.wait_for_room(waiter),
+                Ok(Open::Unregistered) => unreachable!("the type was registered above and the stream is not relaying"),
+                Err(source) => return Box::pin(async move { Err(RouterError::Stream { stream, source }) }),
+            }
         }
-        let opened = self.open_typed::<S>(stream, ctx);
-        Box::pin(async move { opened })
+        let router = ctx.address();
+        Box::pin(async move {
+            let _ = ready.await;
+            router.send(OpenStream::<S>::new(stream)).await.map_err(|_| RouterError::Closed)?
+        })
     }
 }
 
 impl Router {
-    fn open_typed<S: Stream>(
-        &mut self,
-        stream: StreamId,
-        ctx: &mut Context<Self>,
-    ) -> Result<Addr<StreamActor<S>>, RouterError> {
-        let opened = self.open(stream, S::TYPE_NAME, ctx).map_err(|source| RouterError::Stream { stream, source })?;
-        let opened = opened.expect("the type is registered and the stream has no relayed appends in flight");
+    /// The live actor of `stream` as type `S`, with its gate.
+    fn live<S: Stream>(&self, stream: StreamId) -> Result<LiveStream<S>, RouterError> {
+        let Some(opened) = self.streams.get(&stream) else { return Err(RouterError::Closed) };
         match opened.typed.downcast_ref::<Addr<StreamActor<S>>>() {
-            Some(addr) => Ok(addr.clone()),
+            Some(addr) => Ok((addr.clone(), Arc::clone(&opened.gate))),
             None => Err(RouterError::TypeMismatch {
                 stream,
                 stored: opened.stream_type.to_owned(),

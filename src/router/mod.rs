@@ -7,12 +7,15 @@
 //! [`Pending`] is its pure core, the causal buffer; the [`Router`] actor is a thin shell
 //! that feeds it and routes what it releases.
 
+mod live;
 mod messages;
 mod pending;
 
+pub use self::live::Passivation;
+use self::live::{Open, Passivating};
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetDelivered, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen,
-    OpenStream, Receive, Register, WaitFor,
+    LiveStream, OpenStream, Receive, Register, WaitFor,
 };
 pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats};
 
@@ -21,12 +24,12 @@ use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
-use crate::stream::{DeliverBatch, Delivered, StreamActor, StreamConfig, StreamError, WatchDurable};
+use crate::stream::{DeliverBatch, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable};
 use crate::view::Stream;
 use actix::dev::SendError;
 use actix::prelude::*;
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -83,16 +86,26 @@ pub struct RouterMetrics {
     pub dropped_on_overflow: u64,
     /// Deliveries a stream refused for now (catch-up fetches them again).
     pub refused: u64,
+    /// Stream actors alive now (passivating ones included).
+    pub streams_live: u64,
+    /// The most stream actors alive at once since the site opened.
+    pub streams_live_max: u64,
+    /// Stream actors stopped because they were idle or too many were alive.
+    pub passivated: u64,
 }
 
 /// Opens a stream actor of one registered type.
 type Opener = Box<dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Opened, StreamError> + Send>;
 
-/// An open stream actor: how to deliver to it, and its typed address for the site.
+/// An open stream actor: how to deliver to it, its gate, and its typed address for the site.
 struct Opened {
     stream_type: &'static str,
     deliver: Recipient<DeliverBatch>,
     watch: Recipient<WatchDurable>,
+    passivate: Recipient<Passivate>,
+    gate: Arc<Gate>,
+    /// When the router last used it or saw it used: its place in the router's LRU order.
+    used_ms: u64,
     typed: Box<dyn Any>,
 }
 
@@ -103,6 +116,9 @@ fn opener<S: Stream>() -> Opener {
             stream_type: S::TYPE_NAME,
             deliver: addr.clone().recipient(),
             watch: addr.clone().recipient(),
+            passivate: addr.clone().recipient(),
+            gate: Arc::default(),
+            used_ms: 0,
             typed: Box::new(addr),
         })
     })
@@ -124,8 +140,6 @@ pub struct Router {
     registry: HashMap<&'static str, Opener>,
     streams: HashMap<StreamId, Opened>,
     outboxes: HashMap<StreamId, Outbox>,
-    /// Stream types of streams stored without an actor (types not registered).
-    relayed: HashMap<StreamId, String>,
     stream_config: StreamConfig,
     metrics: RouterMetrics,
     /// Requests waiting for the durable frontier to cover a clock.
@@ -152,6 +166,15 @@ pub struct Router {
     receive_waiters: Vec<oneshot::Sender<()>>,
     /// Events held or queued for streams past which `Receive` waits.
     backlog_max: usize,
+    /// Live stream actors by when they were last used, oldest first.
+    lru: BTreeSet<(u64, StreamId)>,
+    /// Stream actors asked to stop, not answered yet.
+    passivating: HashMap<StreamId, Passivating>,
+    /// Streams with events in their outbox and no actor yet, waiting for room.
+    awaiting: VecDeque<(StreamId, &'static str)>,
+    /// `OpenStream` requests waiting for room (or for their stream's actor to stop).
+    room_waiters: Vec<oneshot::Sender<()>>,
+    passivation: Passivation,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -178,17 +201,16 @@ impl Router {
         storage: Arc<dyn Storage>,
         limits: PendingLimits,
         stream_config: StreamConfig,
+        passivation: Passivation,
     ) -> Result<Self, StorageError> {
         let mut frontier = VectorClock::new();
-        let mut relayed = HashMap::new();
         let mut after = None;
         loop {
             let page = storage.streams_page(after, limits::REPLAY_PAGE_MAX)?;
             let Some((last, _)) = page.last() else { break };
             after = Some(*last);
-            for (stream, stream_type) in page {
+            for (stream, _) in page {
                 frontier.merge(&storage.frontier(stream)?);
-                relayed.insert(stream, stream_type);
             }
         }
         Ok(Self {
@@ -197,7 +219,6 @@ impl Router {
             registry: HashMap::new(),
             streams: HashMap::new(),
             outboxes: HashMap::new(),
-            relayed,
             stream_config,
             metrics: RouterMetrics::default(),
             waiters: Vec::new(),
@@ -211,28 +232,39 @@ impl Router {
             poisoned: HashSet::new(),
             receive_waiters: Vec::new(),
             backlog_max: limits.events_max,
+            lru: BTreeSet::new(),
+            passivating: HashMap::new(),
+            awaiting: VecDeque::new(),
+            room_waiters: Vec::new(),
+            passivation,
         })
     }
 
-    /// The actor of `stream`, opening it when its type is registered; `None` for a type
-    /// this site does not know.
-    fn open(
-        &mut self,
-        stream: StreamId,
-        stream_type: &str,
-        ctx: &mut Context<Self>,
-    ) -> Result<Option<&Opened>, StreamError> {
-        if !self.streams.contains_key(&stream) {
-            if self.relaying.contains_key(&stream) {
-                return Ok(None); // go on storing it unfolded until those appends are durable
-            }
-            let Some(open) = self.registry.get(stream_type) else { return Ok(None) };
-            let opened = open(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
-            self.follow(&opened, ctx);
-            self.relayed.remove(&stream);
-            self.streams.insert(stream, opened);
+    /// The actor of `stream`, opening it when its type is registered and there is room
+    /// (see [`Open`]).
+    fn open(&mut self, stream: StreamId, stream_type: &str, ctx: &mut Context<Self>) -> Result<Open, StreamError> {
+        if let Some(stream_type) = self.passivating_type(stream) {
+            return Ok(Open::Later(stream_type));
         }
-        Ok(self.streams.get(&stream))
+        if let Some(opened) = self.streams.get(&stream) {
+            let stream_type = opened.stream_type;
+            self.touch(stream);
+            return Ok(Open::Ready(stream_type));
+        }
+        if self.relaying.contains_key(&stream) {
+            return Ok(Open::Unregistered); // go on storing it unfolded until those appends are durable
+        }
+        let Some((&name, _)) = self.registry.get_key_value(stream_type) else { return Ok(Open::Unregistered) };
+        if !self.room_for_one(ctx) {
+            return Ok(Open::Later(name));
+        }
+        let Some(open) = self.registry.get(stream_type) else { return Ok(Open::Unregistered) };
+        let opened = open(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
+        self.follow(&opened, ctx);
+        self.streams.insert(stream, opened);
+        self.touch(stream);
+        self.note_live();
+        Ok(Open::Ready(name))
     }
 
     /// Watches a stream actor, so that what it makes durable (its local writes included)
@@ -283,7 +315,7 @@ impl Router {
             Ok(Some(kept)) if kept.id != id => {
                 self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
             }
-            Ok(None) if self.streams.contains_key(&lane.stream) => {
+            Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {
                 self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
             }
             _ => self.metrics.duplicates += 1,
@@ -331,16 +363,18 @@ impl Router {
         while let Some(event) = self.pending.take_ready() {
             let (lane, seq) = (event.lane, event.seq);
             match self.open(lane.stream, &event.stream_type, ctx) {
-                Ok(Some(opened)) if opened.stream_type == event.stream_type => {
+                Ok(Open::Ready(stream_type) | Open::Later(stream_type)) if stream_type == event.stream_type => {
+                    // An actor not open yet takes it from the outbox once it is.
+                    self.await_actor(lane.stream, stream_type);
                     self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
                     // Its stream applies in mailbox order, so its own successors may follow.
                     self.pending.mark_delivered(lane, seq);
                 }
-                Ok(Some(_)) => {
+                Ok(Open::Ready(_) | Open::Later(_)) => {
                     self.metrics.malformed += 1; // another type than its stream's
                     self.refuse(lane, seq);
                 }
-                Ok(None) => self.store_unregistered(event, ctx),
+                Ok(Open::Unregistered) => self.store_unregistered(event, ctx),
                 Err(_) => self.refuse(lane, seq),
             }
         }
@@ -439,13 +473,13 @@ impl Router {
     /// Stores an event of a type this site has not registered, without folding it.
     fn store_unregistered(&mut self, event: Event, ctx: &mut Context<Self>) {
         let (lane, seq) = (event.lane, event.seq);
-        let stream_type = self.relayed.entry(lane.stream).or_insert_with(|| event.stream_type.clone());
-        if *stream_type != event.stream_type {
-            self.metrics.malformed += 1;
-            return self.refuse(lane, seq);
-        }
-        if self.storage.open_stream(lane.stream, &event.stream_type).is_err() {
-            return self.refuse(lane, seq);
+        match self.storage.declare_stream(lane.stream, &event.stream_type) {
+            Ok(()) => {}
+            Err(StorageError::TypeMismatch { .. }) => {
+                self.metrics.malformed += 1;
+                return self.refuse(lane, seq);
+            }
+            Err(_) => return self.refuse(lane, seq),
         }
         let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &[] };
         match self.storage.append(lane.stream, append) {
@@ -504,5 +538,9 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
+        if let Some(idle_after) = self.passivation.idle_after {
+            // Looked at four times per idle time, so an actor stops at most 1.25 of it idle.
+            ctx.run_interval(idle_after / 4, |router, ctx| router.passivate_idle(ctx));
+        }
     }
 }

@@ -140,6 +140,16 @@ pub trait Storage: Send + Sync + 'static {
     /// read failure.
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError>;
 
+    /// Declares `stream` of type `stream_type` without loading it: what storing events of a
+    /// stream without an actor needs. The type is stored with the stream's first event.
+    ///
+    /// # Errors
+    /// [`StorageError::TypeMismatch`] when the stream exists with another type, or a read
+    /// failure.
+    fn declare_stream(&self, stream: StreamId, stream_type: &str) -> Result<(), StorageError> {
+        self.open_stream(stream, stream_type).map(drop)
+    }
+
     /// Queues events with their index entries, as one atomic write after every
     /// write made before. The returned [`Commit`] resolves once they are durable (they may
     /// be visible to reads earlier), or to the error that stopped the storage.

@@ -499,16 +499,23 @@ impl Storage for SledStorage {
         lock(&self.new_types).remove(&stream);
     }
 
-    fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
+    fn declare_stream(&self, stream: StreamId, stream_type: &str) -> Result<(), StorageError> {
         self.check(Access::Read)?;
         match self.type_of(stream)? {
             Some(stored) if stored != stream_type => {
-                return Err(StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() })
+                Err(StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() })
             }
-            Some(_) => {}
+            Some(_) => Ok(()),
             // Written with the first event: a stream with no event has nothing to keep.
-            None => drop(lock(&self.new_types).insert(stream, stream_type.to_owned())),
+            None => {
+                lock(&self.new_types).insert(stream, stream_type.to_owned());
+                Ok(())
+            }
         }
+    }
+
+    fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
+        self.declare_stream(stream, stream_type)?;
         // The log is keyed by canonical order, which starts with the Lamport counter.
         let lamport = match self.data.scan_prefix(layout::log_prefix(stream)).next_back() {
             Some(entry) => layout::parse_order_key(&entry?.0)?.lamport,

@@ -56,6 +56,13 @@ impl<S: Stream> Handler<WatchDurable> for StreamActor<S> {
     }
 }
 
+impl Watch {
+    /// True when everything durable is in a notice sent (or there is no watcher).
+    pub(super) fn is_told_everything(&self) -> bool {
+        self.unreported.is_empty()
+    }
+}
+
 impl<S: Stream> StreamActor<S> {
     /// Notes that `event` is durable, for the next notice.
     pub(super) fn note_durable(&mut self, event: &Event) {

@@ -12,17 +12,22 @@
 
 mod durable;
 mod error;
+mod gate;
 mod ledger;
 mod messages;
+mod passivate;
 mod subscribe;
 
 pub use self::durable::{Durable, WatchDurable};
 pub use self::error::StreamError;
+pub(crate) use self::gate::clock_ms;
+pub use self::gate::Gate;
 pub use self::ledger::{Check, Ledger};
 pub use self::messages::{
     Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, Subscribe,
     ViewReply,
 };
+pub use self::passivate::Passivate;
 
 use self::subscribe::Subscriber;
 use crate::codec::{self, CodecError};
@@ -122,6 +127,9 @@ pub struct StreamActor<S: Stream> {
     /// Set when storage failed under a write already applied in memory: from then on every
     /// message is refused with it, until the site reopens the database.
     failed: Option<StorageError>,
+    /// The stream's claim was released on passivation: dropping must not release it again
+    /// (the stream's next actor may hold it by then).
+    released: bool,
 }
 
 impl<S: Stream> StreamActor<S> {
@@ -176,6 +184,7 @@ impl<S: Stream> StreamActor<S> {
             pump_scheduled: false,
             watch: durable::Watch::default(),
             failed: None,
+            released: false,
         };
         actor.replay_from(newest.map_or(Bound::Unbounded, Bound::Excluded))?;
         Ok(actor)
@@ -389,7 +398,9 @@ fn now_ms() -> u64 {
 
 impl<S: Stream> Drop for StreamActor<S> {
     fn drop(&mut self) {
-        self.storage.release_stream(self.stream);
+        if !self.released {
+            self.storage.release_stream(self.stream);
+        }
     }
 }
 
