@@ -129,6 +129,54 @@ pub fn decode_view<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_limited::<T, { limits::VIEW_BYTES_MAX }>(bytes)
 }
 
+/// Encodes one item of a run: like [`encode`] without the version byte, so that items
+/// encoded apart can be joined into one run with [`join_run`].
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_run_item<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if out.len() > limits::FRAME_BYTES_MAX {
+        return Err(CodecError::Oversized { len: out.len(), max: limits::FRAME_BYTES_MAX });
+    }
+    Ok(out)
+}
+
+/// A run: the version byte, then items from [`encode_run_item`] one after another.
+pub fn join_run<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    for item in items {
+        out.extend_from_slice(item);
+    }
+    out
+}
+
+/// Decodes every item of a run written by [`join_run`], reading at most
+/// [`limits::RUN_BYTES_MAX`] bytes.
+///
+/// # Errors
+/// A [`CodecError`] for empty, wrong-version, truncated, oversized or malformed input.
+/// Never panics, whatever the bytes.
+pub fn decode_run<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, CodecError> {
+    if bytes.len() > limits::RUN_BYTES_MAX {
+        return Err(CodecError::Oversized { len: bytes.len(), max: limits::RUN_BYTES_MAX });
+    }
+    let (&version, mut body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version { found: version, expected: FORMAT_VERSION });
+    }
+    let mut items = Vec::new();
+    while !body.is_empty() {
+        let (item, used) =
+            bincode::serde::decode_from_slice(body, config().with_limit::<{ limits::FRAME_BYTES_MAX }>())
+                .map_err(|error| decode_error(error, limits::FRAME_BYTES_MAX))?;
+        items.push(item);
+        body = body.get(used..).unwrap_or_default();
+    }
+    Ok(items)
+}
+
 fn encode_limited<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
     bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
@@ -222,6 +270,17 @@ mod tests {
             let mut reused = vec![0xAB; 300];
             encode_into(&event, &mut reused).unwrap();
             prop_assert_eq!(reused, bytes);
+        }
+
+        #[test]
+        fn a_run_gives_back_its_items(items in proptest::collection::vec(arb_event(), 0..6)) {
+            let encoded: Vec<Vec<u8>> = items.iter().map(|item| encode_run_item(item).unwrap()).collect();
+            let run = join_run(encoded.iter().map(Vec::as_slice));
+            prop_assert_eq!(decode_run::<Event>(&run).unwrap(), items);
+            for cut in 1..run.len() {
+                // A cut inside an item is an error; a cut between items is a shorter run.
+                let _ = decode_run::<Event>(&run[..cut]);
+            }
         }
 
         #[test]

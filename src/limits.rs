@@ -54,6 +54,14 @@ pub const COMMIT_QUEUE_MAX: usize = 16_384;
 /// `DECIDE_EVENTS_MAX` events, so a merged batch is bounded too, if generously.
 pub const GROUP_OPS_MAX: usize = 4_096;
 
+/// Bytes of events a storage block (a run of one lane's events written together) takes
+/// before the next event starts another block. A block holds at most this plus one event,
+/// under a quarter sled segment, so blocks never go to sled's blob files either.
+pub const BLOCK_BYTES_MAX: usize = 256 << 10;
+
+/// Largest run (a block of events) the codec decodes: a block's bound plus one event.
+pub const RUN_BYTES_MAX: usize = BLOCK_BYTES_MAX + FRAME_BYTES_MAX + 1;
+
 /// Writes (keys put or removed) in one sled batch, closed between two appends. sled 0.34.7
 /// keeps the garbage of one `apply_batch` until it returns, and a batch of 2,048 writes to
 /// one tree grew a site by about 4 KiB of memory per event for good (1.3 GiB after 200,000
@@ -139,6 +147,7 @@ pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX < SLED_SEGMENT_BYTES / 4);
+const _: () = assert!(RUN_BYTES_MAX < SLED_SEGMENT_BYTES / 4);
 const _: () = assert!(GROUP_OPS_MAX <= COMMIT_QUEUE_MAX);
 const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
 const _: () = assert!(SNAPSHOTS_KEPT >= 1);

@@ -12,13 +12,17 @@
 //! | key | value |
 //! | --- | --- |
 //! | `t` stream | the stream type's name (written with the stream's first event) |
-//! | `e` stream order-key | the event, compact: what the key and the `t` record say is not repeated |
-//! | `l` stream site seq | the order key of the event at (lane, seq); a lane's last entry is its frontier |
+//! | `b` stream site last-seq | a block: a run of one lane's events, up to that seq, written in one group commit |
 //! | `s` stream order-key | a view snapshot taken after the event at that key |
 //!
-//! Order keys are 32 bytes that sort like [`OrderKey`], seqs are big-endian, so a prefix
-//! scan of `e` stream is the stream in canonical order and of `l` stream site is the lane
-//! in seq order.
+//! Seqs are big-endian and order keys are 32 bytes that sort like [`OrderKey`], so a prefix
+//! scan of `b` stream site is the lane in seq order, and the block holding seq n is the
+//! first at or after `b` stream site n. A lane's last block ends at its frontier. A lane is
+//! also in canonical order (each event depends on the one before it in its lane, so its
+//! Lamport counter is larger): a stream in canonical order is its lanes merged.
+//!
+//! One record per lane per group commit, not one per event and another for an index: sled
+//! copies a leaf on every write, so its cost grows with the records written.
 
 use crate::clock::VectorClock;
 use crate::codec;
@@ -29,8 +33,10 @@ use serde::{Deserialize, Serialize};
 use super::StorageError;
 
 /// The storage layout this build reads and writes. Version 1 was a sled tree per stream
-/// with whole events as values (it had no version record); version 2 is this module.
-pub const STORAGE_FORMAT: u32 = 2;
+/// with whole events as values (it had no version record); version 2 kept every stream in
+/// one tree with a record per event and another per index entry; version 3 is this
+/// module, with a block per lane per group commit.
+pub const STORAGE_FORMAT: u32 = 3;
 
 /// Key of the format version in sled's default tree, beside the site id.
 pub(super) const FORMAT_KEY: &[u8] = b"gundb.format";
@@ -43,8 +49,7 @@ pub(super) const SITE_ID_KEY: &[u8] = b"gundb.site_id";
 pub(super) const DATA_TREE: &[u8] = b"gundb.streams";
 
 const TYPE: u8 = b't';
-const EVENT: u8 = b'e';
-const LANE: u8 = b'l';
+const BLOCK: u8 = b'b';
 const SNAPSHOT: u8 = b's';
 
 /// `t` stream: the stream's record.
@@ -58,18 +63,6 @@ pub(super) fn type_key(stream: StreamId) -> [u8; 17] {
 /// The first byte of every stream record key: `t` followed by a stream id.
 pub(super) const TYPE_PREFIX: [u8; 1] = [TYPE];
 
-/// `e` stream: the prefix of a stream's log.
-pub(super) fn log_prefix(stream: StreamId) -> [u8; 17] {
-    let mut out = type_key(stream);
-    out[0] = EVENT;
-    out
-}
-
-/// `e` stream key: where the event with `key` sits in its stream's log.
-pub(super) fn event_key(stream: StreamId, key: &OrderKey) -> [u8; 49] {
-    keyed(EVENT, stream, key)
-}
-
 /// `s` stream: the prefix of a stream's snapshots.
 pub(super) fn snapshot_prefix(stream: StreamId) -> [u8; 17] {
     let mut out = type_key(stream);
@@ -82,25 +75,25 @@ pub(super) fn snapshot_key(stream: StreamId, key: &OrderKey) -> [u8; 49] {
     keyed(SNAPSHOT, stream, key)
 }
 
-/// `l` stream: the prefix of a stream's lane index.
-pub(super) fn lanes_prefix(stream: StreamId) -> [u8; 17] {
+/// `b` stream: the prefix of a stream's blocks, every lane's.
+pub(super) fn blocks_prefix(stream: StreamId) -> [u8; 17] {
     let mut out = type_key(stream);
-    out[0] = LANE;
+    out[0] = BLOCK;
     out
 }
 
-/// `l` stream site seq: the index entry of (lane, seq).
-pub(super) fn lane_key(lane: Lane, seq: Seq) -> [u8; 41] {
+/// `b` stream site seq: the key of `lane`'s block that ends at `seq`.
+pub(super) fn block_key(lane: Lane, seq: Seq) -> [u8; 41] {
     let mut out = [0u8; 41];
-    out[..17].copy_from_slice(&lanes_prefix(lane.stream));
+    out[..17].copy_from_slice(&blocks_prefix(lane.stream));
     out[17..33].copy_from_slice(lane.site.as_uuid().as_bytes());
     out[33..].copy_from_slice(&seq.0.to_be_bytes());
     out
 }
 
-/// The site and seq of a lane index key.
-pub(super) fn parse_lane_key(key: &[u8]) -> Result<(SiteId, Seq), StorageError> {
-    let corrupt = || StorageError::Corrupt(format!("lane index key of {} bytes", key.len()));
+/// The site and last seq of a block key.
+pub(super) fn parse_block_key(key: &[u8]) -> Result<(SiteId, Seq), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("block key of {} bytes", key.len()));
     let site: [u8; 16] = key.get(17..33).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
     let seq: [u8; 8] = key.get(33..41).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
     Ok((SiteId(uuid::Uuid::from_bytes(site)), Seq(u64::from_be_bytes(seq))))
@@ -115,14 +108,9 @@ pub(super) fn parse_type_key(key: &[u8]) -> Result<StreamId, StorageError> {
     Ok(StreamId(uuid::Uuid::from_bytes(id)))
 }
 
-/// The order key at the end of an `e` or `s` key.
+/// The order key at the end of an `s` key.
 pub(super) fn parse_order_key(key: &[u8]) -> Result<OrderKey, StorageError> {
     let bytes = key.get(17..).unwrap_or_default();
-    OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
-}
-
-/// The order key stored as a lane index value.
-pub(super) fn order_key(bytes: &[u8]) -> Result<OrderKey, StorageError> {
     OrderKey::from_bytes(bytes).ok_or_else(|| StorageError::Corrupt(format!("order key of {} bytes", bytes.len())))
 }
 
@@ -152,13 +140,15 @@ type SameStream = ([u8; 16], u64);
 /// A clock entry in another stream: (site, stream, seq).
 type OtherStream = ([u8; 16], [u8; 16], u64);
 
-/// An event as stored: only what its key (stream, Lamport counter, timestamp, id) and its
+/// An event as stored in its lane's block: what the block's key (stream, site) and the
 /// stream's record (the type) do not say. The clock leaves out the event's own lane (it is
 /// always at the event's seq) and names lanes of its own stream by site alone.
 #[derive(Serialize)]
 struct StoredEventRef<'a> {
-    site: [u8; 16],
+    id: [u8; 16],
     seq: u64,
+    lamport: u64,
+    timestamp_ms: u64,
     same_stream: Vec<SameStream>,
     other_streams: Vec<OtherStream>,
     payload: &'a [u8],
@@ -167,8 +157,10 @@ struct StoredEventRef<'a> {
 /// [`StoredEventRef`] read back; the field order is the encoding, so the two must agree.
 #[derive(Deserialize)]
 struct StoredEvent {
-    site: [u8; 16],
+    id: [u8; 16],
     seq: u64,
+    lamport: u64,
+    timestamp_ms: u64,
     same_stream: Vec<SameStream>,
     other_streams: Vec<OtherStream>,
     payload: Vec<u8>,
@@ -201,27 +193,39 @@ pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, StorageError> {
         }
     }
     let stored = StoredEventRef {
-        site: *event.lane.site.as_uuid().as_bytes(),
+        id: *event.id.as_uuid().as_bytes(),
         seq: event.seq.0,
+        lamport: event.lamport,
+        timestamp_ms: event.timestamp_ms,
         same_stream,
         other_streams,
         payload: &event.payload,
     };
-    Ok(codec::encode(&stored)?)
+    Ok(codec::encode_run_item(&stored)?)
 }
 
-/// The event stored under `key` in `stream`'s log, whose type is `stream_type`.
+/// A block of `lane`'s events, each from [`encode_event`].
+pub(super) fn join_block<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    codec::join_run(events)
+}
+
+/// The events of `lane`'s block `bytes`, whose stream has type `stream_type`, in seq order.
 ///
 /// # Errors
-/// The bytes do not decode, or decode to an event whose clock is not canonical.
-pub(super) fn decode_event(
-    stream: StreamId,
-    key: &OrderKey,
-    stream_type: &str,
-    bytes: &[u8],
-) -> Result<Event, StorageError> {
-    let stored: StoredEvent = codec::decode(bytes)?;
-    let lane = Lane::new(SiteId(uuid::Uuid::from_bytes(stored.site)), stream);
+/// The bytes do not decode, decode to an event whose clock names its own lane twice, or
+/// the block's seqs are not consecutive.
+pub(super) fn decode_block(lane: Lane, stream_type: &str, bytes: &[u8]) -> Result<Vec<Event>, StorageError> {
+    let stored: Vec<StoredEvent> = codec::decode_run(bytes)?;
+    let events =
+        stored.into_iter().map(|stored| decode_event(lane, stream_type, stored)).collect::<Result<Vec<_>, _>>()?;
+    if events.windows(2).any(|pair| pair[1].seq != pair[0].seq.next()) {
+        return Err(StorageError::Corrupt(format!("a block of {lane} with seqs out of order")));
+    }
+    Ok(events)
+}
+
+fn decode_event(lane: Lane, stream_type: &str, stored: StoredEvent) -> Result<Event, StorageError> {
+    let stream = lane.stream;
     let site_lane = |site: [u8; 16]| Lane::new(SiteId(uuid::Uuid::from_bytes(site)), stream);
     let clock: VectorClock = std::iter::once((lane, Seq(stored.seq)))
         .chain(stored.same_stream.into_iter().map(|(site, seq)| (site_lane(site), Seq(seq))))
@@ -230,12 +234,12 @@ pub(super) fn decode_event(
         }))
         .collect();
     let event = Event {
-        id: EventId(*key.id.as_uuid()),
+        id: EventId(uuid::Uuid::from_bytes(stored.id)),
         lane,
         seq: Seq(stored.seq),
         clock,
-        lamport: key.lamport,
-        timestamp_ms: key.timestamp_ms,
+        lamport: stored.lamport,
+        timestamp_ms: stored.timestamp_ms,
         stream_type: stream_type.to_owned(),
         payload: stored.payload,
     };
@@ -252,48 +256,57 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// The compact form gives back exactly the event, for any clock over a few streams.
+        /// A block gives back exactly its events, for any clocks over a few streams.
         #[test]
-        fn a_stored_event_round_trips(
-            seq in 1u64..1_000,
-            others in proptest::collection::vec((0u8..4, 0u8..3, 1u64..1_000), 0..8),
-            payload in proptest::collection::vec(any::<u8>(), 0..64),
-            lamport in 1u64..1_000_000,
-            timestamp_ms in any::<u64>(),
+        fn a_block_round_trips(
+            first in 1u64..1_000,
+            events in proptest::collection::vec(
+                (proptest::collection::vec((0u8..4, 0u8..3, 1u64..1_000), 0..8),
+                 proptest::collection::vec(any::<u8>(), 0..64),
+                 1u64..1_000_000,
+                 any::<u64>()),
+                1..6),
         ) {
             let stream = StreamId::from_u128(10);
             let lane = Lane::new(SiteId::from_u128(1), stream);
-            let deps: Vec<(Lane, u64)> = others
-                .into_iter()
-                .map(|(site, other, at)| {
-                    (Lane::new(SiteId::from_u128(u128::from(site) + 2), StreamId::from_u128(u128::from(other) + 10)), at)
-                })
-                .collect();
-            let mut event = testkit::event(99, lane, seq, &deps, lamport, timestamp_ms);
-            event.payload = payload;
-            let bytes = encode_event(&event).unwrap();
-            let back = decode_event(stream, &event.order_key(), &event.stream_type, &bytes).unwrap();
-            prop_assert_eq!(back, event);
+            let events: Vec<Event> = (first..).zip(events).map(|(seq, (others, payload, lamport, timestamp_ms))| {
+                let deps: Vec<(Lane, u64)> = others
+                    .into_iter()
+                    .map(|(site, other, at)| {
+                        let other = StreamId::from_u128(u128::from(other) + 10);
+                        (Lane::new(SiteId::from_u128(u128::from(site) + 2), other), at)
+                    })
+                    .collect();
+                let mut event = testkit::event(u128::from(seq), lane, seq, &deps, lamport, timestamp_ms);
+                event.payload = payload;
+                event
+            }).collect();
+            let encoded: Vec<Vec<u8>> = events.iter().map(|e| encode_event(e).unwrap()).collect();
+            let block = join_block(encoded.iter().map(Vec::as_slice));
+            prop_assert_eq!(decode_block(lane, "testkit", &block).unwrap(), events);
         }
+    }
+
+    #[test]
+    fn a_block_with_a_gap_is_refused() {
+        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
+        let (one, three) = (testkit::event(1, lane, 1, &[], 1, 0), testkit::event(3, lane, 3, &[], 3, 0));
+        let encoded = [encode_event(&one).unwrap(), encode_event(&three).unwrap()];
+        let block = join_block(encoded.iter().map(Vec::as_slice));
+        assert!(matches!(decode_block(lane, "testkit", &block), Err(StorageError::Corrupt(_))));
     }
 
     #[test]
     fn prefix_end_is_past_every_key_with_the_prefix() {
         assert_eq!(prefix_end(&[b'e', 1, 0xFF]), vec![b'e', 2]);
-        assert!(
-            prefix_end(&log_prefix(StreamId::from_u128(u128::MAX))).as_slice()
-                > event_key(
-                    StreamId::from_u128(u128::MAX),
-                    &OrderKey { lamport: u64::MAX, timestamp_ms: u64::MAX, id: EventId::from_u128(u128::MAX) }
-                )
-                .as_slice()
-        );
+        let last = Lane::new(SiteId::from_u128(u128::MAX), StreamId::from_u128(u128::MAX));
+        assert!(prefix_end(&blocks_prefix(last.stream)).as_slice() > block_key(last, Seq(u64::MAX)).as_slice());
     }
 
     #[test]
-    fn lane_keys_parse_back() {
+    fn keys_parse_back() {
         let lane = Lane::new(SiteId::from_u128(7), StreamId::from_u128(8));
-        assert_eq!(parse_lane_key(&lane_key(lane, Seq(300))).unwrap(), (lane.site, Seq(300)));
+        assert_eq!(parse_block_key(&block_key(lane, Seq(300))).unwrap(), (lane.site, Seq(300)));
         assert_eq!(parse_type_key(&type_key(lane.stream)).unwrap(), lane.stream);
     }
 }

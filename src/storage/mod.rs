@@ -10,6 +10,7 @@
 //! commit). Writing never blocks: a full queue refuses the write with
 //! [`StorageError::Busy`] and nothing is written.
 
+mod blocks;
 mod layout;
 mod memory;
 mod sled;
