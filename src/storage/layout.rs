@@ -142,28 +142,17 @@ type OtherStream = ([u8; 16], [u8; 16], u64);
 
 /// An event as stored in its lane's block: what the block's key (stream, site) and the
 /// stream's record (the type) do not say. The clock leaves out the event's own lane (it is
-/// always at the event's seq) and names lanes of its own stream by site alone.
-#[derive(Serialize)]
-struct StoredEventRef<'a> {
+/// always at the event's seq) and names lanes of its own stream by site alone. Written
+/// with a borrowed payload, read back with an owned one: the same encoding.
+#[derive(Serialize, Deserialize)]
+struct StoredEvent<P> {
     id: [u8; 16],
     seq: u64,
     lamport: u64,
     timestamp_ms: u64,
     same_stream: Vec<SameStream>,
     other_streams: Vec<OtherStream>,
-    payload: &'a [u8],
-}
-
-/// [`StoredEventRef`] read back; the field order is the encoding, so the two must agree.
-#[derive(Deserialize)]
-struct StoredEvent {
-    id: [u8; 16],
-    seq: u64,
-    lamport: u64,
-    timestamp_ms: u64,
-    same_stream: Vec<SameStream>,
-    other_streams: Vec<OtherStream>,
-    payload: Vec<u8>,
+    payload: P,
 }
 
 /// The stored form of `event`.
@@ -192,7 +181,7 @@ pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, StorageError> {
             other_streams.push((site, *lane.stream.as_uuid().as_bytes(), seq.0));
         }
     }
-    let stored = StoredEventRef {
+    let stored = StoredEvent {
         id: *event.id.as_uuid().as_bytes(),
         seq: event.seq.0,
         lamport: event.lamport,
@@ -215,7 +204,7 @@ pub(super) fn join_block<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<
 /// The bytes do not decode, decode to an event whose clock names its own lane twice, or
 /// the block's seqs are not consecutive.
 pub(super) fn decode_block(lane: Lane, stream_type: &str, bytes: &[u8]) -> Result<Vec<Event>, StorageError> {
-    let stored: Vec<StoredEvent> = codec::decode_run(bytes)?;
+    let stored: Vec<StoredEvent<Vec<u8>>> = codec::decode_run(bytes)?;
     let events =
         stored.into_iter().map(|stored| decode_event(lane, stream_type, stored)).collect::<Result<Vec<_>, _>>()?;
     if events.windows(2).any(|pair| pair[1].seq != pair[0].seq.next()) {
@@ -224,7 +213,7 @@ pub(super) fn decode_block(lane: Lane, stream_type: &str, bytes: &[u8]) -> Resul
     Ok(events)
 }
 
-fn decode_event(lane: Lane, stream_type: &str, stored: StoredEvent) -> Result<Event, StorageError> {
+fn decode_event(lane: Lane, stream_type: &str, stored: StoredEvent<Vec<u8>>) -> Result<Event, StorageError> {
     let stream = lane.stream;
     let site_lane = |site: [u8; 16]| Lane::new(SiteId(uuid::Uuid::from_bytes(site)), stream);
     let clock: VectorClock = std::iter::once((lane, Seq(stored.seq)))
