@@ -1,6 +1,7 @@
 //! `gundb bench` end to end, on small sizes: the scenarios asked for run, every row has its
-//! same-run baseline and a ratio, the JSON and Markdown reports are written, and notes kept
-//! below the marker of an existing Markdown report survive regeneration.
+//! same-run baseline and a ratio, the JSON and Markdown reports are written, notes kept
+//! below the marker of an existing Markdown report survive regeneration, and the streams
+//! scenario's child processes report back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -48,4 +49,31 @@ fn bench_refuses_an_unknown_scenario_by_name() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no scenario \"warp\"") && stderr.contains("emit, codec"), "{stderr}");
+    assert!(stderr.contains("memory, streams"), "every scenario is listed: {stderr}");
+}
+
+// The streams scenario on two small stream counts: each runs in its child process, whose
+// report comes back as six rows per count, none of them with a target (those are for 10⁶).
+#[test]
+fn bench_streams_reports_six_rows_per_stream_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_gundb"))
+        .args(["bench", "--only", "streams", "--streams", "50,100", "--json"])
+        .arg(&json)
+        .output()
+        .expect("gundb bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["scenario"], "streams", "{row}");
+        assert!(row["value"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["target"].is_null(), "no target below 10⁶ streams: {row}");
+    }
+    assert!(rows[0]["measure"].as_str().unwrap().starts_with("50 fresh streams"), "{}", rows[0]);
+    assert!(rows[6]["measure"].as_str().unwrap().starts_with("100 fresh streams"), "{}", rows[6]);
+    assert!(rows[0]["baseline"]["value"].as_f64().unwrap() > 0.0, "the one-stream rate: {}", rows[0]);
 }

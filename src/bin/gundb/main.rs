@@ -50,6 +50,16 @@ enum Command {
         #[arg(long)]
         payload: usize,
     },
+    /// The streams scenario's child process, one per stream count (run by `gundb bench`).
+    #[command(hide = true)]
+    BenchStreamsChild {
+        #[arg(long)]
+        streams: u64,
+        #[arg(long)]
+        writers: u64,
+        #[arg(long)]
+        payload: usize,
+    },
     /// Write events into one stream with concurrent writers; print the view and throughput.
     Throughput {
         /// Events to write in all.
@@ -79,6 +89,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::CrashWriter { data, acks } => crash_writer::run(data, acks),
         Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
+        Command::BenchStreamsChild { streams, writers, payload } => bench::streams_child(streams, writers, payload),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
             throughput::run(events, writers.max(1), data, no_fsync)

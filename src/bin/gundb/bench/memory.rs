@@ -125,7 +125,7 @@ fn raw_sled(path: &Path, events: u64, bytes: &[u8]) -> Result<()> {
 }
 
 /// A `kB` line of `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> Result<u64> {
+pub(super) fn status_bytes(field: &str) -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: u64 = status
         .lines()
@@ -137,7 +137,7 @@ fn status_bytes(field: &str) -> Result<u64> {
 }
 
 /// The bytes the files under `path` take on disk (allocated blocks, as `du` counts).
-fn folder_bytes(path: &Path) -> Result<u64> {
+pub(super) fn folder_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(path)? {

@@ -8,9 +8,11 @@ mod emit;
 mod memory;
 mod replication;
 mod report;
+mod streams;
 mod tcp;
 
 pub use memory::child as memory_child;
+pub use streams::child as streams_child;
 
 use anyhow::Result;
 use gundb::{EventMeta, Stream, View};
@@ -21,7 +23,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The scenarios, by the names `--only` takes.
-const SCENARIOS: [&str; 6] = ["emit", "codec", "router", "replication", "tcp", "memory"];
+const SCENARIOS: [&str; 7] = ["emit", "codec", "router", "replication", "tcp", "memory", "streams"];
+
+/// Streams in emit's many-streams runs when `--streams` names none: enough that writers
+/// rarely meet on one stream, and below the router's live-actor cap.
+const EMIT_STREAMS: u64 = 10_000;
 
 /// What `gundb bench` is started with.
 #[derive(clap::Args)]
@@ -41,13 +47,15 @@ pub struct BenchArgs {
     /// Concurrent writer counts for durable emit.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     writers: Vec<u64>,
-    /// Streams written in the many-streams emit runs.
-    #[arg(long, default_value_t = 10_000)]
-    streams: u64,
+    /// Stream counts. The streams scenario runs each in a child process of its own (default
+    /// 1000,10000,100000,1000000; 1000,10000 with --quick); emit's many-streams runs use the
+    /// first count given (default 10000).
+    #[arg(long, value_delimiter = ',')]
+    streams: Vec<u64>,
     /// Sites in the in-process replication scenario.
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Run only these scenarios (emit, codec, router, replication, tcp, memory).
+    /// Run only these scenarios (emit, codec, router, replication, tcp, memory, streams).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON.
@@ -102,6 +110,16 @@ impl Progress {
         self.0.set_message(message.into());
     }
 
+    /// A line printed above the bars and kept when the run ends (on stdout when the bars
+    /// are hidden, as they are when it is not a terminal, so the line is not lost).
+    pub fn note(&self, line: impl AsRef<str>) {
+        if self.0.is_hidden() {
+            println!("{}", line.as_ref());
+        } else {
+            self.0.println(line);
+        }
+    }
+
     fn done(&self, summary: String) {
         self.0.finish_with_message(summary);
     }
@@ -126,7 +144,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let bytes = emit::event_bytes(payload)?;
         let raw = emit::raw_sled(&args.writers, &bytes, emit_for, &progress)?;
         let mut latencies = Vec::new();
-        for streams in [1, args.streams] {
+        for streams in [1, args.streams.first().copied().unwrap_or(EMIT_STREAMS)] {
             let runs = emit::gundb(streams, &args.writers, payload, emit_for, &progress)?;
             for ((&writers, run), raw) in args.writers.iter().zip(&runs).zip(&raw) {
                 let plural = if streams == 1 { "stream" } else { "streams" };
@@ -267,6 +285,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .against("encoded bytes per event", per_event(m.encoded)),
         );
         progress.done("done".into());
+    }
+
+    if wanted("streams") {
+        let progress = Progress::start(&bars, "streams");
+        let counts = match (args.streams.is_empty(), quick) {
+            (false, _) => args.streams.clone(),
+            (true, false) => vec![1_000, 10_000, 100_000, 1_000_000],
+            (true, true) => vec![1_000, 10_000],
+        };
+        for &count in &counts {
+            rows.append(&mut streams::rows(count, payload, &progress)?);
+        }
+        progress.done(format!("{} stream counts", counts.len()));
     }
 
     let data_dir = std::env::temp_dir();

@@ -135,8 +135,8 @@ pub struct Report {
 
 fn human(value: f64, unit: &str) -> String {
     match unit {
-        "events/s" | "ops/s" if value >= 1e6 => format!("{:.2} M {unit}", value / 1e6),
-        "events/s" | "ops/s" if value >= 1e3 => format!("{:.1} k {unit}", value / 1e3),
+        "events/s" | "ops/s" | "views/s" if value >= 1e6 => format!("{:.2} M {unit}", value / 1e6),
+        "events/s" | "ops/s" | "views/s" if value >= 1e3 => format!("{:.1} k {unit}", value / 1e3),
         "bytes" if value >= 1024.0 * 1024.0 => format!("{:.1} MiB", value / (1024.0 * 1024.0)),
         _ if value >= 100.0 => format!("{value:.0} {unit}"),
         _ => format!("{value:.2} {unit}"),
