@@ -101,11 +101,14 @@ impl Router {
         true
     }
 
-    /// Asks least recently used actors to stop until fewer than `live_max` remain alive and
-    /// not stopping. Looks at a bounded number per call: a busy one goes to the back.
+    /// Asks least recently used actors to stop until a sixteenth of `live_max` is free
+    /// (so that the next actors to start need not wait for answers one by one). Looks at a
+    /// bounded number per call: a busy one goes to the back. The order is the router's
+    /// view of use, close enough for making room; idle passivation looks closer.
     fn make_room(&mut self, ctx: &mut Context<Self>) {
+        let target = self.passivation.live_max - (self.passivation.live_max / 16).max(1).min(self.passivation.live_max);
         for _ in 0..limits::PASSIVATION_LOOKS_MAX {
-            if self.streams.len() < self.passivation.live_max {
+            if self.streams.len() <= target {
                 break;
             }
             let Some(&(used_ms, stream)) = self.lru.first() else { break };
@@ -125,19 +128,21 @@ impl Router {
             if used_ms >= cutoff {
                 break; // everything after it was used more recently still
             }
-            if !self.try_passivate(stream, used_ms, ctx) {
+            // The application used it since the router last did: not idle, only out of place.
+            let used_since = self.streams.get(&stream).is_some_and(|o| o.gate.used_ms() >= cutoff);
+            if used_since || !self.try_passivate(stream, used_ms, ctx) {
                 self.touch(stream);
             }
         }
     }
 
     /// Asks `stream`'s actor to stop if nothing is on its way to it: no event queued or
-    /// in flight from the router, no message of the application inside its gate, none
-    /// entered since `used_ms`. True when asked.
+    /// in flight from the router, no message of the application inside its gate. True
+    /// when asked.
     fn try_passivate(&mut self, stream: StreamId, used_ms: u64, ctx: &mut Context<Self>) -> bool {
         let Some(opened) = self.streams.get(&stream) else { return false };
         let outbox_idle = self.outboxes.get(&stream).is_none_or(|o| o.queued.is_empty() && !o.in_flight);
-        if !outbox_idle || opened.gate.used_ms() > used_ms || !opened.gate.close_if_idle() {
+        if !outbox_idle || !opened.gate.close_if_idle() {
             return false;
         }
         let Some(opened) = self.streams.remove(&stream) else { return false };
