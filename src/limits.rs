@@ -89,6 +89,10 @@ pub const PASSIVATION_LOOKS_MAX: usize = 256;
 /// answer is an open actor unless it was passivated again in between.
 pub const HANDLE_ROUNDS_MAX: usize = 64;
 
+/// Streams whose stored frontier the router loads per turn after the site opens, so the
+/// load never holds the router's mailbox for long.
+pub const LOAD_PAGE_STREAMS: usize = 1_024;
+
 /// Events folded between two view snapshots. A late event costs a replay of at most about
 /// this many events when a snapshot before it is still held.
 pub const SNAPSHOT_EVERY: u32 = 1_024;

@@ -103,7 +103,7 @@ impl Site {
     /// # Errors
     /// Storage cannot be read.
     pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
-        let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation)?.start();
+        let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation).start();
         Ok(Self { id: storage.site_id(), storage, router })
     }
 

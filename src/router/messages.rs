@@ -112,6 +112,14 @@ impl Handler<Receive> for Router {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) -> Self::Result {
+        if self.loading.is_some() {
+            // Whether an event is new or a copy depends on the frontier: wait for it.
+            let (loaded, router) = (self.when_loaded(), ctx.address());
+            return Box::pin(async move {
+                let _ = loaded.await;
+                let _ = router.send(Receive(events)).await;
+            });
+        }
         self.metrics.batches_received += 1;
         for event in events {
             self.receive(event);
@@ -137,6 +145,7 @@ impl Handler<Durable> for Router {
 
     fn handle(&mut self, Durable(durable): Durable, ctx: &mut Context<Self>) {
         for (lane, seq) in durable.iter() {
+            self.load_stream(lane.stream); // while the frontier loads: this stream's first
             if lane.site == self.storage.site_id() {
                 self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
             }
@@ -155,10 +164,18 @@ impl Message for GetFrontier {
 }
 
 impl Handler<GetFrontier> for Router {
-    type Result = MessageResult<GetFrontier>;
+    type Result = ResponseFuture<VectorClock>;
 
-    fn handle(&mut self, _msg: GetFrontier, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.pending.durable())
+    fn handle(&mut self, _msg: GetFrontier, ctx: &mut Context<Self>) -> Self::Result {
+        if self.loading.is_none() {
+            let durable = self.pending.durable();
+            return Box::pin(async move { durable });
+        }
+        let (loaded, router) = (self.when_loaded(), ctx.address());
+        Box::pin(async move {
+            let _ = loaded.await;
+            router.send(GetFrontier).await.unwrap_or_default()
+        })
     }
 }
 
@@ -171,10 +188,18 @@ impl Message for GetDelivered {
 }
 
 impl Handler<GetDelivered> for Router {
-    type Result = MessageResult<GetDelivered>;
+    type Result = ResponseFuture<VectorClock>;
 
-    fn handle(&mut self, _msg: GetDelivered, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.pending.delivered())
+    fn handle(&mut self, _msg: GetDelivered, ctx: &mut Context<Self>) -> Self::Result {
+        if self.loading.is_none() {
+            let delivered = self.pending.delivered();
+            return Box::pin(async move { delivered });
+        }
+        let (loaded, router) = (self.when_loaded(), ctx.address());
+        Box::pin(async move {
+            let _ = loaded.await;
+            router.send(GetDelivered).await.unwrap_or_default()
+        })
     }
 }
 

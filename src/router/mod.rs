@@ -8,11 +8,13 @@
 //! that feeds it and routes what it releases.
 
 mod live;
+mod load;
 mod messages;
 mod pending;
 
 pub use self::live::Passivation;
 use self::live::{Open, Passivating};
+use self::load::{LoadFrontier, Loading};
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetDelivered, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen,
     LiveStream, OpenStream, Receive, Register, WaitFor,
@@ -166,6 +168,8 @@ pub struct Router {
     receive_waiters: Vec<oneshot::Sender<()>>,
     /// Events held or queued for streams past which `Receive` waits.
     backlog_max: usize,
+    /// The stored frontier is being loaded (see `load.rs`); `None` once it is.
+    loading: Option<Loading>,
     /// Live stream actors by when they were last used, oldest first.
     lru: BTreeSet<(u64, StreamId)>,
     /// Stream actors asked to stop, not answered yet.
@@ -193,29 +197,17 @@ pub struct HeldBack {
 }
 
 impl Router {
-    /// A router over `storage`, whose frontier starts at what storage holds.
-    ///
-    /// # Errors
-    /// Storage cannot be read.
+    /// A router over `storage`. Once started, it loads the frontier storage holds, a page
+    /// of streams per turn; until then, requests that need it wait.
     pub fn new(
         storage: Arc<dyn Storage>,
         limits: PendingLimits,
         stream_config: StreamConfig,
         passivation: Passivation,
-    ) -> Result<Self, StorageError> {
-        let mut frontier = VectorClock::new();
-        let mut after = None;
-        loop {
-            let page = storage.streams_page(after, limits::REPLAY_PAGE_MAX)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(*last);
-            for (stream, _) in page {
-                frontier.merge(&storage.frontier(stream)?);
-            }
-        }
-        Ok(Self {
+    ) -> Self {
+        Self {
             storage,
-            pending: Pending::new(&frontier, limits),
+            pending: Pending::new(&VectorClock::new(), limits),
             registry: HashMap::new(),
             streams: HashMap::new(),
             outboxes: HashMap::new(),
@@ -232,12 +224,13 @@ impl Router {
             poisoned: HashSet::new(),
             receive_waiters: Vec::new(),
             backlog_max: limits.events_max,
+            loading: Some(Loading::default()),
             lru: BTreeSet::new(),
             passivating: HashMap::new(),
             awaiting: VecDeque::new(),
             room_waiters: Vec::new(),
             passivation,
-        })
+        }
     }
 
     /// The actor of `stream`, opening it when its type is registered and there is room
@@ -538,6 +531,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
+        ctx.notify(LoadFrontier);
         if let Some(idle_after) = self.passivation.idle_after {
             // Looked at four times per idle time, so an actor stops at most 1.25 of it idle.
             ctx.run_interval(idle_after / 4, |router, ctx| router.passivate_idle(ctx));

@@ -310,6 +310,18 @@ impl Pending {
         }
     }
 
+    /// Records that `lane` is stored up to `seq`, as read from storage when the site opens:
+    /// delivered and durable at once. Only before anything is held for the lane.
+    pub fn load(&mut self, lane: Lane, seq: Seq) {
+        debug_assert!(!self.slots.keys().any(|(held, _)| *held == lane), "loaded a lane with events held for it");
+        if self.delivered_seq(lane) < seq {
+            self.delivered.insert(lane, seq);
+        }
+        if self.durable.get(&lane).copied().unwrap_or(Seq::ZERO) < seq {
+            self.durable.insert(lane, seq);
+        }
+    }
+
     /// Records that `lane` is delivered up to `seq` by another path (a local write, or a
     /// stream's own recovery), releasing what waited. Lower seqs are ignored.
     pub fn observe(&mut self, lane: Lane, seq: Seq) {
