@@ -3,10 +3,9 @@
 //! the handle asks the site's router for the stream's next actor and sends it there.
 
 use crate::id::StreamId;
-use crate::limits;
-use crate::router::{LiveStream, OpenStream, Router};
+use crate::router::{OpenStream, Router};
 use crate::site::SiteError;
-use crate::stream::{Gate, StreamActor};
+use crate::stream::{Entry, Gate, StreamActor};
 use crate::view::Stream;
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
@@ -52,7 +51,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct StreamHandle<S: Stream> {
     stream: StreamId,
     router: Addr<Router>,
-    live: Arc<Mutex<LiveStream<S>>>,
+    /// The stream's current actor, with its gate.
+    live: Arc<Mutex<(Addr<StreamActor<S>>, Arc<Gate>)>>,
 }
 
 impl<S: Stream> Clone for StreamHandle<S> {
@@ -67,20 +67,12 @@ impl<S: Stream> std::fmt::Debug for StreamHandle<S> {
     }
 }
 
-/// Leaves the gate when dropped, also when the caller drops the send before its reply.
-struct Inside(Arc<Gate>);
-
-impl Drop for Inside {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
-}
-
 impl<S: Stream> StreamHandle<S> {
     /// Opens `stream` of type `S` through `router`.
     pub(crate) async fn open(router: Addr<Router>, stream: StreamId) -> Result<Self, SiteError> {
-        let live = router.send(OpenStream::<S>::new(stream)).await??;
-        Ok(Self { stream, router, live: Arc::new(Mutex::new(live)) })
+        let (addr, entry) = router.send(OpenStream::<S>::new(stream)).await??;
+        let live = Arc::new(Mutex::new((addr, Arc::clone(entry.gate()))));
+        Ok(Self { stream, router, live })
     }
 
     /// The stream this handle is for.
@@ -101,26 +93,23 @@ impl<S: Stream> StreamHandle<S> {
         StreamActor<S>: Handler<M>,
         <StreamActor<S> as Actor>::Context: ToEnvelope<StreamActor<S>, M>,
     {
-        let (addr, inside) = self.enter().await?;
+        let (addr, entry) = self.enter().await?;
         let reply = addr.send(msg).await;
-        drop(inside);
+        drop(entry);
         Ok(reply?)
     }
 
     /// The current actor with this message inside its gate: the cached one while its gate
-    /// is open, else the one the router opens next.
-    async fn enter(&self) -> Result<(Addr<StreamActor<S>>, Inside), SiteError> {
-        // Each round waits for the router, which hands out an open gate; only another
-        // passivation in between closes it again, so a few rounds always do.
-        for _ in 0..limits::HANDLE_ROUNDS_MAX {
-            let (addr, gate) = self.live.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            if gate.enter() {
-                return Ok((addr, Inside(gate)));
-            }
-            // Passivated: the router answers once the old actor has stopped (or stayed).
-            let next = self.router.send(OpenStream::<S>::new(self.stream)).await??;
-            *self.live.lock().unwrap_or_else(PoisonError::into_inner) = next;
+    /// is open, else the one the router opens next, which the router lets the message into
+    /// before it answers (so that no other passivation can come in between).
+    async fn enter(&self) -> Result<(Addr<StreamActor<S>>, Entry), SiteError> {
+        let (addr, gate) = self.live.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(entry) = gate.entry() {
+            return Ok((addr, entry));
         }
-        Err(SiteError::Mailbox(MailboxError::Closed))
+        // Passivated: the router answers once the old actor has stopped (or stayed).
+        let (addr, entry) = self.router.send(OpenStream::<S>::new(self.stream)).await??;
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = (addr.clone(), Arc::clone(entry.gate()));
+        Ok((addr, entry))
     }
 }

@@ -85,10 +85,6 @@ pub const STREAM_IDLE_AFTER: std::time::Duration = std::time::Duration::from_sec
 /// when many actors are busy and cannot stop.
 pub const PASSIVATION_LOOKS_MAX: usize = 256;
 
-/// Times a stream handle asks the router for a stream's actor before giving up: each
-/// answer is an open actor unless it was passivated again in between.
-pub const HANDLE_ROUNDS_MAX: usize = 64;
-
 /// Streams whose stored frontier the router loads per turn after the site opens, so the
 /// load never holds the router's mailbox for long.
 pub const LOAD_PAGE_STREAMS: usize = 1_024;

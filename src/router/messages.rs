@@ -4,11 +4,10 @@ use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, R
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::StreamId;
-use crate::stream::{Durable, Gate, StreamActor};
+use crate::stream::{Durable, Entry, StreamActor};
 use crate::view::Stream;
 use actix::prelude::*;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Registers a stream type, so that events of it are folded into views.
@@ -48,8 +47,9 @@ impl<S: Stream> OpenStream<S> {
     }
 }
 
-/// A stream actor's address with its gate: what a [`crate::StreamHandle`] sends through.
-pub type LiveStream<S> = (Addr<StreamActor<S>>, Arc<Gate>);
+/// A stream actor's address with one message let in through its gate: the actor cannot
+/// passivate before the requester has sent that message (or dropped the entry).
+pub type LiveStream<S> = (Addr<StreamActor<S>>, Entry);
 
 impl<S: Stream> Message for OpenStream<S> {
     type Result = Result<LiveStream<S>, RouterError>;
@@ -85,11 +85,14 @@ impl<S: Stream> Handler<OpenStream<S>> for Router {
 }
 
 impl Router {
-    /// The live actor of `stream` as type `S`, with its gate.
+    /// The live actor of `stream` as type `S`, with one message let in through its gate.
     fn live<S: Stream>(&self, stream: StreamId) -> Result<LiveStream<S>, RouterError> {
         let Some(opened) = self.streams.get(&stream) else { return Err(RouterError::Closed) };
+        // The gates of live actors are open: passivation closes a gate and takes its actor
+        // out of `streams` in one step, and opens it again before putting one back.
+        let Some(entry) = opened.gate.entry() else { return Err(RouterError::Closed) };
         match opened.typed.downcast_ref::<Addr<StreamActor<S>>>() {
-            Some(addr) => Ok((addr.clone(), Arc::clone(&opened.gate))),
+            Some(addr) => Ok((addr.clone(), entry)),
             None => Err(RouterError::TypeMismatch {
                 stream,
                 stored: opened.stream_type.to_owned(),

@@ -8,7 +8,7 @@
 //! is ever queued to an actor that is stopping, and none is answered twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Set in `state` once the gate is closed; the bits below count the messages inside.
@@ -24,7 +24,7 @@ pub struct Gate {
 
 impl Gate {
     /// Lets one message in, unless the gate is closed (the actor is passivating or gone).
-    pub(crate) fn enter(&self) -> bool {
+    fn enter(&self) -> bool {
         let entered = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| (state & CLOSED == 0).then(|| state + 1))
@@ -35,8 +35,13 @@ impl Gate {
         entered
     }
 
+    /// Lets one message in like [`Gate::enter`], as an [`Entry`] that leaves when dropped.
+    pub(crate) fn entry(self: &Arc<Self>) -> Option<Entry> {
+        self.enter().then(|| Entry(Arc::clone(self)))
+    }
+
     /// One message that entered has its reply.
-    pub(crate) fn leave(&self) {
+    fn leave(&self) {
         let before = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before & !CLOSED > 0, "left a gate nobody was inside");
     }
@@ -58,6 +63,24 @@ impl Gate {
     }
 }
 
+/// One message inside a [`Gate`]: the actor cannot passivate until it is dropped. It
+/// leaves when dropped, also when its holder drops a send before the reply.
+#[derive(Debug)]
+pub struct Entry(Arc<Gate>);
+
+impl Entry {
+    /// The gate this entry is inside.
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.0
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 /// Milliseconds since this process first asked: a monotonic clock for idle times.
 pub(crate) fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -70,13 +93,13 @@ mod tests {
 
     #[test]
     fn a_gate_closes_only_when_nobody_is_inside_and_then_lets_nobody_in() {
-        let gate = Gate::default();
-        assert!(gate.enter());
+        let gate = Arc::new(Gate::default());
+        let entry = gate.entry().expect("open");
         assert!(!gate.close_if_idle(), "a message is inside");
-        gate.leave();
+        drop(entry);
         assert!(gate.close_if_idle());
-        assert!(!gate.enter(), "closed");
+        assert!(gate.entry().is_none(), "closed");
         gate.reopen();
-        assert!(gate.enter(), "reopened");
+        assert!(gate.entry().is_some(), "reopened");
     }
 }

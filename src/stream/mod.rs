@@ -21,7 +21,7 @@ mod subscribe;
 pub use self::durable::{Durable, WatchDurable};
 pub use self::error::StreamError;
 pub(crate) use self::gate::clock_ms;
-pub use self::gate::Gate;
+pub use self::gate::{Entry, Gate};
 pub use self::ledger::{Check, Ledger};
 pub use self::messages::{
     Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, Subscribe,
@@ -332,6 +332,12 @@ impl<S: Stream> StreamActor<S> {
                 self.inflight_index.remove(&(event.lane, event.seq));
                 self.note_durable(&event);
             }
+        }
+        if self.inflight.is_empty() {
+            // An emptied map keeps its node (about 2 KiB): a site keeps thousands of idle
+            // actors, so give it back.
+            self.inflight = BTreeMap::new();
+            self.inflight_index = HashMap::new();
         }
         self.report_durable(ctx);
         while self.waiters.front().is_some_and(|(target, _)| *target <= self.durable) {
