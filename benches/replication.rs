@@ -46,8 +46,8 @@ fn one_run() -> Duration {
         let started = Instant::now();
         for (left, right) in [(0, 1), (0, 2), (1, 2)] {
             let (l, r) = in_process(16);
-            connect(&sites[left], l, NodeConfig { hello_every: None });
-            connect(&sites[right], r, NodeConfig { hello_every: None });
+            connect(&sites[left], l, NodeConfig { hello_every: None, ..NodeConfig::default() });
+            connect(&sites[right], r, NodeConfig { hello_every: None, ..NodeConfig::default() });
         }
         for site in &sites[1..] {
             site.wait_for(&target).await.expect("caught up");

@@ -51,9 +51,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct StreamHandle<S: Stream> {
     stream: StreamId,
     router: Addr<Router>,
-    /// The stream's current actor, with its gate.
-    live: Arc<Mutex<(Addr<StreamActor<S>>, Arc<Gate>)>>,
+    live: Arc<Mutex<Current<S>>>,
 }
+
+/// The stream's current actor, with its gate.
+type Current<S> = (Addr<StreamActor<S>>, Arc<Gate>);
 
 impl<S: Stream> Clone for StreamHandle<S> {
     fn clone(&self) -> Self {

@@ -99,6 +99,19 @@ impl fmt::Debug for Seq {
     }
 }
 
+/// A position in a site's log: every event the site stores, its own and its peers', is
+/// numbered 1, 2, 3 … in the order it became durable there. A peer replicating from the
+/// site keeps one `LogPos` per site it reads from, whatever the number of streams.
+/// `LogPos(0)` means "nothing yet".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize)]
+pub struct LogPos(pub u64);
+
+impl fmt::Display for LogPos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The events one site wrote to one stream. A lane has exactly one writer, so it is totally
 /// ordered by [`Seq`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

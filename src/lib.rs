@@ -30,7 +30,7 @@ pub use clock::{Causality, VectorClock};
 pub use error::Error;
 pub use event::{Dependencies, Event, EventMeta, OrderKey};
 pub use handle::StreamHandle;
-pub use id::{EventId, Lane, Seq, SiteId, StreamId};
+pub use id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};
 pub use order::{sort_events, OrderError};
 pub use router::Passivation;
 pub use site::{Site, SiteConfig, SiteError};

@@ -96,9 +96,11 @@ pub const SNAPSHOT_EVERY: u32 = 1_024;
 /// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
-/// Frames a source node remembers as possibly still on their way to its peer. Older ones
-/// are forgotten, which at worst sends their events again.
-pub const IN_FLIGHT_FRAMES_MAX: usize = 1_024;
+/// Frames a source node sends its peer before the first of them is acknowledged: with
+/// frames of at most `WIRE_FRAME_BYTES_MAX`, a connection holds a few tens of MiB in
+/// flight at most, whatever the number of streams. A sink node holds no more frames
+/// waiting to be durable; one past it is dropped and asked for again.
+pub const UNACKED_FRAMES_MAX: usize = 16;
 
 /// Fields one JSON document patch may set or remove.
 pub const PATCH_FIELDS_MAX: usize = 1_024;
@@ -152,3 +154,7 @@ const _: () = assert!(GROUP_OPS_MAX <= COMMIT_QUEUE_MAX);
 const _: () = assert!(SUBSCRIBE_BATCH_MAX <= HISTORY_LIMIT_MAX as usize);
 const _: () = assert!(SNAPSHOTS_KEPT >= 1);
 const _: () = assert!(DELIVER_BATCH_MAX <= PENDING_EVENTS_MAX);
+
+/// How long opening a database waits for sled's file lock of a database just dropped in
+/// this process (see [`crate::storage::open_waiting_for_lock`]).
+pub const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -151,7 +151,7 @@ impl Site {
     /// # Errors
     /// The router is gone.
     pub async fn wait_for(&self, clock: &VectorClock) -> Result<(), SiteError> {
-        Ok(self.router.send(WaitFor(clock.clone())).await?)
+        Ok(self.router.send(WaitFor(clock.clone())).await??)
     }
 
     /// The latest events the router held back, and what each waited for.

@@ -237,7 +237,12 @@ fn hostile_bytes_close_their_connection_and_the_node_keeps_serving() {
         1,
         1,
     );
-    let frame = gundb::codec::encode_frame(&gundb::node::Frame::Events(vec![event])).unwrap();
+    let frame = gundb::codec::encode_frame(&gundb::node::Frame::Events {
+        after: gundb::LogPos(0),
+        last: gundb::LogPos(1),
+        events: vec![event],
+    })
+    .unwrap();
     let mut unauthenticated = u32::try_from(frame.len()).unwrap().to_be_bytes().to_vec();
     unauthenticated.extend_from_slice(&frame);
 

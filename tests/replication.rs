@@ -7,7 +7,7 @@ mod common;
 
 use common::{run_site, Trail, TrailStream};
 use gundb::node::transport::{faulty, in_process, Faults};
-use gundb::node::{connect, NodeConfig};
+use gundb::node::{connect, HoldsPeerLog, NodeConfig};
 use gundb::{Emit, Emitted, GetView, Site, StreamId, VectorClock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ async fn write(site: &Site, stream: StreamId, numbers: std::ops::Range<u64>) -> 
 }
 
 fn quiet() -> NodeConfig {
-    NodeConfig { hello_every: None }
+    NodeConfig { hello_every: None, ..NodeConfig::default() }
 }
 
 /// Writes made before connecting arrive by catch-up, writes made after by streaming.
@@ -122,7 +122,7 @@ fn three_sites_converge_after_a_partition_on_faulty_links() {
             faults.delay_percent.store(10, Ordering::SeqCst);
             let (l, r) = faulty(4, Arc::clone(&faults), 77 + i as u64);
             // Frequent hellos heal dropped frames.
-            let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+            let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
             connect(&sites[left], l, config.clone());
             connect(&sites[right], r, config);
             links.push(((left, right), faults));
@@ -188,7 +188,7 @@ impl SiteThread {
         let thread = std::thread::spawn(move || {
             actix::System::new().block_on(async move {
                 let site = Site::open(&path).unwrap();
-                let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+                let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
                 for end in ends {
                     connect(&site, end, config.clone());
                 }
@@ -218,7 +218,7 @@ fn a_restarted_site_catches_up_after_a_partition() {
         let folders: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let stream = StreamId::from_u128(5);
         let (a, b) = (Site::open(folders[0].path()).unwrap(), Site::open(folders[1].path()).unwrap());
-        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
         let link = |seed| {
             let faults = Arc::new(Faults::default());
             faults.drop_percent.store(5, Ordering::SeqCst);
@@ -350,7 +350,7 @@ fn a_one_way_cut_is_healed_through_a_relay() {
     run_site(|| async {
         let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
         let stream = StreamId::from_u128(9);
-        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)) };
+        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
         let mut ab = None;
         for (i, (left, right)) in [(0, 1), (0, 2), (1, 2)].into_iter().enumerate() {
             let faults = Arc::new(Faults::default());
@@ -389,5 +389,75 @@ fn a_garbage_frame_closes_its_connection() {
         raw.sender.send(vec![gundb::codec::FORMAT_VERSION, 0xFF, 0x13, 0x37]).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), raw.sender.closed()).await.expect("the connection was closed");
         assert_eq!(view(&site, stream).await, Trail(vec![0, 1, 2]));
+    });
+}
+
+/// Without hellos, on links that drop a fifth of the frames both ways (events, wants and
+/// acknowledgements alike): what is lost goes again because its acknowledgement is
+/// missing, and the sites converge.
+#[test]
+fn a_lost_frame_goes_again_because_its_acknowledgement_is_missing() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let faults = Arc::new(Faults::default());
+        faults.drop_percent.store(20, Ordering::SeqCst);
+        let (l, r) = faulty(4, Arc::clone(&faults), 11);
+        let config = NodeConfig { hello_every: None, resend_after: Duration::from_millis(100) };
+        connect(&a, l, config.clone());
+        connect(&b, r, config);
+        let mut target = VectorClock::new();
+        for n in 0..20_u64 {
+            for emitted in write(&a, StreamId::from_u128(u128::from(100 + n)), (n * 10)..(n * 10 + 10)).await {
+                target.merge(&emitted.clock);
+            }
+            for emitted in write(&b, StreamId::from_u128(u128::from(200 + n)), (n * 10)..(n * 10 + 10)).await {
+                target.merge(&emitted.clock);
+            }
+        }
+        until_covers(&a, &target).await;
+        until_covers(&b, &target).await;
+        assert!(faults.injected.load(Ordering::SeqCst) >= 3, "the link dropped too few frames to test anything");
+        for n in 0..20_u64 {
+            let stream = StreamId::from_u128(u128::from(100 + n));
+            assert_eq!(view(&a, stream).await, view(&b, stream).await, "stream {n}");
+        }
+    });
+}
+
+/// A site records how far it holds each peer's log; reconnected after a restart, it asks
+/// for the rest only: nothing it held is sent again.
+#[test]
+fn a_restarted_site_resumes_from_the_position_it_recorded() {
+    let folders: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<std::path::PathBuf> = folders.iter().map(|f| f.path().to_path_buf()).collect();
+    let streams: Vec<StreamId> = (0..50).map(|n| StreamId::from_u128(300 + n)).collect();
+    let (first, again) = (paths.clone(), paths.clone());
+    let (written, more) = (streams.clone(), streams.clone());
+    run_site(move || async move {
+        let (a, b) = (Site::open(&first[0]).unwrap(), Site::open(&first[1]).unwrap());
+        let (l, r) = in_process(4);
+        connect(&a, l, quiet());
+        let at_b = connect(&b, r, quiet());
+        for (n, stream) in (0..).zip(&written) {
+            write(&a, *stream, (n * 10)..(n * 10 + 10)).await;
+        }
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        let end = a.storage().log_after(gundb::LogPos(0), usize::MAX).unwrap().last;
+        assert_eq!(end, gundb::LogPos(500), "A's log numbers its 500 events");
+        // B records the position once the events are durable, just after it has them.
+        let held = tokio::time::timeout(Duration::from_secs(10), at_b.sink.send(HoldsPeerLog(end)));
+        assert!(held.await.unwrap().unwrap(), "B's sink took A's log to its end");
+        assert_eq!(b.storage().replicated(a.id()).unwrap(), end, "B holds A's log up to its end");
+    });
+    run_site(move || async move {
+        let (a, b) = (Site::open(&again[0]).unwrap(), Site::open(&again[1]).unwrap());
+        let (l, r) = in_process(4);
+        connect(&a, l, quiet());
+        connect(&b, r, quiet());
+        let emitted = write(&a, more[0], 1_000..1_001).await;
+        until_covers(&b, &emitted[0].clock).await;
+        let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
+        assert_eq!(mb.received, 1, "B was sent only the new event: {mb:?}");
+        assert_eq!(ma.batches_sent, 1, "{ma:?}");
     });
 }

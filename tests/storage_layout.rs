@@ -9,7 +9,7 @@ mod common;
 use actix::Actor;
 use common::{run_site, TrailStream};
 use gundb::storage::{SledStorage, Storage, StorageError, STORAGE_FORMAT};
-use gundb::{Emit, StreamActor, StreamId};
+use gundb::{Emit, LogPos, StreamActor, StreamId};
 use std::sync::Arc;
 
 /// A database as the version-1 layout left it: a site id, no format record, and a sled tree
@@ -33,7 +33,8 @@ fn a_database_of_the_old_layout_is_refused_with_both_versions_and_left_as_it_was
     assert!(message.contains("storage format 1") && message.contains(&ours), "{message}");
     assert!(message.contains("start this site from an empty one"), "the message says what to do: {message}");
 
-    let db = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES).open().unwrap();
+    let config = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+    let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
     assert_eq!(db.get(b"gundb.format").unwrap(), None, "the refused database was not changed");
     assert_eq!(db.tree_names().len(), 2, "no tree was added");
 }
@@ -44,7 +45,8 @@ fn a_database_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(SledStorage::open(dir.path()).unwrap());
     {
-        let db = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES).open().unwrap();
+        let config = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+        let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
         db.insert(b"gundb.format", &(STORAGE_FORMAT + 1).to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
@@ -84,7 +86,8 @@ fn streams_are_key_prefixes_in_a_fixed_set_of_trees() {
         assert_eq!(listed, expected, "every written stream once, in id order, and no unwritten one");
         assert_eq!(storage.stream_type(StreamId::from_u128(1_000)).unwrap(), None);
     });
-    let db = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES).open().unwrap();
+    let config = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+    let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
     assert_eq!(db.tree_names().len(), 2, "sled's default tree and the data tree, whatever the number of streams");
 }
 
@@ -158,5 +161,56 @@ fn blocks_read_back_like_the_reference_store() {
         }
         let absent = Lane::new(gundb::SiteId::from_u128(99), streams[0]);
         assert_eq!(sled.key_at(absent.stream, absent, Seq(1)).unwrap(), None);
+        // The site's log: every event once, in the order the appends became durable, read
+        // from any position in pages of any size.
+        let whole = sled.log_after(LogPos(0), usize::MAX).unwrap();
+        assert_eq!(whole, memory.log_after(LogPos(0), usize::MAX).unwrap(), "seed {seed}");
+        assert_eq!(whole.last, LogPos(u64::try_from(events.len()).unwrap()), "seed {seed}");
+        for _ in 0..40 {
+            let after = LogPos(rng.below(u64::try_from(events.len()).unwrap() + 2));
+            let limit = rng.index(100);
+            assert_eq!(
+                sled.log_after(after, limit).unwrap(),
+                memory.log_after(after, limit).unwrap(),
+                "seed {seed}: log after {after} limit {limit}"
+            );
+        }
     }
+}
+
+/// The log's positions and each peer's recorded position survive a reopen, and the log
+/// goes on numbering from where it ended.
+#[test]
+fn the_log_and_replication_positions_survive_a_reopen() {
+    use gundb::storage::Append;
+    use gundb::testkit::event;
+    use gundb::{Lane, SiteId};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (stream, peer) = (StreamId::from_u128(5), SiteId::from_u128(77));
+    let append = |storage: &SledStorage, seqs: std::ops::RangeInclusive<u64>| {
+        let lane = Lane::new(storage.site_id(), stream);
+        let events: Vec<gundb::Event> = seqs.map(|seq| event(u128::from(seq), lane, seq, &[], seq, 0)).collect();
+        let append = Append { events: &events, stale_snapshots: &[] };
+        runtime.block_on(storage.append(stream, append).unwrap()).unwrap();
+    };
+    let first = {
+        let storage = SledStorage::open(dir.path()).unwrap();
+        storage.open_stream(stream, "testkit").unwrap();
+        append(&storage, 1..=3);
+        append(&storage, 4..=5);
+        storage.set_replicated(peer, LogPos(42)).unwrap();
+        append(&storage, 6..=6); // its flush makes the position durable too
+        assert_eq!(storage.replicated(peer).unwrap(), LogPos(42));
+        storage.log_after(LogPos(0), usize::MAX).unwrap()
+    };
+    assert_eq!(first.last, LogPos(6));
+    let storage = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(storage.log_after(LogPos(0), usize::MAX).unwrap(), first, "the same log after the reopen");
+    assert_eq!(storage.replicated(peer).unwrap(), LogPos(42));
+    assert_eq!(storage.replicated(SiteId::from_u128(78)).unwrap(), LogPos(0), "a peer never read from");
+    append(&storage, 7..=8);
+    let tail = storage.log_after(LogPos(5), usize::MAX).unwrap();
+    assert_eq!(tail.events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![6, 7, 8]);
+    assert_eq!(tail.last, LogPos(8), "numbering goes on from the stored end");
 }

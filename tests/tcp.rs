@@ -160,3 +160,81 @@ fn a_reflected_handshake_is_refused() {
         dial(&honest, addr, SECRET, NodeConfig::default()).await.unwrap();
     });
 }
+
+/// One event's payload, counted: big events make big frames.
+#[derive(Clone, Default, PartialEq, Debug, serde::Serialize, serde::Deserialize)]
+struct Sized(u64);
+
+impl gundb::View<Vec<u8>> for Sized {
+    fn apply_event(&mut self, event: &Vec<u8>, _: &gundb::EventMeta<'_>) {
+        self.0 += u64::try_from(event.len()).unwrap();
+    }
+}
+
+struct BlobStream;
+
+impl gundb::Stream for BlobStream {
+    const TYPE_NAME: &'static str = "test.tcp.blob";
+    type Event = Vec<u8>;
+    type View = Sized;
+}
+
+/// A proxy to `target` that passes the listener's bytes to the dialer at `per_second`
+/// (in tenths of a second), and the dialer's at full speed.
+async fn throttling_proxy(target: std::net::SocketAddr, per_second: usize) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    actix::spawn(async move {
+        while let Ok((dialer, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            let (mut from_dialer, mut to_dialer) = dialer.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            actix::spawn(async move { tokio::io::copy(&mut from_dialer, &mut to_server).await });
+            actix::spawn(async move {
+                let mut tenth = vec![0; per_second / 10];
+                loop {
+                    let read = from_server.read(&mut tenth).await.unwrap_or(0);
+                    if read == 0 || to_dialer.write_all(&tenth[..read]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await; // the throttle, not a wait for anything
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A frame of about 1 MiB over a link throttled to 100 KB/s takes some ten seconds, thirty
+/// times the connection's idle limit: the link stays up because bytes keep arriving, and
+/// the frame gets through.
+#[test]
+fn a_slow_link_carries_a_large_frame() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        b.register::<BlobStream>().await.unwrap();
+        // Idle limit 300 ms; nothing sent again while the frame crawls.
+        let config =
+            NodeConfig { hello_every: Some(Duration::from_millis(100)), resend_after: Duration::from_secs(60) };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(a.clone(), listener, SECRET.to_vec(), config.clone());
+        let stream = StreamId::from_u128(21);
+        let at_a = a.stream::<BlobStream>(stream).await.unwrap();
+        for byte in [1, 2] {
+            at_a.send(Emit::new(vec![byte; 500_000])).await.unwrap().unwrap();
+        }
+        let proxy = throttling_proxy(addr, 100_000).await;
+        let started = std::time::Instant::now();
+        let connection = dial(&b, proxy, SECRET, config).await.unwrap();
+        let target = a.frontier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), b.wait_for(&target))
+            .await
+            .expect("the frame got through the slow link")
+            .unwrap();
+        assert!(started.elapsed() > Duration::from_secs(3), "the link was slow: {:?}", started.elapsed());
+        assert!(connection.sink.connected(), "the connection that carried it is still up");
+        let at_b = b.stream::<BlobStream>(stream).await.unwrap();
+        assert_eq!(at_b.send(GetView::new()).await.unwrap().unwrap().view, Sized(1_000_000));
+    });
+}

@@ -1,14 +1,20 @@
 //! Nodes: moving events between sites. Each end of a connection has a [`SourceNode`],
-//! which tells the peer what this site has and sends it what it lacks (catch-up, then
-//! live), and a [`SinkNode`], which hands what arrives to this site's router.
+//! which sends the peer this site's log, and a [`SinkNode`], which hands what arrives to
+//! this site's router and acknowledges it once durable.
 //!
-//! Catch-up and live streaming are one mechanism: the source node knows what the peer
-//! has (its `Hello`, advanced by what was sent since) and, whenever this site's frontier
-//! moves, sends the difference in causal order, in bounded batches, waiting for room on
-//! the link. Because it sends whatever the site holds, not only the site's own writes,
-//! a site relays: A heals C through B. A fresh `Hello` (on every connection, and
-//! periodically) corrects what the source thinks the peer has, so lost frames are sent
-//! again.
+//! Every site numbers the events it stores, its own and its peers', in the order they
+//! became durable: its log ([`crate::storage::Storage::log_after`]), a causal order. A
+//! site replicating from a peer keeps one [`LogPos`] for it: how far the peer's log is
+//! durable here. On connect each side says who it is (`Hello`) and asks for the other's
+//! log after that position (`Want`); the source then reads its log forward, a bounded
+//! page per frame, and sends it in numbered frames (`Events`, with the positions they
+//! cover). The sink acknowledges a frame (`Ack`) once everything in it and before it is
+//! durable, and records the position, so what two sites exchange to resume is a number
+//! whatever the number of streams. A frame that does not follow on from the last one (a
+//! frame was lost) makes the sink ask again from where it is (`Want`); frames left
+//! unacknowledged for [`NodeConfig::resend_after`] go again. Catch-up and live streaming
+//! are one mechanism, and because a site's log holds what it got from others, a site
+//! relays: A heals C through B. A peer is never sent its own events.
 
 pub mod catchup;
 mod sink;
@@ -16,12 +22,11 @@ mod source;
 pub mod tcp;
 pub mod transport;
 
-pub use self::sink::SinkNode;
+pub use self::sink::{HoldsPeerLog, SinkNode};
 pub use self::source::SourceNode;
 
-use crate::clock::VectorClock;
 use crate::event::Event;
-use crate::id::SiteId;
+use crate::id::{LogPos, SiteId};
 use crate::site::Site;
 use actix::{Actor, Addr};
 use serde::{Deserialize, Serialize};
@@ -31,45 +36,49 @@ use transport::Endpoint;
 /// What travels between sites, encoded by [`crate::codec::encode_frame`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Who the sender is and what it holds: on connect, and again now and then.
+    /// Who the sender is: its first frame, and again every [`NodeConfig::hello_every`] so
+    /// that a quiet link is not taken for dead.
     Hello {
         /// The sender's site.
         site: SiteId,
-        /// Everything the sender's router has delivered to its streams (durable, or being
-        /// made durable; a stream that refuses an event rewinds this and says hello again).
-        frontier: VectorClock,
-        /// The sender dropped or refused events it was sent: whatever the receiver sent
-        /// that `frontier` lacks must go again, even what it sent a moment ago.
-        resend: bool,
     },
-    /// Events the receiver lacked, in causal order.
-    Events(Vec<Event>),
+    /// Send your log after `after`: on connect (how far the receiver's log is durable at
+    /// the sender), and again when a frame was lost or an event refused.
+    Want {
+        /// The position the sender holds the receiver's log up to.
+        after: LogPos,
+    },
+    /// The sender's log after `after` up to `last`, in log order. Events the receiver
+    /// wrote itself are left out, so `events` may be fewer than the positions covered.
+    Events {
+        /// The position the frame follows on from.
+        after: LogPos,
+        /// The position of the frame's last event.
+        last: LogPos,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// The receiver's log is durable at the sender up to `upto`.
+    Ack {
+        /// The position acknowledged, with everything before it.
+        upto: LogPos,
+    },
 }
 
 /// Settings of a connection.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// How often the source node repeats its `Hello`; `None` only on connect.
+    /// How often the source node repeats its `Hello` on a quiet link (the TCP transport
+    /// takes three missed ones for a dead peer); `None`: only on connect.
     pub hello_every: Option<Duration>,
-}
-
-impl NodeConfig {
-    /// How long a sent frame counts as still on its way: a periodic `Hello` that does not
-    /// reflect it yet does not make it go again until then. Two hello intervals.
-    pub fn in_flight_for(&self) -> Duration {
-        self.hello_every.map_or(Duration::from_secs(2), |every| every * 2)
-    }
-
-    /// While this site's frontier moves, a `Hello` goes out at most this often (a tenth of
-    /// the hello interval, at least 10 ms); `None` on quiet links.
-    pub fn progress_hello_every(&self) -> Option<Duration> {
-        self.hello_every.map(|every| (every / 10).max(Duration::from_millis(10)))
-    }
+    /// Frames unacknowledged for this long are sent again: they were lost, or the peer
+    /// dropped them.
+    pub resend_after: Duration,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { hello_every: Some(Duration::from_secs(1)) }
+        Self { hello_every: Some(Duration::from_secs(1)), resend_after: Duration::from_secs(5) }
     }
 }
 
@@ -86,7 +95,27 @@ pub struct Connection {
 /// the two ends of a link; stopping either node closes its half.
 pub fn connect(site: &Site, endpoint: Endpoint, config: NodeConfig) -> Connection {
     let Endpoint { sender, receiver } = endpoint;
-    let source = SourceNode::new(site.clone(), sender, config).start();
-    let sink = SinkNode::new(site.clone(), receiver, source.clone()).start();
+    let source = SourceNode::new(site.clone(), sender, config.clone()).start();
+    let sink = SinkNode::new(site.clone(), receiver, source.clone(), config).start();
     Connection { source, sink }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What two sites exchange to resume does not grow with the number of streams: a
+    /// `Hello`, a `Want` and an `Ack` are a few bytes each, whatever either site holds.
+    #[test]
+    fn control_frames_are_a_few_bytes_whatever_the_sites_hold() {
+        let frames = [
+            Frame::Hello { site: SiteId::random() },
+            Frame::Want { after: LogPos(u64::MAX) },
+            Frame::Ack { upto: LogPos(u64::MAX) },
+        ];
+        for frame in frames {
+            let bytes = crate::codec::encode_frame(&frame).unwrap();
+            assert!(bytes.len() <= 32, "{frame:?} is {} bytes", bytes.len());
+        }
+    }
 }

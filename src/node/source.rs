@@ -1,171 +1,133 @@
-//! [`SourceNode`]: sends a peer what it lacks, in causal order, in bounded batches,
-//! waiting for room on the link.
+//! [`SourceNode`]: sends a peer this site's log from where the peer asks, in numbered
+//! frames of bounded size, at most [`limits::UNACKED_FRAMES_MAX`] of them unacknowledged.
 
-use super::catchup::{lacking, CausalMerge};
 use super::{Frame, NodeConfig};
-use crate::clock::VectorClock;
 use crate::codec;
 use crate::event::Event;
-use crate::id::{Lane, Seq};
+use crate::id::{LogPos, SiteId};
 use crate::limits;
-use crate::router::{BatchSent, FrontierAdvanced, GetDelivered, Listen};
+use crate::router::{BatchSent, FrontierAdvanced, Listen};
 use crate::site::Site;
-use crate::storage::{Storage, StorageError};
 use actix::prelude::*;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
-
-type Reader = Box<dyn FnMut(Lane, Seq, usize) -> Result<Vec<Event>, StorageError>>;
-
-/// What one frame carried: per lane, the first and last seq (a frame's events of a lane
-/// are consecutive).
-type Carried = Vec<(Lane, Seq, Seq)>;
-
-fn carried(batch: &[Event]) -> Carried {
-    let mut ranges: Carried = Vec::new();
-    for event in batch {
-        match ranges.iter_mut().find(|(lane, _, _)| *lane == event.lane) {
-            Some((_, _, last)) => *last = event.seq,
-            None => ranges.push((event.lane, event.seq, event.seq)),
-        }
-    }
-    ranges
-}
-
-/// Moves `peer` past what a frame carried, lane by lane, but only where the frame starts
-/// at or before the peer's next seq: past a gap (the peer rewound a refused event), the
-/// frame proves nothing, and the gap must be sent again.
-fn advance(peer: &mut VectorClock, carried: &Carried) {
-    for &(lane, first, last) in carried {
-        let has = peer.get(lane);
-        if first <= has.next() && has < last {
-            peer.set(lane, last);
-        }
-    }
-}
 
 /// Sends to one peer.
 pub struct SourceNode {
     site: Site,
     sender: mpsc::Sender<Vec<u8>>,
     config: NodeConfig,
-    /// What the peer has, as far as we know: its last `Hello` plus what we sent since.
-    peer: Option<VectorClock>,
-    /// The last frames sent, with when and what each carried: a periodic hello may not
-    /// reflect them yet, since they may still be on their way.
-    in_flight: VecDeque<(Instant, Carried)>,
-    /// The round under way: what is left to send.
-    round: Option<CausalMerge<Reader>>,
-    /// The frontier moved (or the peer said hello) during the round: go again after it.
-    again: bool,
-    /// When our last `Hello` went out.
-    last_hello: Option<Instant>,
+    /// The peer's site, once it said hello: its own events are not sent back to it.
+    peer: Option<SiteId>,
+    /// Where the next frame starts: `None` until the peer says what it wants.
+    cursor: Option<LogPos>,
+    /// How far the peer holds our log, as it last said (by `Want` or `Ack`).
+    acked: Option<LogPos>,
+    /// Frames sent and not acknowledged: the last position of each, and when it went.
+    unacked: VecDeque<(LogPos, Instant)>,
+    /// A frame is being handed to the link: the next waits for it.
+    sending: bool,
 }
 
 impl SourceNode {
-    /// A source sending `site`'s events to the peer through `sender`.
+    /// A source sending `site`'s log to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self {
-            site,
-            sender,
-            config,
-            peer: None,
-            in_flight: VecDeque::new(),
-            round: None,
-            again: false,
-            last_hello: None,
-        }
+        Self { site, sender, config, peer: None, cursor: None, acked: None, unacked: VecDeque::new(), sending: false }
     }
 
-    /// Sends our `Hello`: who we are and what we hold; `resend` when we dropped or refused
-    /// something the peer sent.
-    fn hello(&mut self, resend: bool, ctx: &mut Context<Self>) {
-        self.last_hello = Some(Instant::now());
-        let (site, sender) = (self.site.clone(), self.sender.clone());
-        let hello = async move {
-            let frontier = site.router().send(GetDelivered).await.ok()?;
-            let frame = codec::encode_frame(&Frame::Hello { site: site.id(), frontier, resend }).ok()?;
-            sender.send(frame).await.ok()
+    /// Queues `frame` on the link, stopping the node if the link is gone.
+    fn send_frame(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
+        let bytes = match codec::encode_frame(frame) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "a frame did not encode; closing the connection");
+                return ctx.stop();
+            }
         };
-        ctx.spawn(hello.into_actor(self).map(|sent, _, ctx| {
-            if sent.is_none() {
+        let sender = self.sender.clone();
+        ctx.spawn(async move { sender.send(bytes).await.is_ok() }.into_actor(self).map(|sent, _, ctx| {
+            if !sent {
                 ctx.stop(); // the link is gone
             }
         }));
     }
 
-    /// Starts a round: what the peer lacks of our current frontier.
-    fn start_round(&mut self, ctx: &mut Context<Self>) {
-        if self.round.is_some() {
-            self.again = true;
-            return;
-        }
-        let Some(peer) = self.peer.clone() else { return };
-        let site = self.site.clone();
-        let plan = async move { site.frontier().await.ok() };
-        ctx.wait(plan.into_actor(self).map(move |ours, node, ctx| {
-            let Some(ours) = ours else { return ctx.stop() };
-            let storage: Arc<dyn Storage> = Arc::clone(node.site.storage());
-            let reader: Reader = Box::new(move |lane, after, limit| storage.lane_events(lane, after, limit));
-            match CausalMerge::new(lacking(&ours, &peer), &ours, limits::CATCHUP_BATCH_MAX, reader) {
-                Ok(merge) => {
-                    node.round = Some(merge);
-                    node.step(ctx);
-                }
-                Err(_) => ctx.stop(),
-            }
-        }));
-    }
-
-    /// Sends the next batch of the round, or ends it.
+    /// Sends the next frame of the log if the peer wants one, the window has room and the
+    /// log has more; called again as each frame is handed to the link.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let Some(round) = self.round.as_mut() else { return };
-        let batch = match next_frame(round) {
-            Ok(batch) => batch,
-            Err(_) => return ctx.stop(),
-        };
-        if batch.is_empty() {
-            self.round = None;
-            if std::mem::take(&mut self.again) {
-                self.start_round(ctx);
-            }
+        let Some(after) = self.cursor else { return };
+        if self.sending || self.unacked.len() >= limits::UNACKED_FRAMES_MAX {
             return;
         }
-        let carried = carried(&batch);
-        let Ok(frame) = codec::encode_frame(&Frame::Events(batch)) else { return ctx.stop() };
+        let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX) {
+            Ok(page) => page,
+            Err(error) => {
+                // The next notice or resend check tries again.
+                tracing::warn!(%error, "reading the log for a peer failed");
+                return;
+            }
+        };
+        let (events, last) = fill_frame(page.events, after, self.peer);
+        if last == after {
+            return; // nothing new: the router's next notice says when there is
+        }
+        let frame = Frame::Events { after, last, events };
+        let bytes = match codec::encode_frame(&frame) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, %after, "a frame of the log did not encode; closing the connection");
+                return ctx.stop();
+            }
+        };
+        self.cursor = Some(last);
+        self.unacked.push_back((last, Instant::now()));
+        self.sending = true;
         let sender = self.sender.clone();
-        let send = async move { sender.send(frame).await.is_ok() };
-        ctx.spawn(send.into_actor(self).map(move |sent, node, ctx| {
+        let send = async move { sender.send(bytes).await.is_ok() };
+        ctx.spawn(send.into_actor(self).map(|sent, node, ctx| {
+            node.sending = false;
             if !sent {
                 return ctx.stop();
             }
             // Counting is best effort: a full router mailbox skips one count, not data.
             let _ = node.site.router().try_send(BatchSent);
-            if let Some(peer) = node.peer.as_mut() {
-                advance(peer, &carried);
-            }
-            if node.in_flight.len() == limits::IN_FLIGHT_FRAMES_MAX {
-                node.in_flight.pop_front(); // forgotten: at worst sent again after a hello
-            }
-            node.in_flight.push_back((Instant::now(), carried));
             node.step(ctx);
         }));
     }
+
+    /// Sends again whatever has gone unacknowledged for `resend_after`: lost, or dropped
+    /// by the peer.
+    fn resend_overdue(&mut self, ctx: &mut Context<Self>) {
+        let Some(&(_, sent)) = self.unacked.front() else { return };
+        if sent.elapsed() < self.config.resend_after {
+            return;
+        }
+        tracing::debug!(acked = ?self.acked, frames = self.unacked.len(), "frames unacknowledged: sending them again");
+        self.cursor = self.acked;
+        self.unacked.clear();
+        self.step(ctx);
+    }
 }
 
-/// The next batch: up to [`limits::CATCHUP_BATCH_MAX`] events, closed once it holds
-/// [`limits::CATCHUP_BATCH_BYTES`] of payload.
-fn next_frame(round: &mut CausalMerge<Reader>) -> Result<Vec<Event>, StorageError> {
-    let mut batch = Vec::new();
+/// The frame that follows `after`: the page's events, without those `peer` wrote, cut at
+/// [`limits::CATCHUP_BATCH_BYTES`] of payload (after the event that fills it). Returns
+/// the events kept and the position of the last event covered.
+fn fill_frame(page: Vec<Event>, after: LogPos, peer: Option<SiteId>) -> (Vec<Event>, LogPos) {
+    let mut events = Vec::new();
     let mut bytes = 0;
-    while batch.len() < limits::CATCHUP_BATCH_MAX && bytes < limits::CATCHUP_BATCH_BYTES {
-        let Some(event) = round.next_event()? else { break };
-        bytes += event.payload.len() + event.clock.len() * 48 + 128;
-        batch.push(event);
+    let mut last = after;
+    for event in page {
+        last = LogPos(last.0 + 1);
+        if Some(event.lane.site) != peer {
+            bytes += event.payload.len() + event.clock.len() * 48 + 128;
+            events.push(event);
+        }
+        if bytes >= limits::CATCHUP_BATCH_BYTES {
+            break;
+        }
     }
-    Ok(batch)
+    (events, last)
 }
 
 impl Actor for SourceNode {
@@ -173,10 +135,20 @@ impl Actor for SourceNode {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
-        self.hello(false, ctx);
+        let hello = Frame::Hello { site: self.site.id() };
+        self.send_frame(&hello, ctx);
         if let Some(every) = self.config.hello_every {
-            ctx.run_interval(every, |node, ctx| node.hello(false, ctx));
+            let hello = hello.clone();
+            ctx.run_interval(every, move |node, ctx| node.send_frame(&hello, ctx));
         }
+        // Looked at four times per resend time, so a lost frame goes again within 1.25 of
+        // it; and until the peer says what it wants, our `Hello` may have been lost.
+        ctx.run_interval(self.config.resend_after / 4, move |node, ctx| {
+            if node.cursor.is_none() {
+                node.send_frame(&hello, ctx);
+            }
+            node.resend_overdue(ctx);
+        });
         let router = self.site.router().clone();
         let me = ctx.address().recipient();
         ctx.spawn(async move { router.send(Listen(me)).await.is_ok() }.into_actor(self).map(|ok, _, ctx| {
@@ -187,102 +159,90 @@ impl Actor for SourceNode {
     }
 }
 
-/// The peer said what it has (through the sink node of the same connection).
-pub struct PeerHello {
-    /// What the peer holds.
-    pub frontier: VectorClock,
-    /// It dropped or refused some of what we sent: send again whatever it lacks.
-    pub resend: bool,
+/// What the peer said, passed on by the sink node of the same connection.
+#[derive(Debug, Clone, Copy)]
+pub enum FromPeer {
+    /// Its site: its own events are not sent back to it.
+    Hello(SiteId),
+    /// It wants our log after this position: sending starts (again) there.
+    Want(LogPos),
+    /// It holds our log up to this position.
+    Ack(LogPos),
 }
 
-impl Message for PeerHello {
+impl Message for FromPeer {
     type Result = ();
 }
 
-impl Handler<PeerHello> for SourceNode {
+impl Handler<FromPeer> for SourceNode {
     type Result = ();
 
-    fn handle(&mut self, PeerHello { mut frontier, resend }: PeerHello, ctx: &mut Context<Self>) {
-        // What the peer says it has is the truth, except for frames sent so recently that
-        // they may still be on their way. Those older than that were lost; a peer that
-        // dropped or refused something makes everything it lacks go again.
-        let recent = Instant::now().checked_sub(self.config.in_flight_for());
-        if resend {
-            self.in_flight.clear();
+    fn handle(&mut self, said: FromPeer, ctx: &mut Context<Self>) {
+        match said {
+            FromPeer::Hello(site) => self.peer = Some(site),
+            FromPeer::Want(after) => {
+                // Frames on their way are superseded: the peer ignores what does not
+                // follow on from `after`.
+                self.cursor = Some(after);
+                self.acked = Some(after);
+                self.unacked.clear();
+            }
+            FromPeer::Ack(upto) => {
+                if self.acked.is_some_and(|acked| acked >= upto) {
+                    return;
+                }
+                self.acked = Some(upto);
+                while self.unacked.front().is_some_and(|(last, _)| *last <= upto) {
+                    self.unacked.pop_front();
+                }
+            }
         }
-        while self.in_flight.front().is_some_and(|(sent, _)| recent.is_some_and(|recent| *sent < recent)) {
-            self.in_flight.pop_front();
-        }
-        for (_, carried) in &self.in_flight {
-            advance(&mut frontier, carried);
-        }
-        self.peer = Some(frontier);
-        self.start_round(ctx);
+        self.step(ctx);
     }
 }
 
-/// The peer sent us these events, so it holds them (and, lanes being contiguous, every
-/// earlier event of their lanes): they are not worth sending back.
-pub struct PeerHas(pub VectorClock);
+/// A frame for the peer from the sink node of the same connection (`Want`, `Ack`).
+pub struct ToPeer(pub Frame);
 
-impl Message for PeerHas {
+impl Message for ToPeer {
     type Result = ();
 }
 
-impl Handler<PeerHas> for SourceNode {
+impl Handler<ToPeer> for SourceNode {
     type Result = ();
 
-    fn handle(&mut self, PeerHas(has): PeerHas, _: &mut Context<Self>) {
-        if let Some(peer) = self.peer.as_mut() {
-            peer.merge(&has);
-        }
+    fn handle(&mut self, ToPeer(frame): ToPeer, ctx: &mut Context<Self>) {
+        self.send_frame(&frame, ctx);
     }
 }
 
 impl Handler<FrontierAdvanced> for SourceNode {
     type Result = ();
 
-    fn handle(&mut self, advanced: FrontierAdvanced, ctx: &mut Context<Self>) {
-        if advanced.hello {
-            self.hello(true, ctx);
-        } else if let Some(every) = self.config.progress_hello_every() {
-            // While events flow, the peer hears what we hold often, so that it does not
-            // relay us what another site has sent us already.
-            if self.last_hello.is_none_or(|last| last.elapsed() >= every) {
-                self.hello(false, ctx);
-            }
-        }
-        self.start_round(ctx);
+    fn handle(&mut self, _: FrontierAdvanced, ctx: &mut Context<Self>) {
+        // More of the log may be durable.
+        self.step(ctx);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::{SiteId, StreamId};
+    use crate::id::{Lane, Seq, StreamId};
 
     #[test]
-    fn a_frame_past_a_gap_does_not_advance_what_the_peer_holds() {
-        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(1));
-        let mut peer: VectorClock = [(lane, Seq(4))].into_iter().collect();
-        advance(&mut peer, &vec![(lane, Seq(101), Seq(120))]);
-        assert_eq!(peer.get(lane), Seq(4), "5 to 100 are still missing there");
-        advance(&mut peer, &vec![(lane, Seq(5), Seq(9))]);
-        assert_eq!(peer.get(lane), Seq(9));
-        advance(&mut peer, &vec![(lane, Seq(3), Seq(7))]);
-        assert_eq!(peer.get(lane), Seq(9), "an older frame moves nothing back");
-    }
-
-    #[test]
-    fn a_frame_carries_one_range_per_lane() {
-        let (a, b) = (
-            Lane::new(SiteId::from_u128(1), StreamId::from_u128(1)),
-            Lane::new(SiteId::from_u128(2), StreamId::from_u128(1)),
-        );
-        let batch: Vec<Event> = [(a, 3), (b, 1), (a, 4), (b, 2), (a, 5)]
+    fn a_frame_leaves_out_the_peers_own_events_but_covers_their_positions() {
+        let (ours, theirs) = (SiteId::from_u128(1), SiteId::from_u128(2));
+        let stream = StreamId::from_u128(7);
+        let page: Vec<Event> = [(ours, 1), (theirs, 1), (ours, 2)]
             .into_iter()
-            .map(|(lane, seq)| crate::testkit::event(u128::from(seq), lane, seq, &[], seq, 0))
+            .map(|(site, seq)| crate::testkit::event(u128::from(seq), Lane::new(site, stream), seq, &[], seq, 0))
             .collect();
-        assert_eq!(carried(&batch), vec![(a, Seq(3), Seq(5)), (b, Seq(1), Seq(2))]);
+        let (events, last) = fill_frame(page, LogPos(10), Some(theirs));
+        assert_eq!(last, LogPos(13), "three positions covered");
+        assert_eq!(
+            events.iter().map(|e| (e.lane.site, e.seq)).collect::<Vec<_>>(),
+            vec![(ours, Seq(1)), (ours, Seq(2))]
+        );
     }
 }

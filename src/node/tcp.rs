@@ -12,20 +12,25 @@ use crate::codec;
 use crate::id::SiteId;
 use crate::limits;
 use crate::site::Site;
+use crate::stream::clock_ms;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +118,55 @@ fn challenge() -> [u8; 32] {
     out
 }
 
-type Wire<T = TcpStream> = Framed<T, LengthDelimitedCodec>;
+type Wire<T = Watched<TcpStream>> = Framed<T, LengthDelimitedCodec>;
+
+/// A byte stream that notes when it last read a byte, so that a connection's idle timeout
+/// measures silence between bytes, not the time a whole frame takes: a slow link that
+/// keeps delivering a large frame is alive.
+struct Watched<T> {
+    inner: T,
+    /// When a byte last arrived, in [`crate::stream::clock_ms`] time.
+    last_byte_ms: Arc<AtomicU64>,
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, last_byte_ms: Arc::new(AtomicU64::new(clock_ms())) }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_byte_ms.store(clock_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 fn framed<T: AsyncRead + AsyncWrite>(socket: T) -> Wire<T> {
     // The limit is checked on the length prefix, before anything is allocated.
@@ -174,9 +227,11 @@ pub async fn handshake_over<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Moves frames between an authenticated socket and an endpoint until either side closes,
-/// or nothing arrives for `idle` (a dead peer: a live one says hello every interval). The
-/// receiver resolves once the socket's reading side has ended.
+/// or no byte arrives for `idle` (a dead peer: a live one says hello every interval, and a
+/// slow link delivering a large frame is sending bytes all along). The receiver resolves
+/// once the socket's reading side has ended.
 fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()>) {
+    let last_byte_ms = Arc::clone(&wire.get_ref().last_byte_ms);
     let (closed, on_close) = oneshot::channel::<()>();
     let (to_node, from_socket) = mpsc::channel(limits::LINK_FRAMES_MAX);
     let (to_socket, mut from_node) = mpsc::channel::<Vec<u8>>(limits::LINK_FRAMES_MAX);
@@ -184,12 +239,19 @@ fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()
     actix::spawn(async move {
         let _closed = closed; // dropped when this loop ends: that is the signal
         loop {
-            let frame = match idle {
-                Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
-                    Ok(frame) => frame,
-                    Err(_) => break, // silent for too long: the peer is gone
-                },
-                None => stream.next().await,
+            let frame = loop {
+                let Some(idle) = idle else { break stream.next().await };
+                // `next` on a `Framed` is cancel-safe: a part of a frame read so far stays
+                // in its buffer when the timeout drops the future.
+                match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(frame) => break frame,
+                    Err(_) => {
+                        let silent_ms = clock_ms().saturating_sub(last_byte_ms.load(Ordering::Relaxed));
+                        if u128::from(silent_ms) >= idle.as_millis() {
+                            break None; // silent for too long: the peer is gone
+                        }
+                    }
+                }
             };
             let Some(Ok(bytes)) = frame else { break };
             if to_node.send(bytes.to_vec()).await.is_err() {
@@ -215,7 +277,7 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
         while let Ok((socket, _)) = listener.accept().await {
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
-                let mut wire = framed(socket);
+                let mut wire = framed(Watched::new(socket));
                 let handshake = tokio::time::timeout(
                     Duration::from_secs(10),
                     handshake(&mut wire, Role::Listener, site.id(), &secret),
@@ -251,7 +313,7 @@ async fn dial_watched(
     secret: &[u8],
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
-    let mut wire = framed(TcpStream::connect(addr).await?);
+    let mut wire = framed(Watched::new(TcpStream::connect(addr).await?));
     tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, Role::Dialer, site.id(), secret))
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;

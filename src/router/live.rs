@@ -75,7 +75,7 @@ impl Router {
 
     /// Notes that `stream` has events queued for an actor that is not alive yet.
     pub(super) fn await_actor(&mut self, stream: StreamId, stream_type: &'static str) {
-        let waiting = self.outboxes.get(&stream).is_some_and(|o| !o.queued.is_empty());
+        let waiting = self.outboxes.has_queued(stream);
         if !self.streams.contains_key(&stream) && !waiting {
             self.awaiting.push_back((stream, stream_type));
         }
@@ -141,7 +141,7 @@ impl Router {
     /// when asked.
     fn try_passivate(&mut self, stream: StreamId, used_ms: u64, ctx: &mut Context<Self>) -> bool {
         let Some(opened) = self.streams.get(&stream) else { return false };
-        let outbox_idle = self.outboxes.get(&stream).is_none_or(|o| o.queued.is_empty() && !o.in_flight);
+        let outbox_idle = self.outboxes.is_idle(stream);
         if !outbox_idle || !opened.gate.close_if_idle() {
             return false;
         }
@@ -162,7 +162,7 @@ impl Router {
         let Some(Passivating { opened }) = self.passivating.remove(&stream) else { return };
         if stopped {
             self.metrics.passivated += 1;
-            if self.outboxes.get(&stream).is_some_and(|o| !o.queued.is_empty()) {
+            if self.outboxes.has_queued(stream) {
                 // Events arrived meanwhile: the stream's next actor takes them.
                 self.awaiting.push_back((stream, opened.stream_type));
             }
@@ -188,7 +188,7 @@ impl Router {
                 Err(error) => {
                     self.awaiting.pop_front();
                     tracing::warn!(%stream, %error, "opening a stream failed; its events are fetched again later");
-                    let queued = self.outboxes.remove(&stream).map(|o| o.queued).unwrap_or_default();
+                    let queued = self.outboxes.remove(stream);
                     for event in queued {
                         self.refuse(event.lane, event.seq);
                     }

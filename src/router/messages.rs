@@ -1,6 +1,6 @@
 //! The router's messages and their handlers.
 
-use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics};
+use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics, Waiter};
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::StreamId;
@@ -206,26 +206,24 @@ impl Handler<GetDelivered> for Router {
     }
 }
 
-/// Resolves once everything in the clock is durable at this site: for example the
-/// frontier of another site, to read one's writes there.
+/// Resolves once everything in the clock is durable at this site (or refused for good
+/// here: a poisoned lane is never waited for): for example the frontier of another site,
+/// to read one's writes there, or the events of a frame a sink node received.
 pub struct WaitFor(pub VectorClock);
 
 impl Message for WaitFor {
-    type Result = ();
+    type Result = Result<(), RouterError>;
 }
 
 impl Handler<WaitFor> for Router {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<Result<(), RouterError>>;
 
     fn handle(&mut self, WaitFor(target): WaitFor, _ctx: &mut Context<Self>) -> Self::Result {
         let (waiter, done) = oneshot::channel();
-        self.waiters.push((target, waiter));
+        self.waiters.push(Waiter { lanes: target.iter().collect(), covered: 0, done: Some(waiter) });
         self.wake_waiters();
-        // A dropped waiter means the router stopped: answer anyway, the caller's next
-        // request will say so.
-        Box::pin(async move {
-            let _ = done.await;
-        })
+        // A dropped waiter means the router stopped before the clock was durable.
+        Box::pin(async move { done.await.map_err(|_| RouterError::Closed) })
     }
 }
 

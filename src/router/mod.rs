@@ -10,7 +10,10 @@
 mod live;
 mod load;
 mod messages;
+mod outbox;
 mod pending;
+
+use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
 use self::live::{Open, Passivating};
@@ -126,26 +129,17 @@ fn opener<S: Stream>() -> Opener {
     })
 }
 
-/// Events released for one stream, handed to it one batch at a time: one batch in
-/// flight per stream keeps them in order (a second `send` to a full mailbox could
-/// overtake the first) and bounds what the router has outstanding.
-#[derive(Default)]
-struct Outbox {
-    queued: VecDeque<Event>,
-    in_flight: bool,
-}
-
 /// The router actor of one site.
 pub struct Router {
     storage: Arc<dyn Storage>,
     pending: Pending,
     registry: HashMap<&'static str, Opener>,
     streams: HashMap<StreamId, Opened>,
-    outboxes: HashMap<StreamId, Outbox>,
+    outboxes: Outboxes,
     stream_config: StreamConfig,
     metrics: RouterMetrics,
     /// Requests waiting for the durable frontier to cover a clock.
-    waiters: Vec<(VectorClock, oneshot::Sender<()>)>,
+    waiters: Vec<Waiter>,
     /// Source nodes to tell when the durable frontier moves.
     listeners: Vec<Recipient<FrontierAdvanced>>,
     /// The durable frontier moved since listeners were last told.
@@ -210,7 +204,7 @@ impl Router {
             pending: Pending::new(&VectorClock::new(), limits),
             registry: HashMap::new(),
             streams: HashMap::new(),
-            outboxes: HashMap::new(),
+            outboxes: Outboxes::default(),
             stream_config,
             metrics: RouterMetrics::default(),
             waiters: Vec::new(),
@@ -309,7 +303,7 @@ impl Router {
                 self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
             }
             Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {
-                self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
+                self.outboxes.push(event);
             }
             _ => self.metrics.duplicates += 1,
         }
@@ -318,9 +312,7 @@ impl Router {
     /// Moves every ready event to its stream's outbox and sends what can be sent.
     fn release(&mut self, ctx: &mut Context<Self>) {
         self.deliver_ready(ctx);
-        let streams: Vec<StreamId> =
-            self.outboxes.iter().filter(|(_, o)| !o.in_flight && !o.queued.is_empty()).map(|(s, _)| *s).collect();
-        for stream in streams {
+        for stream in self.outboxes.sendable() {
             self.send_batch(stream, ctx);
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
@@ -359,7 +351,7 @@ impl Router {
                 Ok(Open::Ready(stream_type) | Open::Later(stream_type)) if stream_type == event.stream_type => {
                     // An actor not open yet takes it from the outbox once it is.
                     self.await_actor(lane.stream, stream_type);
-                    self.outboxes.entry(lane.stream).or_default().queued.push_back(event);
+                    self.outboxes.push(event);
                     // Its stream applies in mailbox order, so its own successors may follow.
                     self.pending.mark_delivered(lane, seq);
                 }
@@ -375,39 +367,43 @@ impl Router {
 
     /// Events held in the buffer or queued for their streams.
     fn backlog(&self) -> usize {
-        self.pending.len() + self.outboxes.values().map(|o| o.queued.len()).sum::<usize>()
+        self.pending.len() + self.outboxes.queued()
     }
 
-    /// Answers the [`WaitFor`] requests whose clock the durable frontier now covers.
+    /// Answers the [`WaitFor`] requests whose clock the durable frontier now covers (or
+    /// whose lanes were refused for good here). Each waiter remembers how far it has
+    /// looked, so a frontier move costs one probe per waiter, not one per lane it names.
     fn wake_waiters(&mut self) {
-        if self.waiters.is_empty() {
-            return;
-        }
-        let durable = self.pending.durable();
-        let (covered, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiters).into_iter().partition(|(target, _)| durable.dominates(target));
-        self.waiters = waiting;
-        for (_, waiter) in covered {
-            let _ = waiter.send(()); // a requester that went away needs no answer
-        }
+        let (pending, poisoned) = (&self.pending, &self.poisoned);
+        self.waiters.retain_mut(|waiter| {
+            while let Some(&(lane, seq)) = waiter.lanes.get(waiter.covered) {
+                if pending.durable_seq(lane) < seq && !poisoned.contains(&lane) {
+                    break;
+                }
+                waiter.covered += 1;
+            }
+            if waiter.covered < waiter.lanes.len() {
+                return waiter.done.as_ref().is_some_and(|done| !done.is_closed());
+                // a requester that went away waits no more
+            }
+            if let Some(done) = waiter.done.take() {
+                let _ = done.send(());
+            }
+            false
+        });
     }
 
     /// Sends the next batch of `stream`'s outbox and handles the answer once durable.
     fn send_batch(&mut self, stream: StreamId, ctx: &mut Context<Self>) {
         let Some(deliver) = self.streams.get(&stream).map(|o| o.deliver.clone()) else { return };
-        let Some(outbox) = self.outboxes.get_mut(&stream) else { return };
-        let count = outbox.queued.len().min(limits::DELIVER_BATCH_MAX);
-        let batch: Vec<Event> = outbox.queued.drain(..count).collect();
+        let batch = self.outboxes.take_batch(stream, limits::DELIVER_BATCH_MAX);
         let slots: Vec<(Lane, Seq)> = batch.iter().map(|e| (e.lane, e.seq)).collect();
-        outbox.in_flight = true;
         let reply = deliver.send(DeliverBatch(batch)).into_actor(self).map(move |reply, router, ctx| {
             let outcomes = reply.unwrap_or_else(|_| vec![Err(StreamError::Storage(StorageError::Closed)); slots.len()]);
             for ((lane, seq), outcome) in slots.into_iter().zip(outcomes) {
                 router.settle(lane, seq, outcome);
             }
-            if let Some(outbox) = router.outboxes.get_mut(&stream) {
-                outbox.in_flight = false;
-            }
+            router.outboxes.batch_done(stream);
             router.release(ctx);
         });
         ctx.spawn(reply);
@@ -438,9 +434,7 @@ impl Router {
                     // Not taken for now: forget it and what followed it in its lane, and ask
                     // peers to send it again.
                     self.pending.rewind(lane, Seq(seq.0 - 1));
-                    if let Some(outbox) = self.outboxes.get_mut(&lane.stream) {
-                        outbox.queued.retain(|queued| queued.lane != lane || queued.seq < seq);
-                    }
+                    self.outboxes.drop_lane_from(lane, seq);
                     self.rewound = true;
                 } else {
                     // Refused for good (a payload that does not decode, a forged counter, a
@@ -518,8 +512,15 @@ impl Router {
     }
 }
 
+/// A [`WaitFor`] request: the lanes and seqs it waits for, how many of them are durable.
+struct Waiter {
+    lanes: Vec<(Lane, Seq)>,
+    covered: usize,
+    done: Option<oneshot::Sender<()>>,
+}
+
 /// The checks the router makes before buffering: the rest is the stream's job.
-fn well_formed(event: &Event) -> bool {
+pub(crate) fn well_formed(event: &Event) -> bool {
     event.clock_names_own_lane()
         && event.clock.is_canonical()
         && event.clock.len() <= limits::CLOCK_LANES_MAX

@@ -157,6 +157,11 @@ impl Pending {
         self.durable.iter().map(|(lane, seq)| (*lane, *seq)).collect()
     }
 
+    /// How far `lane` is durable at this site.
+    pub fn durable_seq(&self, lane: Lane) -> Seq {
+        self.durable.get(&lane).copied().unwrap_or(Seq::ZERO)
+    }
+
     /// How far `lane` is delivered at this site.
     pub fn delivered_seq(&self, lane: Lane) -> Seq {
         self.delivered.get(&lane).copied().unwrap_or(Seq::ZERO)

@@ -14,6 +14,8 @@
 //! | `t` stream | the stream type's name (written with the stream's first event) |
 //! | `b` stream site last-seq | a block: a run of one lane's events, up to that seq, written in one group commit |
 //! | `s` stream order-key | a view snapshot taken after the event at that key |
+//! | `l` position | a log entry: how many events one sled batch wrote and the keys of their blocks, whose events are the site's log from that position on, in canonical order |
+//! | `r` site | how far that peer's log is durable here (a big-endian position) |
 //!
 //! Seqs are big-endian and order keys are 32 bytes that sort like [`OrderKey`], so a prefix
 //! scan of `b` stream site is the lane in seq order, and the block holding seq n is the
@@ -21,13 +23,17 @@
 //! also in canonical order (each event depends on the one before it in its lane, so its
 //! Lamport counter is larger): a stream in canonical order is its lanes merged.
 //!
+//! The site's log (every event it stores, numbered from one in the order they became
+//! durable) costs one record per sled batch: replication reads it forward from a peer's
+//! position, so what two sites exchange to resume is a position, not a frontier.
+//!
 //! One record per lane per group commit, not one per event and another for an index: sled
 //! copies a leaf on every write, so its cost grows with the records written.
 
 use crate::clock::VectorClock;
 use crate::codec;
 use crate::event::{Event, OrderKey};
-use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+use crate::id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
@@ -51,6 +57,59 @@ pub(super) const DATA_TREE: &[u8] = b"gundb.streams";
 const TYPE: u8 = b't';
 const BLOCK: u8 = b'b';
 const SNAPSHOT: u8 = b's';
+const LOG: u8 = b'l';
+const REPLICATED: u8 = b'r';
+
+/// Length of a block key.
+pub(super) const BLOCK_KEY_LEN: usize = 41;
+
+/// `l` position: the log entry whose first event is at `first`.
+pub(super) fn log_key(first: LogPos) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = LOG;
+    out[1..].copy_from_slice(&first.0.to_be_bytes());
+    out
+}
+
+/// The first byte of every log entry's key.
+pub(super) const LOG_PREFIX: [u8; 1] = [LOG];
+
+/// The position of a log entry's key.
+pub(super) fn parse_log_key(key: &[u8]) -> Result<LogPos, StorageError> {
+    let bytes: [u8; 8] = key
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("log key of {} bytes", key.len())))?;
+    Ok(LogPos(u64::from_be_bytes(bytes)))
+}
+
+/// A log entry's value: how many events it holds (big-endian u32), then the keys of the
+/// blocks that hold them.
+pub(super) fn join_log_entry<'a>(events: u32, blocks: impl IntoIterator<Item = &'a [u8; BLOCK_KEY_LEN]>) -> Vec<u8> {
+    let mut out = events.to_be_bytes().to_vec();
+    for block in blocks {
+        out.extend_from_slice(block);
+    }
+    out
+}
+
+/// How many events a log entry holds, and the keys of its blocks.
+pub(super) fn split_log_entry(value: &[u8]) -> Result<(u64, std::slice::ChunksExact<'_, u8>), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("log entry of {} bytes", value.len()));
+    let (count, blocks) = value.split_first_chunk::<4>().ok_or_else(corrupt)?;
+    if blocks.len() % BLOCK_KEY_LEN != 0 {
+        return Err(corrupt());
+    }
+    Ok((u64::from(u32::from_be_bytes(*count)), blocks.chunks_exact(BLOCK_KEY_LEN)))
+}
+
+/// `r` site: how far `peer`'s log is durable here.
+pub(super) fn replicated_key(peer: SiteId) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[0] = REPLICATED;
+    out[1..].copy_from_slice(peer.as_uuid().as_bytes());
+    out
+}
 
 /// `t` stream: the stream's record.
 pub(super) fn type_key(stream: StreamId) -> [u8; 17] {
@@ -83,12 +142,20 @@ pub(super) fn blocks_prefix(stream: StreamId) -> [u8; 17] {
 }
 
 /// `b` stream site seq: the key of `lane`'s block that ends at `seq`.
-pub(super) fn block_key(lane: Lane, seq: Seq) -> [u8; 41] {
-    let mut out = [0u8; 41];
+pub(super) fn block_key(lane: Lane, seq: Seq) -> [u8; BLOCK_KEY_LEN] {
+    let mut out = [0u8; BLOCK_KEY_LEN];
     out[..17].copy_from_slice(&blocks_prefix(lane.stream));
     out[17..33].copy_from_slice(lane.site.as_uuid().as_bytes());
     out[33..].copy_from_slice(&seq.0.to_be_bytes());
     out
+}
+
+/// The lane and last seq of a block key.
+pub(super) fn parse_block_ref(key: &[u8]) -> Result<(Lane, Seq), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("block key of {} bytes", key.len()));
+    let stream: [u8; 16] = key.get(1..17).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    let (site, seq) = parse_block_key(key)?;
+    Ok((Lane::new(site, StreamId(uuid::Uuid::from_bytes(stream))), seq))
 }
 
 /// The site and last seq of a block key.

@@ -6,10 +6,10 @@
 //! [`MemoryStorage::release`], so tests can look at everything that happens while a write
 //! is in flight.
 
-use super::{Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use super::{Append, Claims, Commit, LogPage, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::event::{Event, OrderKey};
-use crate::id::{Lane, Seq, SiteId, StreamId};
+use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 pub struct MemoryStorage {
     site: SiteId,
     streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
+    /// The site's log: every event as it was applied (position = index + 1).
+    log: Mutex<Vec<Event>>,
+    /// How far each peer's log is durable here.
+    replicated: Mutex<HashMap<SiteId, LogPos>>,
     /// Writes held back, in order, when deferred; `None` applies at once.
     held: Option<Mutex<Vec<Held>>>,
     commits: AtomicU64,
@@ -50,10 +54,14 @@ struct MemoryStream {
 }
 
 impl MemoryStream {
-    fn apply(&mut self, write: Write) {
+    /// Applies `write`, adding the events new to this stream to the site's `log`.
+    fn apply(&mut self, write: Write, log: &mut Vec<Event>) {
         match write {
             Write::Events(events, stale) => {
                 for event in events {
+                    if !self.index.contains_key(&(event.lane, event.seq)) {
+                        log.push(event.clone());
+                    }
                     self.index.insert((event.lane, event.seq), event.order_key());
                     self.log.insert(event.order_key(), event);
                 }
@@ -83,6 +91,8 @@ impl MemoryStorage {
         Self {
             site,
             streams: Mutex::new(BTreeMap::new()),
+            log: Mutex::new(Vec::new()),
+            replicated: Mutex::new(HashMap::new()),
             held: None,
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -103,7 +113,7 @@ impl MemoryStorage {
         let mut streams = lock(&self.streams);
         let mut acked = 0;
         for Held { stream, write, ack } in writes {
-            streams.entry(stream).or_default().apply(write);
+            streams.entry(stream).or_default().apply(write, &mut lock(&self.log));
             if let Some(ack) = ack {
                 let _ = ack.send(Ok(()));
                 acked += 1;
@@ -122,7 +132,7 @@ impl MemoryStorage {
                 Commit::waiting(done)
             }
             None => {
-                lock(&self.streams).entry(stream).or_default().apply(write);
+                lock(&self.streams).entry(stream).or_default().apply(write, &mut lock(&self.log));
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 Commit::ready(Ok(()))
@@ -166,6 +176,26 @@ impl Storage for MemoryStorage {
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {
         let write = Write::Events(append.events.to_vec(), append.stale_snapshots.to_vec());
         Ok(self.write(stream, write, true))
+    }
+
+    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError> {
+        let log = lock(&self.log);
+        let start = usize::try_from(after.0).unwrap_or(usize::MAX).min(log.len());
+        let events: Vec<Event> = log[start..].iter().take(limit).cloned().collect();
+        // Positions are indices + 1, so `len` events never overflow a u64.
+        let last = LogPos(after.0.saturating_add(u64::try_from(events.len()).unwrap_or(u64::MAX)));
+        Ok(LogPage { events, last })
+    }
+
+    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError> {
+        Ok(lock(&self.replicated).get(&peer).copied().unwrap_or_default())
+    }
+
+    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError> {
+        let mut replicated = lock(&self.replicated);
+        let known = replicated.entry(peer).or_default();
+        *known = (*known).max(upto);
+        Ok(())
     }
 
     fn put_snapshot(

@@ -19,12 +19,12 @@ pub use self::layout::STORAGE_FORMAT;
 pub use self::memory::MemoryStorage;
 #[cfg(feature = "failpoints")]
 pub use self::sled::failpoints::{Failpoints, Fault};
-pub use self::sled::{Durability, SledConfig, SledStorage};
+pub use self::sled::{open_waiting_for_lock, Durability, SledConfig, SledStorage};
 
 use crate::clock::VectorClock;
 use crate::codec::CodecError;
 use crate::event::{Event, OrderKey};
-use crate::id::{Lane, Seq, SiteId, StreamId};
+use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use std::collections::HashSet;
 use std::future::Future;
 use std::ops::Bound;
@@ -120,6 +120,15 @@ pub struct Append<'a> {
     pub stale_snapshots: &'a [OrderKey],
 }
 
+/// A page of a site's log ([`Storage::log_after`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogPage {
+    /// The events, in log order, at consecutive positions after the page's start.
+    pub events: Vec<Event>,
+    /// The position of the last event of the page (the start when it is empty).
+    pub last: LogPos,
+}
+
 /// Storage of a site's streams. Implementations are shared by every stream actor of a site.
 pub trait Storage: Send + Sync + 'static {
     /// The site this database belongs to, created once and stored.
@@ -200,6 +209,29 @@ pub trait Storage: Send + Sync + 'static {
         before: Option<OrderKey>,
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
+
+    /// Up to `limit` events of this site's log after `after`, in log order: every event
+    /// stored here, its own and its peers', as it became durable (a causal order: an
+    /// event is stored only after what it depends on). Only durable events are read, so a
+    /// peer is never sent what a crash here could still take back.
+    ///
+    /// # Errors
+    /// A read failure, or a stored event that does not decode.
+    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError>;
+
+    /// How far this site has made `peer`'s log durable here (`LogPos(0)` for a peer never
+    /// read from): where replication from `peer` resumes.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError>;
+
+    /// Records that every event of `peer`'s log up to `upto` is durable here. Written with
+    /// the next commit: a crash may forget it, which costs copies, never events.
+    ///
+    /// # Errors
+    /// The storage has failed or is closed.
+    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError>;
 
     /// Up to `limit` of the streams stored, with their types, in stream id order after
     /// `after` (from the first when `None`): page with the last id of the previous page.

@@ -18,10 +18,10 @@
 
 use super::blocks::Blocks;
 use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
-use super::{Append, Claims, Commit, Storage, StorageError, StorageStats, StreamRecord};
+use super::{Append, Claims, Commit, LogPage, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::event::{Event, OrderKey};
-use crate::id::{Lane, Seq, SiteId, StreamId};
+use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::{BTreeMap, HashMap};
@@ -133,6 +133,8 @@ enum Write {
 /// operation stays atomic.
 #[derive(Default)]
 struct Group {
+    /// The log position of the last event written (0: none yet).
+    log_last: u64,
     /// Batches closed, in order.
     closed: Vec<sled::Batch>,
     /// The batch being filled: events by lane, in seq order, and other keys in order.
@@ -164,6 +166,8 @@ impl Group {
             return;
         }
         let mut batch = sled::Batch::default();
+        let mut blocks = Vec::new();
+        let mut count: u32 = 0;
         for (lane, events) in std::mem::take(&mut self.lanes) {
             let mut start = 0;
             let mut bytes = 0;
@@ -177,11 +181,21 @@ impl Group {
                 });
                 if last {
                     let block = layout::join_block(events[start..=index].iter().map(|e| e.bytes.as_slice()));
-                    batch.insert(&layout::block_key(lane, event.seq)[..], block);
+                    let key = layout::block_key(lane, event.seq);
+                    batch.insert(&key[..], block);
+                    blocks.push(key);
                     start = index + 1;
                     bytes = 0;
                 }
             }
+            // A batch closes at SLED_BATCH_WRITES_MAX writes plus one operation's, far
+            // below u32::MAX events.
+            count = count.saturating_add(u32::try_from(events.len()).unwrap_or(u32::MAX));
+        }
+        if count > 0 {
+            // The batch's events are the log's next `count` positions, in canonical order.
+            batch.insert(&layout::log_key(LogPos(self.log_last + 1))[..], layout::join_log_entry(count, &blocks));
+            self.log_last += u64::from(count);
         }
         // Later writes to a key replace earlier ones, as if applied one by one.
         for write in self.writes.drain(..) {
@@ -206,6 +220,10 @@ impl Group {
 struct Counters {
     commits: AtomicU64,
     flushes: AtomicU64,
+    /// The log position the writer gave the last event (0: none yet).
+    log_last: AtomicU64,
+    /// The last log position that is durable: what the log may be read up to.
+    log_durable: AtomicU64,
     /// The failure that stopped the writer. Once set, every storage call returns it: what
     /// sled holds in memory may be ahead of the disk, so nothing may be read or written
     /// until the database is reopened.
@@ -256,13 +274,14 @@ impl SledStorage {
                 (Some(dir), path)
             }
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(config.cache_bytes)
-            // We flush on every commit; sled's timer would only add flushes nobody waits for.
-            .flush_every_ms(None)
-            .segment_size(limits::SLED_SEGMENT_BYTES)
-            .open()?;
+        let db = open_waiting_for_lock(
+            &sled::Config::new()
+                .path(&path)
+                .cache_capacity(config.cache_bytes)
+                // We flush on every commit; sled's timer would only add flushes nobody waits for.
+                .flush_every_ms(None)
+                .segment_size(limits::SLED_SEGMENT_BYTES),
+        )?;
         let site = load_or_create_site(&db, &path)?;
         let data = db.open_tree(DATA_TREE)?;
         let mut fsync = match config.durability {
@@ -271,6 +290,9 @@ impl SledStorage {
         };
         let (ops, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
         let stats = Arc::new(Counters::default());
+        let log_last = last_log_position(&data)?;
+        stats.log_last.store(log_last.0, Ordering::Relaxed);
+        stats.log_durable.store(log_last.0, Ordering::Relaxed);
         #[cfg(feature = "failpoints")]
         let failpoints = Arc::new(failpoints::Failpoints::default());
         let writer = {
@@ -354,7 +376,7 @@ where
 {
     let mut failed: Option<StorageError> = None;
     while let Ok(first) = queue.recv() {
-        let mut group = Group::default();
+        let mut group = Group { log_last: stats.log_last.load(Ordering::Acquire), ..Group::default() };
         group.add(first);
         while group.ops < limits::GROUP_OPS_MAX {
             match queue.try_recv() {
@@ -370,9 +392,13 @@ where
         if group.acks.is_empty() {
             continue; // snapshots only: the next append's flush makes them durable
         }
+        stats.log_last.store(group.log_last, Ordering::Release);
         if failed.is_none() {
             failed = flush().err();
             stats.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        if failed.is_none() {
+            stats.log_durable.store(group.log_last, Ordering::Release);
         }
         if let Some(error) = &failed {
             stats.fail(error);
@@ -474,6 +500,42 @@ fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageErro
     }
     let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;
     Ok(SiteId(uuid))
+}
+
+/// Opens `config`'s database, waiting up to [`limits::SLED_LOCK_WAIT`] for its file lock.
+/// sled 0.34 releases the lock of a dropped database on a background thread, a moment
+/// after the drop (spacejam/sled#1234), so reopening a folder at once (a restart in one
+/// process) can find it still taken. A database another process keeps open holds the
+/// lock for longer than the wait, and its error comes back as it is.
+///
+/// # Errors
+/// sled's, once the lock is still taken after the wait or on any other failure.
+pub fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match config.open() {
+            // sled reports the taken lock as `ErrorKind::Other` with this message.
+            Err(sled::Error::Io(error))
+                if error.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < limits::SLED_LOCK_WAIT =>
+            {
+                tracing::debug!(%error, "the database's lock is still taken: waiting for it");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// The position of the last event in the stored log (everything stored is durable when the
+/// database opens: sled recovers only what it flushed).
+fn last_log_position(data: &sled::Tree) -> Result<LogPos, StorageError> {
+    let Some(entry) = data.scan_prefix(layout::LOG_PREFIX).next_back() else { return Ok(LogPos(0)) };
+    let (key, value) = entry?;
+    let (count, _) = layout::split_log_entry(&value)?;
+    Ok(LogPos(layout::parse_log_key(&key)?.0 + count - 1))
 }
 
 fn io_error(error: std::io::Error) -> StorageError {
@@ -611,6 +673,78 @@ impl Storage for SledStorage {
         self.check(Access::Read)?;
         let stream_type = self.type_of(stream)?.unwrap_or_default();
         self.blocks(stream, &stream_type).in_order(from, before, limit)
+    }
+
+    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError> {
+        self.check(Access::Read)?;
+        let durable = self.stats.log_durable.load(Ordering::Acquire);
+        let mut page = LogPage { events: Vec::new(), last: after };
+        if after.0 >= durable || limit == 0 {
+            return Ok(page);
+        }
+        // The entry holding `after + 1` starts at or before it.
+        let from = layout::log_key(LogPos(after.0 + 1));
+        let start = match self.data.range(&layout::LOG_PREFIX[..]..=&from[..]).next_back() {
+            Some(entry) => entry?.0,
+            None => sled::IVec::from(&from[..]),
+        };
+        let end = layout::prefix_end(&layout::LOG_PREFIX);
+        let mut types: HashMap<StreamId, String> = HashMap::new();
+        for entry in self.data.range(start..sled::IVec::from(end)) {
+            let (key, value) = entry?;
+            let first = layout::parse_log_key(&key)?;
+            if first.0 > durable {
+                break; // written, not yet flushed
+            }
+            let (_, blocks) = layout::split_log_entry(&value)?;
+            let mut events = Vec::new();
+            for block in blocks {
+                let (lane, last) = layout::parse_block_ref(block)?;
+                let stream_type = match types.get(&lane.stream) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let known = self.type_of(lane.stream)?.unwrap_or_default();
+                        types.insert(lane.stream, known.clone());
+                        known
+                    }
+                };
+                let Some(bytes) = self.data.get(block)? else {
+                    return Err(StorageError::Corrupt(format!(
+                        "log entry {first} names a missing block of {lane} at {last}"
+                    )));
+                };
+                events.extend(layout::decode_block(lane, &stream_type, &bytes)?);
+            }
+            // Canonical order is causal: what an event depends on comes first.
+            events.sort_by_key(Event::order_key);
+            for (pos, event) in (first.0..).zip(events) {
+                if pos <= after.0 {
+                    continue;
+                }
+                page.events.push(event);
+                page.last = LogPos(pos);
+                if page.events.len() == limit {
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError> {
+        self.check(Access::Read)?;
+        let Some(bytes) = self.data.get(layout::replicated_key(peer))? else { return Ok(LogPos(0)) };
+        let bytes: [u8; 8] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("replication progress of {} bytes", bytes.len())))?;
+        Ok(LogPos(u64::from_be_bytes(bytes)))
+    }
+
+    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError> {
+        self.check(Access::Write)?;
+        let write = Write::Put(layout::replicated_key(peer).to_vec(), upto.0.to_be_bytes().to_vec());
+        self.send(Op { events: Vec::new(), writes: vec![write], ack: None })
     }
 
     fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {

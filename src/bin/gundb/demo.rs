@@ -125,7 +125,7 @@ pub fn run(data: Option<PathBuf>, seed: u64) -> Result<()> {
             faults.delay_percent.store(30, Ordering::SeqCst);
             faults.duplicate_percent.store(10, Ordering::SeqCst);
             let (l, r) = faulty(8, Arc::clone(&faults), seed + i as u64);
-            let config = NodeConfig { hello_every: Some(Duration::from_millis(50)) };
+            let config = NodeConfig { hello_every: Some(Duration::from_millis(50)), ..NodeConfig::default() };
             connect(&sites[left], l, config.clone());
             connect(&sites[right], r, config);
             links.push(((left, right), faults));

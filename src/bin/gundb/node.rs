@@ -57,7 +57,7 @@ async fn serve(args: NodeArgs, secret: Vec<u8>) -> Result<()> {
         None => Site::temporary()?,
     };
     site.register::<Document>().await?;
-    let config = NodeConfig { hello_every: Some(Duration::from_millis(args.hello_ms.max(1))) };
+    let config = NodeConfig { hello_every: Some(Duration::from_millis(args.hello_ms.max(1))), ..NodeConfig::default() };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let peers = listener.local_addr()?;

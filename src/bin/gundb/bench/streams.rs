@@ -311,12 +311,13 @@ async fn one_stream(path: &Path, events: u64, writers: u64, payload: usize) -> R
 /// settings: what reopening costs before gundb does anything.
 fn raw_sled_open(path: &Path) -> Result<f64> {
     let started = Instant::now();
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(gundb::limits::SLED_CACHE_BYTES)
-        .segment_size(gundb::limits::SLED_SEGMENT_BYTES)
-        .flush_every_ms(None)
-        .open()?;
+    let db = gundb::storage::open_waiting_for_lock(
+        &sled::Config::new()
+            .path(path)
+            .cache_capacity(gundb::limits::SLED_CACHE_BYTES)
+            .segment_size(gundb::limits::SLED_SEGMENT_BYTES)
+            .flush_every_ms(None),
+    )?;
     let opened_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(db);
     Ok(opened_ms)
