@@ -96,11 +96,15 @@ pub const SNAPSHOT_EVERY: u32 = 1_024;
 /// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
-/// Frames a source node sends its peer before the first of them is acknowledged: with
-/// frames of at most `WIRE_FRAME_BYTES_MAX`, a connection holds a few tens of MiB in
-/// flight at most, whatever the number of streams. A sink node holds no more frames
-/// waiting to be durable; one past it is dropped and asked for again.
+/// Frames a source node sends its peer before the first of them is acknowledged. A sink
+/// node holds no more frames waiting to be durable; one past it is dropped and asked for
+/// again.
 pub const UNACKED_FRAMES_MAX: usize = 16;
+
+/// Bytes of frames a source node sends its peer before the first of them is acknowledged
+/// (one frame goes whatever its size): with `UNACKED_FRAMES_MAX`, the memory a connection
+/// holds in flight, whatever the number of streams.
+pub const UNACKED_BYTES_MAX: usize = 4 << 20;
 
 /// Fields one JSON document patch may set or remove.
 pub const PATCH_FIELDS_MAX: usize = 1_024;

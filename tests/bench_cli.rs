@@ -53,9 +53,9 @@ fn bench_refuses_an_unknown_scenario_by_name() {
 }
 
 // The streams scenario on two small stream counts: each runs in its child process, whose
-// report comes back as six rows per count, none of them with a target (those are for 10⁶).
+// report comes back as seven rows per count, none of them with a target (those are for 10⁶).
 #[test]
-fn bench_streams_reports_six_rows_per_stream_count() {
+fn bench_streams_reports_seven_rows_per_stream_count() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_gundb"))
@@ -67,13 +67,14 @@ fn bench_streams_reports_six_rows_per_stream_count() {
 
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert_eq!(rows.len(), 14, "{rows:?}");
     for row in rows {
         assert_eq!(row["scenario"], "streams", "{row}");
         assert!(row["value"].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["target"].is_null(), "no target below 10⁶ streams: {row}");
     }
     assert!(rows[0]["measure"].as_str().unwrap().starts_with("50 fresh streams"), "{}", rows[0]);
-    assert!(rows[6]["measure"].as_str().unwrap().starts_with("100 fresh streams"), "{}", rows[6]);
+    assert!(rows[6]["measure"].as_str().unwrap().starts_with("a fresh site catching up on 50"), "{}", rows[6]);
+    assert!(rows[7]["measure"].as_str().unwrap().starts_with("100 fresh streams"), "{}", rows[7]);
     assert!(rows[0]["baseline"]["value"].as_f64().unwrap() > 0.0, "the one-stream rate: {}", rows[0]);
 }

@@ -27,8 +27,9 @@ pub use self::source::SourceNode;
 
 use crate::event::Event;
 use crate::id::{LogPos, SiteId};
+use crate::router::{FrontierAdvanced, Listen};
 use crate::site::Site;
-use actix::{Actor, Addr};
+use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use transport::Endpoint;
@@ -89,6 +90,20 @@ pub struct Connection {
     pub source: Addr<SourceNode>,
     /// Receives from the peer.
     pub sink: Addr<SinkNode>,
+}
+
+/// Has `site`'s router tell `actor` each time the durable frontier moves; stops the actor
+/// if the router is gone.
+fn listen<A>(site: &Site, actor: &A, ctx: &mut Context<A>)
+where
+    A: Actor<Context = Context<A>> + Handler<FrontierAdvanced>,
+{
+    let (router, me) = (site.router().clone(), ctx.address().recipient());
+    ctx.spawn(async move { router.send(Listen(me)).await.is_ok() }.into_actor(actor).map(|ok, _, ctx| {
+        if !ok {
+            ctx.stop();
+        }
+    }));
 }
 
 /// Starts the source and sink nodes of `site` on `endpoint`. Call it on both sites with

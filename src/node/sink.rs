@@ -10,7 +10,7 @@ use crate::codec;
 use crate::event::Event;
 use crate::id::{Lane, LogPos, Seq, SiteId};
 use crate::limits;
-use crate::router::{FrontierAdvanced, Listen, WaitFor};
+use crate::router::{FrontierAdvanced, WaitFor};
 use crate::site::Site;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -186,13 +186,7 @@ impl Actor for SinkNode {
                 }
             }
         });
-        let router = self.site.router().clone();
-        let listener = ctx.address().recipient();
-        ctx.spawn(async move { router.send(Listen(listener)).await.is_ok() }.into_actor(self).map(|ok, _, ctx| {
-            if !ok {
-                ctx.stop();
-            }
-        }));
+        super::listen(&self.site, self, ctx);
     }
 }
 

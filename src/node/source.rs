@@ -1,12 +1,14 @@
 //! [`SourceNode`]: sends a peer this site's log from where the peer asks, in numbered
-//! frames of bounded size, at most [`limits::UNACKED_FRAMES_MAX`] of them unacknowledged.
+//! frames of bounded size, at most [`limits::UNACKED_FRAMES_MAX`] of them and
+//! [`limits::UNACKED_BYTES_MAX`] unacknowledged: what a connection holds in flight is
+//! bounded whatever the number of streams.
 
 use super::{Frame, NodeConfig};
 use crate::codec;
 use crate::event::Event;
 use crate::id::{LogPos, SiteId};
 use crate::limits;
-use crate::router::{BatchSent, FrontierAdvanced, Listen};
+use crate::router::{BatchSent, FrontierAdvanced};
 use crate::site::Site;
 use actix::prelude::*;
 use std::collections::VecDeque;
@@ -24,8 +26,11 @@ pub struct SourceNode {
     cursor: Option<LogPos>,
     /// How far the peer holds our log, as it last said (by `Want` or `Ack`).
     acked: Option<LogPos>,
-    /// Frames sent and not acknowledged: the last position of each, and when it went.
-    unacked: VecDeque<(LogPos, Instant)>,
+    /// Frames sent and not acknowledged: the last position of each, when it went, and its
+    /// size.
+    unacked: VecDeque<(LogPos, Instant, usize)>,
+    /// The bytes of the frames in `unacked`.
+    unacked_bytes: usize,
     /// A frame is being handed to the link: the next waits for it.
     sending: bool,
 }
@@ -33,7 +38,17 @@ pub struct SourceNode {
 impl SourceNode {
     /// A source sending `site`'s log to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self { site, sender, config, peer: None, cursor: None, acked: None, unacked: VecDeque::new(), sending: false }
+        Self {
+            site,
+            sender,
+            config,
+            peer: None,
+            cursor: None,
+            acked: None,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            sending: false,
+        }
     }
 
     /// Queues `frame` on the link, stopping the node if the link is gone.
@@ -57,7 +72,9 @@ impl SourceNode {
     /// log has more; called again as each frame is handed to the link.
     fn step(&mut self, ctx: &mut Context<Self>) {
         let Some(after) = self.cursor else { return };
-        if self.sending || self.unacked.len() >= limits::UNACKED_FRAMES_MAX {
+        let window_full = self.unacked.len() >= limits::UNACKED_FRAMES_MAX
+            || self.unacked_bytes >= limits::UNACKED_BYTES_MAX;
+        if self.sending || window_full {
             return;
         }
         let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX) {
@@ -81,7 +98,8 @@ impl SourceNode {
             }
         };
         self.cursor = Some(last);
-        self.unacked.push_back((last, Instant::now()));
+        self.unacked.push_back((last, Instant::now(), bytes.len()));
+        self.unacked_bytes += bytes.len();
         self.sending = true;
         let sender = self.sender.clone();
         let send = async move { sender.send(bytes).await.is_ok() };
@@ -96,16 +114,22 @@ impl SourceNode {
         }));
     }
 
+    /// Forgets the frames sent: they go again from the cursor.
+    fn forget_unacked(&mut self) {
+        self.unacked.clear();
+        self.unacked_bytes = 0;
+    }
+
     /// Sends again whatever has gone unacknowledged for `resend_after`: lost, or dropped
     /// by the peer.
     fn resend_overdue(&mut self, ctx: &mut Context<Self>) {
-        let Some(&(_, sent)) = self.unacked.front() else { return };
+        let Some(&(_, sent, _)) = self.unacked.front() else { return };
         if sent.elapsed() < self.config.resend_after {
             return;
         }
         tracing::debug!(acked = ?self.acked, frames = self.unacked.len(), "frames unacknowledged: sending them again");
         self.cursor = self.acked;
-        self.unacked.clear();
+        self.forget_unacked();
         self.step(ctx);
     }
 }
@@ -149,13 +173,7 @@ impl Actor for SourceNode {
             }
             node.resend_overdue(ctx);
         });
-        let router = self.site.router().clone();
-        let me = ctx.address().recipient();
-        ctx.spawn(async move { router.send(Listen(me)).await.is_ok() }.into_actor(self).map(|ok, _, ctx| {
-            if !ok {
-                ctx.stop();
-            }
-        }));
+        super::listen(&self.site, self, ctx);
     }
 }
 
@@ -185,15 +203,19 @@ impl Handler<FromPeer> for SourceNode {
                 // follow on from `after`.
                 self.cursor = Some(after);
                 self.acked = Some(after);
-                self.unacked.clear();
+                self.forget_unacked();
             }
             FromPeer::Ack(upto) => {
                 if self.acked.is_some_and(|acked| acked >= upto) {
                     return;
                 }
                 self.acked = Some(upto);
-                while self.unacked.front().is_some_and(|(last, _)| *last <= upto) {
+                while let Some(&(last, _, bytes)) = self.unacked.front() {
+                    if last > upto {
+                        break;
+                    }
                     self.unacked.pop_front();
+                    self.unacked_bytes -= bytes;
                 }
             }
         }

@@ -149,11 +149,10 @@ impl Router {
         self.lru.remove(&(used_ms, stream));
         let ask = opened.passivate.send(Passivate);
         self.passivating.insert(stream, Passivating { opened });
-        let answer = ask.into_actor(self).map(move |stopped, router, ctx| {
+        self.then(ctx, ask, move |stopped, router, ctx| {
             // A mailbox error means the actor is gone already: stopped all the same.
             router.passivated(stream, stopped.unwrap_or(true), ctx);
         });
-        ctx.spawn(answer);
         true
     }
 

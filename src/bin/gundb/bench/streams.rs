@@ -2,7 +2,8 @@
 //! site reopened and every view read back cold, in a child process per N so that its
 //! peak RSS is its own. It asks whether a stream costs only its key prefix: the write
 //! rate beside the one-stream rate of the same child, RSS, disk per event, and how soon a
-//! reopened site with N streams serves a view.
+//! reopened site with N streams serves a view, and how fast a fresh second site catches
+//! up on them.
 //!
 //! The views are read from the reopened site rather than the one that wrote them: below
 //! the router's live-actor cap (and before the idle timeout) every stream actor is still
@@ -63,6 +64,9 @@ struct Streams {
     rss_peak: u64,
     /// The database folder's size once closed, bytes.
     disk: u64,
+    /// Events per second a fresh second site took to catch up on the N streams over an
+    /// in-process link, from connecting until it held them all durably.
+    catch_up_rate: f64,
 }
 
 /// Measures `streams` streams with [`WRITERS`] writers in a child process, notes its RSS
@@ -118,14 +122,23 @@ fn rows_of(m: &Streams, payload: usize) -> Result<Vec<Row>> {
     let mut reopen =
         Row::new("streams", format!("reopen until a view is served, {n} streams"), m.reopen_ms, "ms", Better::Lower)
             .against("raw sled opening the same folder", m.raw_sled_open_ms);
+    let mut catch_up = Row::new(
+        "streams",
+        format!("a fresh site catching up on {n} streams, in-process"),
+        m.catch_up_rate,
+        "events/s",
+        Better::Higher,
+    )
+    .against("the same events written", m.rate);
     if targeted {
         rate = rate.target("≥ 10k events/s", m.rate >= 10_000.0);
         let ratio = cost.ratio.unwrap_or(f64::INFINITY);
         cost = cost.target("within 1.5× of one stream", ratio <= 1.5);
         rss = rss.target("≤ 256 MiB throughout", m.rss_peak <= 256 << 20);
         reopen = reopen.target("< 2 s", m.reopen_ms < 2_000.0);
+        catch_up = catch_up.target("≥ 20k events/s", m.catch_up_rate >= 20_000.0);
     }
-    Ok(vec![rate, cost, reads, rss, disk, reopen])
+    Ok(vec![rate, cost, reads, rss, disk, reopen, catch_up])
 }
 
 /// Runs the child (`gundb bench-streams-child`) for `streams` streams and reads its report.
@@ -162,6 +175,8 @@ pub fn child(streams: u64, writers: u64, payload: usize) -> Result<()> {
     let rss_peak = status_bytes("VmHWM:")?;
     let disk = folder_bytes(&path)?;
     let raw_sled_open_ms = raw_sled_open(&path)?;
+    // After the peak RSS is taken: the second site's memory is not the first's.
+    let catch_up_rate = actix::System::new().block_on(catch_up(&path, &dir.path().join("peer"), streams))?;
     let one_stream_events = streams.min(BASELINE_EVENTS_MAX);
     let one = dir.path().join("one");
     let one_stream_rate = actix::System::new().block_on(one_stream(&one, one_stream_events, writers, payload))?;
@@ -178,9 +193,25 @@ pub fn child(streams: u64, writers: u64, payload: usize) -> Result<()> {
         rss_read,
         rss_peak,
         disk,
+        catch_up_rate,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Opens the written site and a fresh one in `peer`, connects them over an in-process link
+/// and times the fresh site until it holds every event durably; returns events/s.
+async fn catch_up(path: &Path, peer: &Path, streams: u64) -> Result<f64> {
+    println!("{PROGRESS}a fresh site catching up");
+    let (site, fresh) = (Site::open(path)?, Site::open(peer)?);
+    fresh.register::<Blob>().await?;
+    let target = site.frontier().await?;
+    let started = Instant::now();
+    let (here, there) = gundb::node::transport::in_process(gundb::limits::LINK_FRAMES_MAX);
+    let config = gundb::node::NodeConfig::default();
+    let _connection = (gundb::node::connect(&site, here, config.clone()), gundb::node::connect(&fresh, there, config));
+    fresh.wait_for(&target).await?;
+    Ok(streams as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The id of fresh stream `n` (0-based): the same in the writes and the reads.
@@ -218,24 +249,12 @@ async fn write(path: &Path, streams: u64, writers: u64, payload: usize) -> Resul
     let rss_empty = status_bytes("VmRSS:")?;
     let done = Done::new(streams, "streams written");
     let started = Instant::now();
-    let tasks: Vec<_> = (0..writers.min(streams))
-        .map(|writer| {
-            let (site, done) = (site.clone(), done.clone());
-            actix::spawn(async move {
-                let mut n = writer;
-                while n < streams {
-                    let stream = site.stream::<Blob>(stream_id(n)).await?;
-                    stream.send(Emit::new(Blob(vec![7; payload]))).await??;
-                    done.one();
-                    n += writers;
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.context("writer task")??;
-    }
+    each_stream(&site, streams, writers, &done, move |site, n| async move {
+        let stream = site.stream::<Blob>(stream_id(n)).await?;
+        stream.send(Emit::new(Blob(vec![7; payload]))).await??;
+        Ok(())
+    })
+    .await?;
     let rate = streams as f64 / started.elapsed().as_secs_f64();
     Ok((rate, rss_empty, status_bytes("VmRSS:")?))
 }
@@ -251,25 +270,34 @@ async fn read(path: &Path, streams: u64, readers: u64) -> Result<(f64, f64, u64)
     let reopen_ms = started.elapsed().as_secs_f64() * 1e3;
     let done = Done::new(streams, "views read");
     let started = Instant::now();
-    let tasks: Vec<_> = (0..readers.min(streams))
-        .map(|reader| {
-            let (site, done) = (site.clone(), done.clone());
+    each_stream(&site, streams, readers, &done, |site, n| async move { one_event(&site, n).await }).await?;
+    let read_rate = streams as f64 / started.elapsed().as_secs_f64();
+    Ok((reopen_ms, read_rate, status_bytes("VmRSS:")?))
+}
+
+/// Runs `work(site, n)` for every stream n on `tasks` concurrent tasks, task `t` taking
+/// streams `t`, `t + tasks`, …, and counts each in `done`.
+async fn each_stream<F, Fut>(site: &Site, streams: u64, tasks: u64, done: &Done, work: F) -> Result<()>
+where
+    F: Fn(Site, u64) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + 'static,
+{
+    let running: Vec<_> = (0..tasks.min(streams))
+        .map(|first| {
+            let (site, done, work) = (site.clone(), done.clone(), work.clone());
             actix::spawn(async move {
-                let mut n = reader;
-                while n < streams {
-                    one_event(&site, n).await?;
+                for n in (first..streams).step_by(usize::try_from(tasks)?) {
+                    work(site.clone(), n).await?;
                     done.one();
-                    n += readers;
                 }
                 Ok::<_, anyhow::Error>(())
             })
         })
         .collect();
-    for task in tasks {
-        task.await.context("reader task")??;
+    for task in running {
+        task.await.context("a task of the streams scenario")??;
     }
-    let read_rate = streams as f64 / started.elapsed().as_secs_f64();
-    Ok((reopen_ms, read_rate, status_bytes("VmRSS:")?))
+    Ok(())
 }
 
 /// Reads fresh stream `n`'s view and checks that it counts the one event written.
