@@ -162,3 +162,7 @@ const _: () = assert!(DELIVER_BATCH_MAX <= PENDING_EVENTS_MAX);
 /// How long opening a database waits for sled's file lock of a database just dropped in
 /// this process (see [`crate::storage::open_waiting_for_lock`]).
 pub const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Blocks whose order keys the sled storage remembers for checking copies of events
+/// (at most `BLOCK_BYTES_MAX` of events each, 32 bytes a key).
+pub const RECENT_BLOCKS_MAX: usize = 16;

@@ -72,8 +72,8 @@ impl SourceNode {
     /// log has more; called again as each frame is handed to the link.
     fn step(&mut self, ctx: &mut Context<Self>) {
         let Some(after) = self.cursor else { return };
-        let window_full = self.unacked.len() >= limits::UNACKED_FRAMES_MAX
-            || self.unacked_bytes >= limits::UNACKED_BYTES_MAX;
+        let window_full =
+            self.unacked.len() >= limits::UNACKED_FRAMES_MAX || self.unacked_bytes >= limits::UNACKED_BYTES_MAX;
         if self.sending || window_full {
             return;
         }

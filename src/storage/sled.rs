@@ -24,7 +24,7 @@ use crate::event::{Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -97,10 +97,36 @@ pub struct SledStorage {
     writer: Option<JoinHandle<()>>,
     stats: Arc<Counters>,
     claims: Claims,
+    recent_keys: RecentKeys,
     #[cfg(feature = "failpoints")]
     failpoints: Arc<failpoints::Failpoints>,
     // Declared last: dropped after the database, so the folder outlives it.
     _temporary: Option<tempfile::TempDir>,
+}
+
+/// The order keys of the blocks [`Storage::key_at`] decoded last. Copies of a peer's events
+/// (relayed by another peer) arrive in lane order, and each is checked against the event
+/// stored at its slot: one decoded block then answers for the copies after it, instead of
+/// decoding the block once per copy. Blocks never change once written.
+#[derive(Default)]
+struct RecentKeys(Mutex<VecDeque<(Lane, Seq, Vec<OrderKey>)>>);
+
+impl RecentKeys {
+    /// The order key at (lane, seq), if a remembered block holds it.
+    fn get(&self, lane: Lane, seq: Seq) -> Option<OrderKey> {
+        lock(&self.0).iter().find_map(|(held, first, keys)| {
+            let index = usize::try_from(seq.0.checked_sub(first.0)?).ok()?;
+            (*held == lane).then(|| keys.get(index).copied()).flatten()
+        })
+    }
+
+    /// Remembers the keys of `lane`'s decoded block of consecutive events.
+    fn put(&self, lane: Lane, block: &[Event]) {
+        let Some(first) = block.first() else { return };
+        let mut recent = lock(&self.0);
+        recent.push_front((lane, first.seq, block.iter().map(Event::order_key).collect()));
+        recent.truncate(limits::RECENT_BLOCKS_MAX);
+    }
 }
 
 /// What the writer thread is asked to do, in order: write these events (to their lanes'
@@ -331,6 +357,7 @@ impl SledStorage {
             writer: Some(writer),
             stats,
             claims: Claims::default(),
+            recent_keys: RecentKeys::default(),
             #[cfg(feature = "failpoints")]
             failpoints,
             _temporary: temporary,
@@ -647,8 +674,14 @@ impl Storage for SledStorage {
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         self.check(Access::Read)?;
         debug_assert_eq!(lane.stream, stream, "a lane of another stream");
-        let stream_type = self.type_of(stream)?.unwrap_or_default();
-        Ok(self.blocks(stream, &stream_type).event(lane, seq)?.map(|event| event.order_key()))
+        if let Some(key) = self.recent_keys.get(lane, seq) {
+            return Ok(Some(key));
+        }
+        // Order keys do not depend on the stream type.
+        let Some(block) = self.blocks(stream, "").holding(lane, seq)? else { return Ok(None) };
+        let key = block.iter().find(|event| event.seq == seq).map(Event::order_key);
+        self.recent_keys.put(lane, &block);
+        Ok(key)
     }
 
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
