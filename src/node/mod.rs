@@ -17,6 +17,7 @@
 //! relays: A heals C through B. A peer is never sent its own events.
 
 pub mod catchup;
+pub mod flow;
 mod sink;
 mod source;
 pub mod tcp;

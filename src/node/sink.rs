@@ -3,6 +3,7 @@
 //! and acknowledges it. What the peer says about our log goes to the source node of the
 //! same connection.
 
+use super::flow::{Intake, Take};
 use super::source::{FromPeer, SourceNode, ToPeer};
 use super::{Frame, NodeConfig};
 use crate::clock::VectorClock;
@@ -12,9 +13,9 @@ use crate::id::{Lane, LogPos, Seq, SiteId};
 use crate::limits;
 use crate::router::{FrontierAdvanced, WaitFor};
 use crate::site::Site;
+use crate::stream::clock_ms;
 use actix::prelude::*;
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 /// Receives from one peer.
@@ -25,17 +26,9 @@ pub struct SinkNode {
     config: NodeConfig,
     /// The peer's site, from its `Hello`.
     peer: Option<SiteId>,
-    /// Where the next frame must start: the end of the last frame taken.
-    expected: LogPos,
-    /// How far the peer's log is durable here, recorded and acknowledged.
-    durable: LogPos,
-    /// The position last asked for, and when: a run of frames past a gap asks once, and
-    /// an answer that does not come is asked for again after `resend_after`.
-    wanted: Option<(LogPos, Instant)>,
-    /// Frames handed to the router and not yet durable, in order: an id, the frame's last
-    /// position, and whether it is durable.
-    settling: VecDeque<(u64, LogPos, bool)>,
-    next_id: u64,
+    /// Which frames to take and how far the peer's log is durable here: `None` until the
+    /// peer said hello.
+    intake: Option<Intake>,
     /// [`HoldsPeerLog`] requests waiting for `durable` to reach their position.
     holds_waiters: Vec<(LogPos, oneshot::Sender<()>)>,
 }
@@ -43,25 +36,17 @@ pub struct SinkNode {
 impl SinkNode {
     /// A sink reading `receiver` for `site`, telling `source` what the peer says.
     pub fn new(site: Site, receiver: mpsc::Receiver<Vec<u8>>, source: Addr<SourceNode>, config: NodeConfig) -> Self {
-        Self {
-            site,
-            receiver: Some(receiver),
-            source,
-            config,
-            peer: None,
-            expected: LogPos(0),
-            durable: LogPos(0),
-            wanted: None,
-            settling: VecDeque::new(),
-            next_id: 0,
-            holds_waiters: Vec::new(),
-        }
+        Self { site, receiver: Some(receiver), source, config, peer: None, intake: None, holds_waiters: Vec::new() }
     }
 
     /// Asks the peer for its log after `after`.
-    fn want(&mut self, after: LogPos) {
-        self.wanted = Some((after, Instant::now()));
+    fn want(&self, after: LogPos) {
         self.source.do_send(ToPeer(Frame::Want { after }));
+    }
+
+    /// Says we hold the peer's log up to `upto`.
+    fn ack(&self, upto: LogPos) {
+        self.source.do_send(ToPeer(Frame::Ack { upto }));
     }
 
     /// The peer said who it is: ask for its log from where ours of it ends.
@@ -83,56 +68,39 @@ impl SinkNode {
         };
         self.peer = Some(site);
         self.source.do_send(FromPeer::Hello(site));
-        (self.expected, self.durable) = (durable, durable);
-        self.want(durable);
+        let (intake, want) = Intake::new(durable, clock_ms());
+        self.intake = Some(intake);
+        self.want(want);
         true
     }
 
     /// A frame of the peer's log: taken when it follows on from the last one. Returns the
-    /// events to hand to the router and the id of their frame, if any.
-    fn events(&mut self, after: LogPos, last: LogPos, events: Vec<Event>) -> Result<Option<(u64, Vec<Event>)>, ()> {
-        if self.peer.is_none() || last <= after {
+    /// id of the frame whose events go to the router, if any.
+    fn events(&mut self, after: LogPos, last: LogPos) -> Result<Option<u64>, ()> {
+        let Some(intake) = self.intake.as_mut().filter(|_| after < last) else {
             tracing::warn!(%after, %last, "a peer sent events out of protocol; closing the connection");
             return Err(());
+        };
+        match intake.frame(after, last, limits::UNACKED_FRAMES_MAX, clock_ms()) {
+            Take::Events(id) => return Ok(Some(id)),
+            // Sent again and durable: our `Ack` was lost.
+            Take::Stale { ack: Some(upto) } => self.ack(upto),
+            Take::Gap { want: Some(after) } => self.want(after),
+            Take::Stale { ack: None } | Take::Gap { want: None } => {}
         }
-        if last <= self.expected {
-            // Sent again: held already. If it is durable, our `Ack` was lost: say it again.
-            if last <= self.durable {
-                self.source.do_send(ToPeer(Frame::Ack { upto: self.durable }));
-            }
-            return Ok(None);
-        }
-        if after > self.expected || self.settling.len() >= limits::UNACKED_FRAMES_MAX {
-            // A frame was lost (or the peer sends past its window): ask again from here.
-            if self.wanted.is_none_or(|(wanted, _)| wanted != self.expected) {
-                self.want(self.expected);
-            }
-            return Ok(None);
-        }
-        self.expected = last;
-        self.wanted = None;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.settling.push_back((id, last, false));
-        Ok(Some((id, events)))
+        Ok(None)
     }
 
     /// The events of frame `id` are durable: record and acknowledge what is durable in order.
     fn settled(&mut self, id: u64) {
-        let Some(frame) = self.settling.iter_mut().find(|(frame, _, _)| *frame == id) else { return };
-        frame.2 = true;
-        let before = self.durable;
-        while let Some(&(_, last, true)) = self.settling.front() {
-            self.durable = last;
-            self.settling.pop_front();
-        }
-        let (Some(peer), true) = (self.peer, self.durable > before) else { return };
-        if let Err(error) = self.site.storage().set_replicated(peer, self.durable) {
+        let (Some(peer), Some(durable)) = (self.peer, self.intake.as_mut().and_then(|i| i.settled(id))) else {
+            return;
+        };
+        if let Err(error) = self.site.storage().set_replicated(peer, durable) {
             // The events are durable; forgetting where they end costs copies after a restart.
             tracing::warn!(%peer, %error, "recording replication progress failed");
         }
-        self.source.do_send(ToPeer(Frame::Ack { upto: self.durable }));
-        let durable = self.durable;
+        self.ack(durable);
         let (reached, waiting) =
             std::mem::take(&mut self.holds_waiters).into_iter().partition(|(upto, _)| *upto <= durable);
         self.holds_waiters = waiting;
@@ -180,10 +148,9 @@ impl Actor for SinkNode {
         ctx.spawn(read.into_actor(self).map(|(), _, ctx| ctx.stop()));
         // A `Want` can be lost like any frame: one unanswered for `resend_after` goes again.
         ctx.run_interval(self.config.resend_after / 4, |sink, _| {
-            if let Some((after, asked)) = sink.wanted {
-                if asked.elapsed() >= sink.config.resend_after {
-                    sink.want(after);
-                }
+            let resend_after = u64::try_from(sink.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+            if let Some(after) = sink.intake.as_mut().and_then(|i| i.want_again(clock_ms(), resend_after)) {
+                sink.want(after);
             }
         });
         super::listen(&self.site, self, ctx);
@@ -211,8 +178,8 @@ impl Handler<Got> for SinkNode {
                 self.source.do_send(FromPeer::Ack(upto));
                 return Box::pin(fut::ready(true));
             }
-            Frame::Events { after, last, events } => match self.events(after, last, events) {
-                Ok(Some((id, events))) => (events, id),
+            Frame::Events { after, last, events } => match self.events(after, last) {
+                Ok(Some(id)) => (events, id),
                 Ok(None) => return Box::pin(fut::ready(true)),
                 Err(()) => return Box::pin(fut::ready(false)),
             },
@@ -238,12 +205,13 @@ impl Handler<FrontierAdvanced> for SinkNode {
     type Result = ();
 
     fn handle(&mut self, advanced: FrontierAdvanced, _: &mut Context<Self>) {
-        if advanced.hello && self.peer.is_some() {
-            // The router dropped or refused an event (a full buffer, a busy stream): what
-            // is not durable yet may be lost, so take the peer's log again from there.
-            self.settling.clear();
-            self.expected = self.durable;
-            self.want(self.durable);
+        if !advanced.hello {
+            return;
+        }
+        // The router dropped or refused an event (a full buffer, a busy stream): what is
+        // not durable yet may be lost, so take the peer's log again from there.
+        if let Some(after) = self.intake.as_mut().map(|intake| intake.reset(clock_ms())) {
+            self.want(after);
         }
     }
 }
@@ -261,7 +229,7 @@ impl Handler<HoldsPeerLog> for SinkNode {
 
     fn handle(&mut self, HoldsPeerLog(upto): HoldsPeerLog, _: &mut Context<Self>) -> Self::Result {
         let (waiter, done) = oneshot::channel();
-        if self.durable >= upto {
+        if self.intake.as_ref().is_some_and(|intake| intake.durable() >= upto) {
             let _ = waiter.send(());
         } else {
             self.holds_waiters.push((upto, waiter));

@@ -3,6 +3,7 @@
 //! [`limits::UNACKED_BYTES_MAX`] unacknowledged: what a connection holds in flight is
 //! bounded whatever the number of streams.
 
+use super::flow::Window;
 use super::{Frame, NodeConfig};
 use crate::codec;
 use crate::event::Event;
@@ -10,9 +11,8 @@ use crate::id::{LogPos, SiteId};
 use crate::limits;
 use crate::router::{BatchSent, FrontierAdvanced};
 use crate::site::Site;
+use crate::stream::clock_ms;
 use actix::prelude::*;
-use std::collections::VecDeque;
-use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Sends to one peer.
@@ -22,15 +22,8 @@ pub struct SourceNode {
     config: NodeConfig,
     /// The peer's site, once it said hello: its own events are not sent back to it.
     peer: Option<SiteId>,
-    /// Where the next frame starts: `None` until the peer says what it wants.
-    cursor: Option<LogPos>,
-    /// How far the peer holds our log, as it last said (by `Want` or `Ack`).
-    acked: Option<LogPos>,
-    /// Frames sent and not acknowledged: the last position of each, when it went, and its
-    /// size.
-    unacked: VecDeque<(LogPos, Instant, usize)>,
-    /// The bytes of the frames in `unacked`.
-    unacked_bytes: usize,
+    /// Where the next frame starts, and what is unacknowledged.
+    window: Window,
     /// A frame is being handed to the link: the next waits for it.
     sending: bool,
 }
@@ -38,17 +31,7 @@ pub struct SourceNode {
 impl SourceNode {
     /// A source sending `site`'s log to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self {
-            site,
-            sender,
-            config,
-            peer: None,
-            cursor: None,
-            acked: None,
-            unacked: VecDeque::new(),
-            unacked_bytes: 0,
-            sending: false,
-        }
+        Self { site, sender, config, peer: None, window: Window::default(), sending: false }
     }
 
     /// Queues `frame` on the link, stopping the node if the link is gone.
@@ -71,12 +54,12 @@ impl SourceNode {
     /// Sends the next frame of the log if the peer wants one, the window has room and the
     /// log has more; called again as each frame is handed to the link.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let Some(after) = self.cursor else { return };
-        let window_full =
-            self.unacked.len() >= limits::UNACKED_FRAMES_MAX || self.unacked_bytes >= limits::UNACKED_BYTES_MAX;
-        if self.sending || window_full {
+        if self.sending {
             return;
         }
+        let Some(after) = self.window.next_after(limits::UNACKED_FRAMES_MAX, limits::UNACKED_BYTES_MAX) else {
+            return;
+        };
         let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX) {
             Ok(page) => page,
             Err(error) => {
@@ -97,9 +80,7 @@ impl SourceNode {
                 return ctx.stop();
             }
         };
-        self.cursor = Some(last);
-        self.unacked.push_back((last, Instant::now(), bytes.len()));
-        self.unacked_bytes += bytes.len();
+        self.window.sent(last, bytes.len(), clock_ms());
         self.sending = true;
         let sender = self.sender.clone();
         let send = async move { sender.send(bytes).await.is_ok() };
@@ -114,23 +95,14 @@ impl SourceNode {
         }));
     }
 
-    /// Forgets the frames sent: they go again from the cursor.
-    fn forget_unacked(&mut self) {
-        self.unacked.clear();
-        self.unacked_bytes = 0;
-    }
-
     /// Sends again whatever has gone unacknowledged for `resend_after`: lost, or dropped
     /// by the peer.
     fn resend_overdue(&mut self, ctx: &mut Context<Self>) {
-        let Some(&(_, sent, _)) = self.unacked.front() else { return };
-        if sent.elapsed() < self.config.resend_after {
-            return;
+        let resend_after = u64::try_from(self.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+        if self.window.rewind_if_overdue(clock_ms(), resend_after) {
+            tracing::debug!("frames unacknowledged: sending them again");
+            self.step(ctx);
         }
-        tracing::debug!(acked = ?self.acked, frames = self.unacked.len(), "frames unacknowledged: sending them again");
-        self.cursor = self.acked;
-        self.forget_unacked();
-        self.step(ctx);
     }
 }
 
@@ -168,7 +140,7 @@ impl Actor for SourceNode {
         // Looked at four times per resend time, so a lost frame goes again within 1.25 of
         // it; and until the peer says what it wants, our `Hello` may have been lost.
         ctx.run_interval(self.config.resend_after / 4, move |node, ctx| {
-            if node.cursor.is_none() {
+            if node.window.awaits_want() {
                 node.send_frame(&hello, ctx);
             }
             node.resend_overdue(ctx);
@@ -198,26 +170,8 @@ impl Handler<FromPeer> for SourceNode {
     fn handle(&mut self, said: FromPeer, ctx: &mut Context<Self>) {
         match said {
             FromPeer::Hello(site) => self.peer = Some(site),
-            FromPeer::Want(after) => {
-                // Frames on their way are superseded: the peer ignores what does not
-                // follow on from `after`.
-                self.cursor = Some(after);
-                self.acked = Some(after);
-                self.forget_unacked();
-            }
-            FromPeer::Ack(upto) => {
-                if self.acked.is_some_and(|acked| acked >= upto) {
-                    return;
-                }
-                self.acked = Some(upto);
-                while let Some(&(last, _, bytes)) = self.unacked.front() {
-                    if last > upto {
-                        break;
-                    }
-                    self.unacked.pop_front();
-                    self.unacked_bytes -= bytes;
-                }
-            }
+            FromPeer::Want(after) => self.window.want(after),
+            FromPeer::Ack(upto) => self.window.ack(upto),
         }
         self.step(ctx);
     }
