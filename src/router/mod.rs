@@ -383,8 +383,8 @@ impl Router {
                 waiter.covered += 1;
             }
             if waiter.covered < waiter.lanes.len() {
+                // A requester that went away waits no more.
                 return waiter.done.as_ref().is_some_and(|done| !done.is_closed());
-                // a requester that went away waits no more
             }
             if let Some(done) = waiter.done.take() {
                 let _ = done.send(());
