@@ -74,7 +74,8 @@ pub struct NodeConfig {
     /// takes three missed ones for a dead peer); `None`: only on connect.
     pub hello_every: Option<Duration>,
     /// Frames unacknowledged for this long are sent again: they were lost, or the peer
-    /// dropped them.
+    /// dropped them. Keep it above the time `limits::UNACKED_BYTES_MAX` takes to cross the
+    /// slowest link, or a slow link carries frames twice (copies, never losses).
     pub resend_after: Duration,
 }
 
