@@ -129,10 +129,10 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// An intake that holds the peer's log up to `durable` and asks for the rest at `now`.
-    pub fn new(durable: LogPos, now: u64) -> (Self, LogPos) {
-        let intake = Self { expected: durable, durable, wanted: Some((durable, now)), ..Self::default() };
-        (intake, durable)
+    /// An intake that holds the peer's log up to `durable` and asks for the rest (after
+    /// `durable`) at `now`.
+    pub fn new(durable: LogPos, now: u64) -> Self {
+        Self { expected: durable, durable, wanted: Some((durable, now)), ..Self::default() }
     }
 
     /// How far the peer's log is durable here.
@@ -218,7 +218,7 @@ mod tests {
         for seed in 0..300_u64 {
             let mut rng = Rng::new(seed);
             let len = 1 + rng.below(60);
-            let (mut window, mut intake) = (Window::default(), Intake::new(LogPos(0), 0).0);
+            let (mut window, mut intake) = (Window::default(), Intake::new(LogPos(0), 0));
             window.want(LogPos(0));
             // In flight: frames (after, last) to the sink, acknowledgements and wants back.
             let mut to_sink: Vec<(u64, u64)> = Vec::new();

@@ -13,6 +13,7 @@ use crate::id::{Lane, LogPos, Seq, SiteId};
 use crate::limits;
 use crate::router::{FrontierAdvanced, WaitFor};
 use crate::site::Site;
+use crate::storage::StorageError;
 use crate::stream::clock_ms;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -68,9 +69,8 @@ impl SinkNode {
         };
         self.peer = Some(site);
         self.source.do_send(FromPeer::Hello(site));
-        let (intake, want) = Intake::new(durable, clock_ms());
-        self.intake = Some(intake);
-        self.want(want);
+        self.intake = Some(Intake::new(durable, clock_ms()));
+        self.want(durable);
         true
     }
 
@@ -96,9 +96,12 @@ impl SinkNode {
         let (Some(peer), Some(durable)) = (self.peer, self.intake.as_mut().and_then(|i| i.settled(id))) else {
             return;
         };
-        if let Err(error) = self.site.storage().set_replicated(peer, durable) {
-            // The events are durable; forgetting where they end costs copies after a restart.
-            tracing::warn!(%peer, %error, "recording replication progress failed");
+        // The events are durable; a position not recorded costs copies after a restart.
+        match self.site.storage().set_replicated(peer, durable) {
+            Ok(()) => {}
+            // Backpressure, not a fault: the next frame's position is recorded instead.
+            Err(StorageError::Busy { .. }) => tracing::debug!(%peer, "replication progress not recorded: storage busy"),
+            Err(error) => tracing::warn!(%peer, %error, "recording replication progress failed"),
         }
         self.ack(durable);
         let (reached, waiting) =

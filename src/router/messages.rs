@@ -182,30 +182,6 @@ impl Handler<GetFrontier> for Router {
     }
 }
 
-/// Asks for what the router has delivered to its streams (durable, or being made durable):
-/// what a source node's hello tells the peer this site holds.
-pub struct GetDelivered;
-
-impl Message for GetDelivered {
-    type Result = VectorClock;
-}
-
-impl Handler<GetDelivered> for Router {
-    type Result = ResponseFuture<VectorClock>;
-
-    fn handle(&mut self, _msg: GetDelivered, ctx: &mut Context<Self>) -> Self::Result {
-        if self.loading.is_none() {
-            let delivered = self.pending.delivered();
-            return Box::pin(async move { delivered });
-        }
-        let (loaded, router) = (self.when_loaded(), ctx.address());
-        Box::pin(async move {
-            let _ = loaded.await;
-            router.send(GetDelivered).await.unwrap_or_default()
-        })
-    }
-}
-
 /// Resolves once everything in the clock is durable at this site (or refused for good
 /// here: a poisoned lane is never waited for): for example the frontier of another site,
 /// to read one's writes there, or the events of a frame a sink node received.

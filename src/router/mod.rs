@@ -19,8 +19,8 @@ pub use self::live::Passivation;
 use self::live::{Open, Passivating};
 use self::load::{LoadFrontier, Loading};
 pub use self::messages::{
-    BatchSent, FrontierAdvanced, GetDelivered, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen,
-    LiveStream, OpenStream, Receive, Register, WaitFor,
+    BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, LiveStream,
+    OpenStream, Receive, Register, WaitFor,
 };
 pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats};
 

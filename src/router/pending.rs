@@ -147,12 +147,13 @@ impl Pending {
         }
     }
 
-    /// Everything handed to its stream at this site, as a clock.
+    /// Everything handed to its stream at this site, as a clock (O(lanes): for tests).
+    #[cfg(test)]
     pub fn delivered(&self) -> VectorClock {
         self.delivered.iter().map(|(lane, seq)| (*lane, *seq)).collect()
     }
 
-    /// Everything durable at this site, as a clock: what catch-up tells peers it has.
+    /// Everything durable at this site, as a clock: the site's frontier.
     pub fn durable(&self) -> VectorClock {
         self.durable.iter().map(|(lane, seq)| (*lane, *seq)).collect()
     }

@@ -190,8 +190,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError>;
 
-    /// Up to `limit` events of `lane` after seq `after`, in seq order: what catch-up sends
-    /// a peer that has the lane up to `after`.
+    /// Up to `limit` events of `lane` after seq `after`, in seq order.
     ///
     /// # Errors
     /// A read failure, or a stored event that does not decode.
