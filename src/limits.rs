@@ -106,6 +106,10 @@ pub const UNACKED_FRAMES_MAX: usize = 16;
 /// holds in flight, whatever the number of streams.
 pub const UNACKED_BYTES_MAX: usize = 4 << 20;
 
+/// Most origin sites a sink names in the filter it sends a peer (`node::Filter`): beyond
+/// it, events of further origins come from every peer that has them (copies, not losses).
+pub const ORIGINS_MAX: usize = 256;
+
 /// Fields one JSON document patch may set or remove.
 pub const PATCH_FIELDS_MAX: usize = 1_024;
 

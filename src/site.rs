@@ -8,6 +8,7 @@ use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::handle::StreamHandle;
 use crate::id::{SiteId, StreamId};
+use crate::node::links::Links;
 use crate::router::{
     Equivocation, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, HeldBack, Passivation, PendingLimits,
     Receive, Register, Router, RouterError, RouterMetrics, WaitFor,
@@ -79,6 +80,7 @@ pub struct Site {
     id: SiteId,
     storage: Arc<dyn Storage>,
     router: Addr<Router>,
+    links: Links,
 }
 
 impl Site {
@@ -104,7 +106,7 @@ impl Site {
     /// Storage cannot be read.
     pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
         let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation).start();
-        Ok(Self { id: storage.site_id(), storage, router })
+        Ok(Self { id: storage.site_id(), storage, router, links: Links::default() })
     }
 
     /// This site's id.
@@ -186,6 +188,11 @@ impl Site {
     /// The router is gone.
     pub async fn receive(&self, events: Vec<Event>) -> Result<(), SiteError> {
         Ok(self.router.send(Receive(events)).await?)
+    }
+
+    /// The peers with a live direct link to this site.
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     /// The router's address, for nodes that feed it.

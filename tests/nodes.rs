@@ -238,6 +238,7 @@ fn hostile_bytes_close_their_connection_and_the_node_keeps_serving() {
         1,
     );
     let frame = gundb::codec::encode_frame(&gundb::node::Frame::Events {
+        epoch: 1,
         after: gundb::LogPos(0),
         last: gundb::LogPos(1),
         events: vec![event],

@@ -188,7 +188,10 @@ impl SiteThread {
         let thread = std::thread::spawn(move || {
             actix::System::new().block_on(async move {
                 let site = Site::open(&path).unwrap();
-                let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
+                let config = NodeConfig {
+                    hello_every: Some(Duration::from_millis(20)),
+                    resend_after: Duration::from_millis(500),
+                };
                 for end in ends {
                     connect(&site, end, config.clone());
                 }
@@ -447,7 +450,7 @@ fn a_restarted_site_resumes_from_the_position_it_recorded() {
         // B records the position once the events are durable, just after it has them.
         let held = tokio::time::timeout(Duration::from_secs(10), at_b.sink.send(HoldsPeerLog(end)));
         assert!(held.await.unwrap().unwrap(), "B's sink took A's log to its end");
-        assert_eq!(b.storage().replicated(a.id()).unwrap(), end, "B holds A's log up to its end");
+        assert_eq!(b.storage().replicated(a.id()).unwrap().upto, end, "B holds A's log up to its end");
     });
     run_site(move || async move {
         let (a, b) = (Site::open(&again[0]).unwrap(), Site::open(&again[1]).unwrap());
@@ -459,5 +462,209 @@ fn a_restarted_site_resumes_from_the_position_it_recorded() {
         let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
         assert_eq!(mb.received, 1, "B was sent only the new event: {mb:?}");
         assert_eq!(ma.batches_sent, 1, "{ma:?}");
+    });
+}
+
+/// In a full mesh of 3 and of 5 sites, all writing into shared streams at once, each site
+/// receives each event about once: from its origin, while the other peers, asked to leave
+/// it out, do not relay it. Without that, each arrives once per peer (2× and 4×).
+#[test]
+fn a_full_mesh_receives_each_event_about_once() {
+    for count in [3_usize, 5] {
+        run_site(move || async move {
+            let sites: Vec<Site> = (0..count).map(|_| Site::temporary().unwrap()).collect();
+            let config = NodeConfig { hello_every: Some(Duration::from_millis(50)), ..NodeConfig::default() };
+            for left in 0..count {
+                for right in left + 1..count {
+                    let (l, r) = in_process(16);
+                    connect(&sites[left], l, config.clone());
+                    connect(&sites[right], r, config.clone());
+                }
+            }
+            for site in &sites {
+                site.register::<TrailStream>().await.unwrap();
+                let live = tokio::time::timeout(Duration::from_secs(10), site.links().until_live(count - 1));
+                live.await.expect("every link is seen to work both ways");
+            }
+            let before = futures::future::join_all(sites.iter().map(|site| site.metrics())).await;
+            let streams: Vec<StreamId> = (0..4).map(|n| StreamId::from_u128(900 + n)).collect();
+            let writes = sites.iter().enumerate().map(|(n, site)| {
+                let streams = streams.clone();
+                async move {
+                    for (round, stream) in (0..25_u64).zip(streams.iter().cycle()) {
+                        let number = n as u64 * 1_000 + round;
+                        write(site, *stream, number..number + 1).await;
+                    }
+                }
+            });
+            futures::future::join_all(writes).await;
+            let mut union = VectorClock::new();
+            for site in &sites {
+                union.merge(&site.frontier().await.unwrap());
+            }
+            for site in &sites {
+                until_covers(site, &union).await;
+            }
+            let others = (count as u64 - 1) * 25;
+            for (site, before) in sites.iter().zip(before) {
+                let (now, before) = (site.metrics().await.unwrap(), before.unwrap());
+                let delivered = now.delivered - before.delivered;
+                let received = now.received - before.received;
+                assert_eq!(delivered, others, "{count} sites: each site took every other's writes");
+                assert!(
+                    received as f64 <= 1.3 * delivered as f64,
+                    "{count} sites: {received} events received for {delivered} delivered: {now:?}"
+                );
+            }
+        });
+    }
+}
+
+/// A and B each have a direct link to C, so neither relays C's events to the other. When
+/// A's link to C is cut, B relays them again, from where A's direct link left off: A is
+/// sent C's new events, not C's whole history.
+#[test]
+fn a_cut_direct_link_costs_only_the_events_it_missed() {
+    run_site(|| async {
+        let sites: Vec<Site> = (0..3).map(|_| Site::temporary().unwrap()).collect();
+        let (a, b, c) = (&sites[0], &sites[1], &sites[2]);
+        let config =
+            NodeConfig { hello_every: Some(Duration::from_millis(50)), resend_after: Duration::from_millis(500) };
+        let (l, r) = in_process(16);
+        let a_from_b = connect(a, l, config.clone()).sink;
+        connect(b, r, config.clone());
+        let (l, r) = in_process(16);
+        connect(b, l, config.clone());
+        connect(c, r, config.clone());
+        let faults = Arc::new(Faults::default());
+        let (l, r) = faulty(16, Arc::clone(&faults), 7);
+        connect(a, l, config.clone());
+        connect(c, r, config.clone());
+        for site in &sites {
+            site.register::<TrailStream>().await.unwrap();
+            let live = tokio::time::timeout(Duration::from_secs(10), site.links().until_live(2));
+            live.await.expect("every link is seen to work both ways");
+        }
+        let stream = StreamId::from_u128(77);
+        write(c, stream, 0..100).await;
+        let frontier = c.frontier().await.unwrap();
+        until_covers(a, &frontier).await;
+        until_covers(b, &frontier).await;
+        // A counts C's events in B's log held once C's own link says it carried them.
+        let end = b.storage().log_end();
+        let held = tokio::time::timeout(Duration::from_secs(10), a_from_b.send(HoldsPeerLog(end)));
+        assert!(held.await.expect("A holds B's log, C's events included").unwrap());
+
+        let before = a.metrics().await.unwrap();
+        faults.partition(true);
+        write(c, stream, 100..110).await;
+        until_covers(a, &c.frontier().await.unwrap()).await;
+        let received = a.metrics().await.unwrap().received - before.received;
+        assert_eq!(received, 10, "A was sent C's ten new events only, through B");
+        assert_eq!(view(a, stream).await, Trail((0..110).collect()));
+    });
+}
+
+/// Five sites on real sled folders and faulty links in a full mesh: partitioned into
+/// {A, B} and {C, D, E}, D restarted from its folder during the partition, the partition
+/// healed, E restarted after; every site writes throughout. In the end every site has
+/// every acknowledged write and the views are equal.
+#[test]
+fn five_sites_converge_through_partitions_and_restarts() {
+    run_site(|| async {
+        let folders: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+        let path = |n: usize| folders[n].path().to_path_buf();
+        let stream = StreamId::from_u128(6);
+        let main: Vec<Site> = (0..3).map(|n| Site::open(path(n)).unwrap()).collect();
+        let config =
+            NodeConfig { hello_every: Some(Duration::from_millis(20)), resend_after: Duration::from_millis(500) };
+        let side = |n: usize| n < 2; // {A, B} against {C, D, E}
+        let mut links: Vec<(usize, usize, Arc<Faults>)> = Vec::new();
+        let link = |links: &mut Vec<(usize, usize, Arc<Faults>)>, left: usize, right: usize, cut: bool| {
+            let faults = Arc::new(Faults::default());
+            faults.drop_percent.store(5, Ordering::SeqCst);
+            faults.delay_percent.store(20, Ordering::SeqCst);
+            faults.duplicate_percent.store(10, Ordering::SeqCst);
+            faults.partition(cut && side(left) != side(right));
+            let (l, r) = faulty(4, Arc::clone(&faults), 50 + links.len() as u64);
+            links.push((left, right, faults));
+            (l, r)
+        };
+        // A, B and C here; D and E on threads of their own, with links to all.
+        for (left, right) in [(0, 1), (0, 2), (1, 2)] {
+            let (l, r) = link(&mut links, left, right, false);
+            connect(&main[left], l, config.clone());
+            connect(&main[right], r, config.clone());
+        }
+        let (mut d_ends, mut e_ends) = (Vec::new(), Vec::new());
+        for (n, site) in main.iter().enumerate() {
+            let (l, r) = link(&mut links, n, 3, false);
+            connect(site, l, config.clone());
+            d_ends.push(r);
+            let (l, r) = link(&mut links, n, 4, false);
+            connect(site, l, config.clone());
+            e_ends.push(r);
+        }
+        let (l, r) = link(&mut links, 3, 4, false);
+        d_ends.push(l);
+        e_ends.push(r);
+        let mut d = SiteThread::start(path(3), d_ends, stream, 300..310);
+        let mut e = SiteThread::start(path(4), e_ends, stream, 400..410);
+        let mut acknowledged = Vec::new();
+        for (n, site) in main.iter().enumerate() {
+            let from = n as u64 * 100;
+            acknowledged.extend(write(site, stream, from..from + 10).await);
+        }
+        acknowledged.extend((&mut d.written).await.unwrap());
+        acknowledged.extend((&mut e.written).await.unwrap());
+
+        // The partition; D restarts in it, on fresh links (those across it cut too).
+        for (left, right, faults) in &links {
+            faults.partition(side(*left) != side(*right));
+        }
+        for (n, site) in main.iter().enumerate() {
+            let from = n as u64 * 100 + 10;
+            acknowledged.extend(write(site, stream, from..from + 10).await);
+        }
+        let before = d.stop(VectorClock::new()).await; // its writes wait in its folder
+        assert!(before.0.iter().any(|n| (300..310).contains(n)), "D kept its own writes");
+        let mut d_ends = Vec::new();
+        for (n, site) in main.iter().enumerate() {
+            let (l, r) = link(&mut links, n, 3, true);
+            connect(site, l, config.clone());
+            d_ends.push(r);
+        }
+        let mut d = SiteThread::start(path(3), d_ends, stream, 310..320);
+        acknowledged.extend((&mut d.written).await.unwrap());
+
+        // Healed; then E restarts, on fresh links to A, B and C.
+        for (_, _, faults) in &links {
+            faults.partition(false);
+        }
+        e.stop(VectorClock::new()).await;
+        let mut e_ends = Vec::new();
+        for (n, site) in main.iter().enumerate() {
+            let (l, r) = link(&mut links, n, 4, false);
+            connect(site, l, config.clone());
+            e_ends.push(r);
+        }
+        let mut e = SiteThread::start(path(4), e_ends, stream, 410..420);
+        acknowledged.extend((&mut e.written).await.unwrap());
+
+        let mut target = VectorClock::new();
+        for emitted in &acknowledged {
+            target.merge(&emitted.clock);
+        }
+        for site in &main {
+            until_covers(site, &target).await;
+        }
+        let (vd, ve) = (d.stop(target.clone()).await, e.stop(target.clone()).await);
+        let va = view(&main[0], stream).await;
+        assert_eq!(va.0.len(), 100, "every write, once: {va:?}");
+        for (name, other) in
+            [("B", view(&main[1], stream).await), ("C", view(&main[2], stream).await), ("D", vd), ("E", ve)]
+        {
+            assert_eq!(va, other, "A and {name} converged");
+        }
     });
 }

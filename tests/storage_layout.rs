@@ -8,7 +8,7 @@ mod common;
 
 use actix::Actor;
 use common::{run_site, TrailStream};
-use gundb::storage::{SledStorage, Storage, StorageError, STORAGE_FORMAT};
+use gundb::storage::{Replicated, SledStorage, Storage, StorageError, STORAGE_FORMAT};
 use gundb::{Emit, LogPos, StreamActor, StreamId};
 use std::sync::Arc;
 
@@ -194,21 +194,23 @@ fn the_log_and_replication_positions_survive_a_reopen() {
         let append = Append { events: &events, stale_snapshots: &[] };
         runtime.block_on(storage.append(stream, append).unwrap()).unwrap();
     };
+    // Held up to 42, but for one origin whose events a direct link carried.
+    let held = Replicated { upto: LogPos(42), behind: vec![(SiteId::from_u128(79), LogPos(17))] };
     let first = {
         let storage = SledStorage::open(dir.path()).unwrap();
         storage.open_stream(stream, "testkit").unwrap();
         append(&storage, 1..=3);
         append(&storage, 4..=5);
-        storage.set_replicated(peer, LogPos(42)).unwrap();
+        storage.set_replicated(peer, &held).unwrap();
         append(&storage, 6..=6); // its flush makes the position durable too
-        assert_eq!(storage.replicated(peer).unwrap(), LogPos(42));
+        assert_eq!(storage.replicated(peer).unwrap(), held);
         storage.log_after(LogPos(0), usize::MAX).unwrap()
     };
     assert_eq!(first.last, LogPos(6));
     let storage = SledStorage::open(dir.path()).unwrap();
     assert_eq!(storage.log_after(LogPos(0), usize::MAX).unwrap(), first, "the same log after the reopen");
-    assert_eq!(storage.replicated(peer).unwrap(), LogPos(42));
-    assert_eq!(storage.replicated(SiteId::from_u128(78)).unwrap(), LogPos(0), "a peer never read from");
+    assert_eq!(storage.replicated(peer).unwrap(), held);
+    assert_eq!(storage.replicated(SiteId::from_u128(78)).unwrap(), Replicated::default(), "a peer never read from");
     append(&storage, 7..=8);
     let tail = storage.log_after(LogPos(5), usize::MAX).unwrap();
     assert_eq!(tail.events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![6, 7, 8]);

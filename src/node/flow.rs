@@ -1,11 +1,16 @@
 //! The decisions of replication, pure (no actor, no clock, no I/O), so that tests and the
 //! simulation run the same code the nodes do: [`Window`], the source's side (where the
-//! next frame starts, what is unacknowledged, when to send again), and [`Intake`], the
-//! sink's side (which frames to take, when to ask again, how far the peer's log is durable
-//! here, in order). Times are milliseconds of any monotonic clock the caller keeps.
+//! next frame starts, what is unacknowledged, when to send again), [`Intake`], the sink's
+//! side (which frames to take, when to ask again, how far the peer's log is durable here,
+//! in order), and [`Origins`], what the sink holds of the peer's log per origin site and so
+//! which events it asks the peer for. Times are milliseconds of any monotonic clock the
+//! caller keeps.
 
-use crate::id::LogPos;
-use std::collections::VecDeque;
+use super::Filter;
+use crate::id::{LogPos, SiteId};
+use crate::limits;
+use crate::storage::Replicated;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The source's side of one connection.
 #[derive(Debug, Default)]
@@ -104,6 +109,8 @@ pub enum Take {
         /// The position to acknowledge again, if the frame is durable here.
         ack: Option<LogPos>,
     },
+    /// It answers an earlier `Want`, whose filter or start no longer holds: dropped.
+    Superseded,
     /// It does not follow on (a frame was lost, or the peer sends past the window).
     /// `want`: ask for the log after this position (once per position).
     Gap {
@@ -115,6 +122,9 @@ pub enum Take {
 /// The sink's side of one connection.
 #[derive(Debug, Default)]
 pub struct Intake {
+    /// Which `Want` frames must answer: a new one each time what is asked for changes, so
+    /// that frames sent for the old one are not taken for the new.
+    epoch: u64,
     /// Where the next frame must start: the end of the last frame taken.
     expected: LogPos,
     /// How far the peer's log is durable here, in order.
@@ -140,10 +150,31 @@ impl Intake {
         self.durable
     }
 
-    /// A frame covering the peer's log after `after` up to `last` (`after < last`),
-    /// arriving at `now`, when at most `settling_max` frames may wait to be durable.
-    pub fn frame(&mut self, after: LogPos, last: LogPos, settling_max: usize, now: u64) -> Take {
+    /// The epoch frames must carry: that of the latest [`Intake::restart`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts over at `from` under a new epoch, at `now`: what is asked for changed. Frames
+    /// of earlier epochs are dropped from now on, and those waiting to be durable are
+    /// forgotten (their events are durable or fetched again, at the cost of copies).
+    pub fn restart(&mut self, from: LogPos, now: u64) -> u64 {
+        self.epoch += 1;
+        self.settling.clear();
+        self.expected = from;
+        self.durable = from;
+        self.ask(now);
+        self.epoch
+    }
+
+    /// A frame of `epoch` covering the peer's log after `after` up to `last`
+    /// (`after < last`), arriving at `now`, when at most `settling_max` frames may wait to
+    /// be durable.
+    pub fn frame(&mut self, epoch: u64, after: LogPos, last: LogPos, settling_max: usize, now: u64) -> Take {
         debug_assert!(after < last, "the caller refuses empty frames");
+        if epoch != self.epoch {
+            return Take::Superseded;
+        }
         if last <= self.expected {
             let ack = (last <= self.durable).then_some(self.durable);
             return Take::Stale { ack };
@@ -200,10 +231,180 @@ impl Intake {
     }
 }
 
+/// Whether a link works both ways, judged at each of the peer's `Hello`s from how many of
+/// our `Want`s and `Ack`s it says it has heard. Quick to trust, slow to doubt: the link is
+/// live once the peer has heard everything said before its previous hello, and stops
+/// being live only when it has not heard what was said `grace` or more ago (a link cut
+/// one way), not merely because a busy peer is behind, or when no hello came for `grace`.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// At each hello: when, and how many frames had been said by then; newest last.
+    said: VecDeque<(u64, u64)>,
+    live: bool,
+}
+
+impl Liveness {
+    /// Hellos remembered: enough for `grace` at the hello rates in use, bounded whatever.
+    const SAID_MAX: usize = 64;
+
+    /// A hello at `now` saying the peer heard `heard` frames, when `said` have been said
+    /// to it: whether the link is live now.
+    pub fn hello(&mut self, now: u64, heard: u64, said: u64, grace: u64) -> bool {
+        let up = self.said.back().is_some_and(|&(_, said)| heard >= said);
+        // Keep the newest sample at least `grace` old at the front.
+        while self.said.get(1).is_some_and(|&(at, _)| now.saturating_sub(at) >= grace) {
+            self.said.pop_front();
+        }
+        let down = self.said.front().is_some_and(|&(at, said)| now.saturating_sub(at) >= grace && heard < said);
+        self.live = if self.live { !down } else { up };
+        self.said.push_back((now, said));
+        if self.said.len() > Self::SAID_MAX {
+            self.said.pop_front();
+        }
+        self.live
+    }
+
+    /// Looked at `now` between hellos: a link silent for `grace` is not live (hellos come
+    /// much more often on a working one).
+    pub fn check(&mut self, now: u64, grace: u64) -> bool {
+        if self.said.back().is_some_and(|&(at, _)| now.saturating_sub(at) >= grace) {
+            self.live = false;
+        }
+        self.live
+    }
+}
+
+/// What a sink holds of its peer's log per origin site, and so what it asks the peer for.
+///
+/// Events reach a site from their origin over a direct link, and relayed by every other
+/// peer: in a full mesh each would arrive once per peer. So while a direct link to an
+/// origin is live, the other peers are asked to leave that origin's events out (its
+/// events are *skipped*, and held here from its link); when the link goes, they are asked
+/// for them again from where this peer's log of them was left. Positions are in the peer's
+/// log; everything is O(origins), whatever the number of streams.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    /// The peer: its own events are never skipped, only it surely has them all.
+    peer: SiteId,
+    /// Every origin not in `behind` is held up to here.
+    upto: LogPos,
+    /// Origins held only up to an earlier position: skipped ones, and ones caught up on
+    /// from there.
+    behind: BTreeMap<SiteId, Behind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Behind {
+    held: LogPos,
+    skipped: bool,
+}
+
+impl Origins {
+    /// What the sink of `peer` held when last recorded. Nothing is skipped until
+    /// [`Origins::skip`] says which links are live.
+    pub fn new(peer: SiteId, held: &Replicated) -> Self {
+        let behind: BTreeMap<SiteId, Behind> = held
+            .behind
+            .iter()
+            .filter(|(origin, at)| *origin != peer && *at < held.upto)
+            .map(|&(origin, held)| (origin, Behind { held, skipped: false }))
+            .collect();
+        if behind.len() > limits::ORIGINS_MAX {
+            // Not a record this code writes: hold every origin as far as the least one.
+            let upto = behind.values().map(|b| b.held).fold(held.upto, LogPos::min);
+            return Self { peer, upto, behind: BTreeMap::new() };
+        }
+        Self { peer, upto: held.upto, behind }
+    }
+
+    /// Skips the origins of `live` (the sites with a live direct link here), the peer left
+    /// out, and stops skipping the others. True if that changed what to ask the peer for.
+    pub fn skip(&mut self, live: &BTreeSet<SiteId>) -> bool {
+        let mut changed = false;
+        for (origin, behind) in &mut self.behind {
+            if behind.skipped && !live.contains(origin) {
+                behind.skipped = false; // caught up on from where it was left
+                changed = true;
+            }
+        }
+        for &origin in live.iter().filter(|origin| **origin != self.peer) {
+            let full = self.behind.len() >= limits::ORIGINS_MAX;
+            match self.behind.get_mut(&origin) {
+                Some(behind) if !behind.skipped => {
+                    behind.skipped = true;
+                    changed = true;
+                }
+                Some(_) => {}
+                // Beyond the bound, an origin's events keep coming from every peer: copies.
+                None if full => {}
+                None => {
+                    self.behind.insert(origin, Behind { held: self.upto, skipped: true });
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Where the peer's frames must start, to catch up on every origin not skipped.
+    pub fn start(&self) -> LogPos {
+        self.behind.values().filter(|b| !b.skipped).map(|b| b.held).fold(self.upto, LogPos::min)
+    }
+
+    /// What to ask the peer for.
+    pub fn filter(&self) -> Filter {
+        let behind = self.behind.iter().map(|(&origin, b)| (origin, (!b.skipped).then_some(b.held))).collect();
+        Filter { held: self.upto, behind }
+    }
+
+    /// The peer's log is durable here from [`Origins::start`] up to `durable`, as the
+    /// current filter asked for it.
+    pub fn durable(&mut self, durable: LogPos) {
+        self.upto = self.upto.max(durable);
+        let upto = self.upto;
+        self.behind.retain(|_, b| {
+            if b.skipped {
+                return true; // frozen, and must stay skipped
+            }
+            b.held = b.held.max(durable);
+            b.held < upto
+        });
+    }
+
+    /// How far every origin not in `behind` is held, the peer's own events included.
+    pub fn upto(&self) -> LogPos {
+        self.upto
+    }
+
+    /// The skipped origins held less far than the others.
+    pub fn skipped_behind(&self) -> Vec<SiteId> {
+        self.behind.iter().filter(|(_, b)| b.skipped && b.held < self.upto).map(|(&origin, _)| origin).collect()
+    }
+
+    /// Every event of skipped `origin` in the peer's log up to `upto` is durable here (its
+    /// direct link carried them): it is held that far.
+    pub fn advance(&mut self, origin: SiteId, upto: LogPos) {
+        if let Some(behind) = self.behind.get_mut(&origin).filter(|b| b.skipped) {
+            behind.held = behind.held.max(upto);
+        }
+    }
+
+    /// Whether every origin, skipped ones included, is held up to `upto`.
+    pub fn holds(&self, upto: LogPos) -> bool {
+        self.behind.values().map(|b| b.held).fold(self.upto, LogPos::min) >= upto
+    }
+
+    /// What to record, for replication from the peer to resume from.
+    pub fn record(&self) -> Replicated {
+        Replicated { upto: self.upto, behind: self.behind.iter().map(|(&origin, b)| (origin, b.held)).collect() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testkit::Rng;
+    use std::collections::BTreeSet;
 
     const FRAMES: usize = 4;
     const BYTES: usize = usize::MAX;
@@ -251,10 +452,10 @@ mod tests {
                         if rng.chance(10) {
                             to_sink.push((after, last)); // duplicated
                         }
-                        match intake.frame(LogPos(after), LogPos(last), FRAMES, now) {
+                        match intake.frame(0, LogPos(after), LogPos(last), FRAMES, now) {
                             Take::Events(id) => taken.push((id, after, last)),
                             Take::Stale { ack: Some(upto) } => to_source.push(Ok(upto.0)),
-                            Take::Stale { ack: None } | Take::Gap { want: None } => {}
+                            Take::Stale { ack: None } | Take::Gap { want: None } | Take::Superseded => {}
                             Take::Gap { want: Some(after) } => to_source.push(Err(after.0)),
                         }
                     }
@@ -320,5 +521,215 @@ mod tests {
         assert!(!window.rewind_if_overdue(9, 10));
         assert!(window.rewind_if_overdue(10, 10));
         assert_eq!(window.next_after(2, 100), Some(LogPos(7)), "sends again after the last ack");
+    }
+
+    /// One connection of the simulation below: the sink's intake and origins, the
+    /// source's window and latest want, and what is on the link.
+    struct Link {
+        intake: Intake,
+        origins: Origins,
+        window: Window,
+        asked: (u64, Filter),
+        /// Frames to the sink: epoch, after, last, and the positions of the events sent.
+        to_sink: Vec<(u64, u64, u64, Vec<u64>)>,
+        /// Wants and acknowledgements to the source.
+        to_source: Vec<Result<u64, (u64, u64, Filter)>>,
+        /// Frames taken, not yet durable: id and positions.
+        taken: Vec<(u64, Vec<u64>)>,
+    }
+
+    impl Link {
+        /// A connection from `record`, with the links of `live`, asking at `now`.
+        fn open(peer: SiteId, record: &Replicated, live: &BTreeSet<SiteId>, now: u64) -> Self {
+            let mut origins = Origins::new(peer, record);
+            origins.skip(live);
+            let mut link = Self {
+                intake: Intake::default(),
+                origins,
+                window: Window::default(),
+                asked: (0, Filter::default()),
+                to_sink: Vec::new(),
+                to_source: Vec::new(),
+                taken: Vec::new(),
+            };
+            link.restart(now);
+            link
+        }
+
+        fn restart(&mut self, now: u64) {
+            let start = self.origins.start();
+            self.intake.restart(start, now);
+            self.want(start.0);
+        }
+
+        fn want(&mut self, after: u64) {
+            self.to_source.push(Err((self.intake.epoch(), after, self.origins.filter())));
+        }
+    }
+
+    /// A peer's log holds events of three origins: the peer's own and two others, whose
+    /// direct links to the sink come and go (skipped while up), over a link that drops and
+    /// reorders, to a sink whose router now and then refuses a frame and whose site now
+    /// and then restarts from what it recorded. Whatever the record says is held is held,
+    /// and once no direct link is up the sink ends up holding every event of the log:
+    /// skipping an origin never loses its events. The direct links carry nothing here, so
+    /// the peer must send everything again that the record does not cover.
+    #[test]
+    fn skipping_origins_loses_no_event_of_theirs() {
+        let (peer, others) = (SiteId::from_u128(1), [SiteId::from_u128(2), SiteId::from_u128(3)]);
+        for seed in 0..300_u64 {
+            let mut rng = Rng::new(seed);
+            let len = 1 + rng.below(80);
+            let log: Vec<SiteId> = (0..len).map(|_| [peer, others[0], others[1]][rng.index(3)]).collect();
+            let origin_at = |pos: u64| log[usize::try_from(pos - 1).unwrap_or(usize::MAX)];
+            let mut held = vec![false; log.len() + 1]; // durable at the sink, by position
+            let mut live = BTreeSet::new();
+            let mut record = Replicated::default();
+            let mut link = Link::open(peer, &record, &live, 0);
+            let mut now = 0;
+            for step in 0..40_000 {
+                now += 1;
+                let done = (1..=len).all(|pos| held[usize::try_from(pos).unwrap_or(0)]);
+                if done && live.is_empty() {
+                    break;
+                }
+                // Late on, the direct links go for good: the peer must then send the rest.
+                let settling = step > 20_000;
+                match rng.below(9) {
+                    0 if !settling => {
+                        let other = others[rng.index(2)];
+                        if !live.remove(&other) {
+                            live.insert(other);
+                        }
+                        if link.origins.skip(&live) {
+                            link.restart(now);
+                        }
+                    }
+                    0 if !live.is_empty() => {
+                        live.clear();
+                        if link.origins.skip(&live) {
+                            link.restart(now);
+                        }
+                    }
+                    1 => {
+                        if let Some(after) = link.window.next_after(FRAMES, BYTES) {
+                            let last = (after.0 + 1 + rng.below(4)).min(len);
+                            if last > after.0 {
+                                let (epoch, filter) = &link.asked;
+                                let sent = (after.0 + 1..=last)
+                                    .filter(|&pos| filter.sends(origin_at(pos), LogPos(pos)))
+                                    .collect();
+                                link.window.sent(LogPos(last), 1, now);
+                                link.to_sink.push((*epoch, after.0, last, sent));
+                            }
+                        }
+                    }
+                    2 if !link.to_sink.is_empty() => {
+                        let (epoch, after, last, sent) = link.to_sink.remove(rng.index(link.to_sink.len()));
+                        if rng.chance(10) {
+                            continue; // lost
+                        }
+                        match link.intake.frame(epoch, LogPos(after), LogPos(last), FRAMES, now) {
+                            Take::Events(id) => link.taken.push((id, sent)),
+                            Take::Stale { ack: Some(upto) } => link.to_source.push(Ok(upto.0)),
+                            Take::Gap { want: Some(after) } => link.want(after.0),
+                            Take::Stale { ack: None } | Take::Gap { want: None } | Take::Superseded => {}
+                        }
+                    }
+                    3 if !link.taken.is_empty() => {
+                        let (id, sent) = link.taken.remove(rng.index(link.taken.len()));
+                        if rng.chance(5) {
+                            link.taken.clear();
+                            let after = link.intake.reset(now);
+                            link.want(after.0);
+                            continue;
+                        }
+                        for pos in sent {
+                            held[usize::try_from(pos).unwrap_or(0)] = true;
+                        }
+                        if let Some(durable) = link.intake.settled(id) {
+                            link.origins.durable(durable);
+                            record = link.origins.record();
+                            link.to_source.push(Ok(durable.0));
+                            // What the record says is held, is.
+                            for pos in 1..=len {
+                                let origin = origin_at(pos);
+                                let upto =
+                                    record.behind.iter().find(|(o, _)| *o == origin).map_or(record.upto, |b| b.1);
+                                let ok = pos > upto.0 || held[usize::try_from(pos).unwrap_or(0)];
+                                assert!(ok, "seed {seed}: the record holds {origin} at {pos}, never received");
+                            }
+                        }
+                    }
+                    4 if !link.to_source.is_empty() => {
+                        let said = link.to_source.remove(rng.index(link.to_source.len()));
+                        if rng.chance(10) {
+                            continue; // lost
+                        }
+                        match said {
+                            Ok(upto) => link.window.ack(LogPos(upto)),
+                            Err((epoch, after, filter)) => {
+                                link.asked = (epoch, filter);
+                                link.window.want(LogPos(after));
+                            }
+                        }
+                    }
+                    5 => {
+                        link.window.rewind_if_overdue(now, 50);
+                    }
+                    6 => {
+                        if let Some(after) = link.intake.want_again(now, 50) {
+                            link.want(after.0);
+                        }
+                    }
+                    7 if rng.chance(2) => link = Link::open(peer, &record, &live, now), // a restart
+                    _ => {}
+                }
+            }
+            let missing: Vec<u64> = (1..=len).filter(|&pos| !held[usize::try_from(pos).unwrap_or(0)]).collect();
+            assert!(missing.is_empty(), "seed {seed}: positions {missing:?} never reached the sink");
+        }
+    }
+
+    #[test]
+    fn a_skipped_origin_is_asked_for_again_from_where_it_was_left() {
+        let (peer, other) = (SiteId::from_u128(1), SiteId::from_u128(2));
+        let mut origins = Origins::new(peer, &Replicated { upto: LogPos(10), behind: Vec::new() });
+        assert!(!origins.skip(&BTreeSet::from([peer])), "the peer itself is never skipped");
+        assert!(origins.skip(&BTreeSet::from([peer, other])));
+        assert_eq!(origins.filter(), Filter { held: LogPos(10), behind: vec![(other, None)] });
+        origins.durable(LogPos(50));
+        assert_eq!(origins.record(), Replicated { upto: LogPos(50), behind: vec![(other, LogPos(10))] });
+        assert!(!origins.holds(LogPos(50)), "the skipped origin is held to 10 only");
+        assert_eq!(origins.skipped_behind(), vec![other]);
+        origins.advance(other, LogPos(20)); // its link carried its events of the peer's log up to 20
+        assert_eq!(origins.record().behind, vec![(other, LogPos(20))]);
+        origins.advance(other, LogPos(10));
+        assert_eq!(origins.record().behind, vec![(other, LogPos(20))], "never back");
+        assert!(origins.skip(&BTreeSet::new()), "the link to the origin went");
+        assert_eq!(origins.start(), LogPos(20), "its events are asked for from where they were left");
+        assert_eq!(origins.filter(), Filter { held: LogPos(50), behind: vec![(other, Some(LogPos(20)))] });
+        origins.advance(other, LogPos(40));
+        assert_eq!(origins.start(), LogPos(20), "only skipped origins advance: this one is caught up on");
+        origins.durable(LogPos(30));
+        assert_eq!(origins.record().behind, vec![(other, LogPos(30))], "caught up on to 30");
+        origins.durable(LogPos(60));
+        assert_eq!(origins.record(), Replicated { upto: LogPos(60), behind: Vec::new() }, "caught up");
+        assert!(origins.filter().sends(other, LogPos(61)) && !origins.filter().sends(other, LogPos(60)));
+    }
+
+    #[test]
+    fn a_link_is_trusted_quickly_and_doubted_only_after_the_grace() {
+        let mut live = Liveness::default();
+        assert!(!live.hello(0, 0, 1, 100), "the first hello comes before our want");
+        assert!(!live.hello(10, 0, 1, 100), "our want has not arrived");
+        assert!(live.hello(20, 1, 3, 100), "it has now");
+        assert!(live.hello(30, 2, 9, 100), "behind, but not for long");
+        assert!(live.hello(115, 2, 9, 100), "what was said 105 ago (1) is heard; 3, said 95 ago, not yet");
+        assert!(!live.hello(130, 2, 9, 100), "what was said 100 ago (9) is not heard: cut one way");
+        assert!(!live.hello(140, 8, 9, 100), "still behind what it was told by its previous hello");
+        assert!(live.hello(150, 9, 9, 100), "heard everything again");
+        assert!(live.check(249, 100), "a hello 99 ago");
+        assert!(!live.check(250, 100), "no hello for 100: silent");
     }
 }

@@ -15,9 +15,18 @@
 //! unacknowledged for [`NodeConfig::resend_after`] go again. Catch-up and live streaming
 //! are one mechanism, and because a site's log holds what it got from others, a site
 //! relays: A heals C through B. A peer is never sent its own events.
+//!
+//! In a mesh, relaying would send each event once per peer. So a `Want` carries a
+//! [`Filter`]: per origin site, how far its events are held here, or not to send them at
+//! all while this site has a live direct link from the origin ([`links::Links`]; live
+//! means it hears us, see [`flow::Liveness`]). When such a link goes, the other peers are
+//! asked for that origin's events again from where they were left, which moves on while
+//! the link works ([`flow::Origins`]). Everything two sites exchange to resume is
+//! O(origin sites), whatever the number of streams.
 
 pub mod catchup;
 pub mod flow;
+pub mod links;
 mod sink;
 mod source;
 pub mod tcp;
@@ -43,16 +52,32 @@ pub enum Frame {
     Hello {
         /// The sender's site.
         site: SiteId,
+        /// How many `Want` and `Ack` frames the sender has had from the receiver on this
+        /// connection: the receiver knows from it that the link works both ways, and only
+        /// then leaves the sender's events to it (see [`flow::Origins`]).
+        heard: u64,
+        /// The end of the sender's log as the hello went: once the receiver holds the
+        /// sender's events up to it, it holds everything the sender wrote before it heard
+        /// the receiver's `heard`-th frame.
+        head: LogPos,
     },
-    /// Send your log after `after`: on connect (how far the receiver's log is durable at
-    /// the sender), and again when a frame was lost or an event refused.
+    /// Send your log after `after`, the events `filter` lets through: on connect, when
+    /// what to leave out changes (a new `epoch`), and again when a frame was lost or an
+    /// event refused.
     Want {
-        /// The position the sender holds the receiver's log up to.
+        /// Frames answering this `Want` carry it; earlier ones are dropped.
+        epoch: u64,
+        /// Where frames start.
         after: LogPos,
+        /// Which events to send.
+        filter: Filter,
     },
     /// The sender's log after `after` up to `last`, in log order. Events the receiver
-    /// wrote itself are left out, so `events` may be fewer than the positions covered.
+    /// wrote itself or filtered out are left out, so `events` may be fewer than the
+    /// positions covered.
     Events {
+        /// The epoch of the `Want` the frame answers.
+        epoch: u64,
         /// The position the frame follows on from.
         after: LogPos,
         /// The position of the frame's last event.
@@ -65,6 +90,27 @@ pub enum Frame {
         /// The position acknowledged, with everything before it.
         upto: LogPos,
     },
+}
+
+/// Which events of its log a source sends a peer: those past what the peer holds of their
+/// origin site. O(origins) bytes, whatever the number of streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// How far the peer holds the events of origins not in `behind`.
+    pub held: LogPos,
+    /// Origins held less far (`Some`), or not to be sent at all (`None`: a direct link
+    /// carries them), sorted by site; at most [`crate::limits::ORIGINS_MAX`].
+    pub behind: Vec<(SiteId, Option<LogPos>)>,
+}
+
+impl Filter {
+    /// Whether the event of `origin` at `pos` goes to the peer. Expects `behind` sorted.
+    pub fn sends(&self, origin: SiteId, pos: LogPos) -> bool {
+        match self.behind.binary_search_by_key(&origin, |(site, _)| *site) {
+            Ok(at) => self.behind.get(at).and_then(|(_, held)| *held).is_some_and(|held| pos > held),
+            Err(_) => pos > self.held,
+        }
+    }
 }
 
 /// Settings of a connection.
@@ -122,17 +168,23 @@ mod tests {
     use super::*;
 
     /// What two sites exchange to resume does not grow with the number of streams: a
-    /// `Hello`, a `Want` and an `Ack` are a few bytes each, whatever either site holds.
+    /// `Hello`, a `Want` naming five origins and an `Ack` are a few bytes each, whatever
+    /// either site holds.
     #[test]
     fn control_frames_are_a_few_bytes_whatever_the_sites_hold() {
+        let five = (1..=5).map(|n| (SiteId::from_u128(n), Some(LogPos(u64::MAX)))).collect();
         let frames = [
-            Frame::Hello { site: SiteId::random() },
-            Frame::Want { after: LogPos(u64::MAX) },
+            Frame::Hello { site: SiteId::random(), heard: u64::MAX, head: LogPos(u64::MAX) },
+            Frame::Want {
+                epoch: u64::MAX,
+                after: LogPos(u64::MAX),
+                filter: Filter { held: LogPos(u64::MAX), behind: five },
+            },
             Frame::Ack { upto: LogPos(u64::MAX) },
         ];
         for frame in frames {
             let bytes = crate::codec::encode_frame(&frame).unwrap();
-            assert!(bytes.len() <= 32, "{frame:?} is {} bytes", bytes.len());
+            assert!(bytes.len() <= 256, "{frame:?} is {} bytes", bytes.len());
         }
     }
 }

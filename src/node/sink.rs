@@ -3,7 +3,8 @@
 //! and acknowledges it. What the peer says about our log goes to the source node of the
 //! same connection.
 
-use super::flow::{Intake, Take};
+use super::flow::{Intake, Liveness, Origins, Take};
+use super::links::LinkUp;
 use super::source::{FromPeer, SourceNode, ToPeer};
 use super::{Frame, NodeConfig};
 use crate::clock::VectorClock;
@@ -16,7 +17,7 @@ use crate::site::Site;
 use crate::storage::StorageError;
 use crate::stream::clock_ms;
 use actix::prelude::*;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
 /// Receives from one peer.
@@ -27,41 +28,97 @@ pub struct SinkNode {
     config: NodeConfig,
     /// The peer's site, from its `Hello`.
     peer: Option<SiteId>,
-    /// Which frames to take and how far the peer's log is durable here: `None` until the
-    /// peer said hello.
-    intake: Option<Intake>,
+    /// Which frames to take and how far the peer's log is durable here, and what is held
+    /// of it per origin: `None` until the peer said hello.
+    intake: Option<(Intake, Origins)>,
+    /// The peer counted live in the site's links while the link works both ways.
+    link: Option<LinkUp>,
+    /// `Want` and `Ack` frames sent the peer, and whether it hears them.
+    sent: u64,
+    liveness: Liveness,
     /// [`HoldsPeerLog`] requests waiting for `durable` to reach their position.
     holds_waiters: Vec<(LogPos, oneshot::Sender<()>)>,
+    /// [`HoldsPeerWrites`] requests: the frames the peer must have heard, the end of its
+    /// log it then reported, and whom to tell once that is held here.
+    writes_waiters: Vec<(u64, Option<LogPos>, oneshot::Sender<bool>)>,
+    /// Skipped origins whose position is being advanced.
+    advancing: BTreeSet<SiteId>,
+    /// This sink, for the site's links.
+    me: Option<Recipient<HoldsPeerWrites>>,
 }
 
 impl SinkNode {
     /// A sink reading `receiver` for `site`, telling `source` what the peer says.
     pub fn new(site: Site, receiver: mpsc::Receiver<Vec<u8>>, source: Addr<SourceNode>, config: NodeConfig) -> Self {
-        Self { site, receiver: Some(receiver), source, config, peer: None, intake: None, holds_waiters: Vec::new() }
+        Self {
+            site,
+            receiver: Some(receiver),
+            source,
+            config,
+            peer: None,
+            intake: None,
+            link: None,
+            sent: 0,
+            liveness: Liveness::default(),
+            holds_waiters: Vec::new(),
+            writes_waiters: Vec::new(),
+            advancing: BTreeSet::new(),
+            me: None,
+        }
     }
 
-    /// Asks the peer for its log after `after`.
-    fn want(&self, after: LogPos) {
-        self.source.do_send(ToPeer(Frame::Want { after }));
+    /// Asks the peer for its log after `after`, under the current epoch and filter.
+    fn want(&mut self, after: LogPos) {
+        let Some((intake, origins)) = &self.intake else { return };
+        self.sent += 1;
+        self.source.do_send(ToPeer(Frame::Want { epoch: intake.epoch(), after, filter: origins.filter() }));
+    }
+
+    /// Asks the peer afresh: what to leave out changed, or the connection is new.
+    fn restart(&mut self) {
+        if let Some((intake, origins)) = &mut self.intake {
+            let start = origins.start();
+            intake.restart(start, clock_ms());
+            self.want(start);
+        }
     }
 
     /// Says we hold the peer's log up to `upto`.
-    fn ack(&self, upto: LogPos) {
+    fn ack(&mut self, upto: LogPos) {
+        self.sent += 1;
         self.source.do_send(ToPeer(Frame::Ack { upto }));
     }
 
     /// The peer said who it is: ask for its log from where ours of it ends.
-    fn hello(&mut self, site: SiteId) -> bool {
+    fn hello(&mut self, site: SiteId, heard: u64, head: LogPos) -> bool {
         match self.peer {
-            Some(known) if known == site => return true, // a keepalive
+            Some(known) if known == site => {
+                // A keepalive. The peer's events are left to this link (other peers are
+                // asked not to relay them) while it hears us: a link cut one way is not
+                // taken for live.
+                let grace = u64::try_from(self.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+                let live = self.liveness.hello(clock_ms(), heard, self.sent, grace);
+                match (live, self.link.is_some(), &self.me) {
+                    (true, false, Some(me)) => self.link = Some(self.site.links().up(site, me.clone())),
+                    (false, true, _) => self.link = None,
+                    _ => {}
+                }
+                for (needs, reported, _) in &mut self.writes_waiters {
+                    if reported.is_none() && heard >= *needs {
+                        *reported = Some(head);
+                    }
+                }
+                self.wake_writes_waiters();
+                return true;
+            }
             Some(known) => {
                 tracing::warn!(%known, %site, "a peer changed its site id mid-connection; closing it");
                 return false;
             }
             None => {}
         }
-        let durable = match self.site.storage().replicated(site) {
-            Ok(durable) => durable,
+        let held = match self.site.storage().replicated(site) {
+            Ok(held) => held,
             Err(error) => {
                 tracing::warn!(%site, %error, "reading how far a peer's log is held failed; closing the connection");
                 return false;
@@ -69,20 +126,24 @@ impl SinkNode {
         };
         self.peer = Some(site);
         self.source.do_send(FromPeer::Hello(site));
-        self.intake = Some(Intake::new(durable, clock_ms()));
-        self.want(durable);
+        let mut origins = Origins::new(site, &held);
+        origins.skip(&self.site.links().live());
+        self.intake = Some((Intake::default(), origins));
+        self.restart();
+        self.liveness.hello(clock_ms(), 0, self.sent, 0);
         true
     }
 
     /// A frame of the peer's log: taken when it follows on from the last one. Returns the
     /// id of the frame whose events go to the router, if any.
-    fn events(&mut self, after: LogPos, last: LogPos) -> Result<Option<u64>, ()> {
-        let Some(intake) = self.intake.as_mut().filter(|_| after < last) else {
+    fn events(&mut self, epoch: u64, after: LogPos, last: LogPos) -> Result<Option<u64>, ()> {
+        let Some((intake, _)) = self.intake.as_mut().filter(|_| after < last) else {
             tracing::warn!(%after, %last, "a peer sent events out of protocol; closing the connection");
             return Err(());
         };
-        match intake.frame(after, last, limits::UNACKED_FRAMES_MAX, clock_ms()) {
+        match intake.frame(epoch, after, last, limits::UNACKED_FRAMES_MAX, clock_ms()) {
             Take::Events(id) => return Ok(Some(id)),
+            Take::Superseded => {}
             // Sent again and durable: our `Ack` was lost.
             Take::Stale { ack: Some(upto) } => self.ack(upto),
             Take::Gap { want: Some(after) } => self.want(after),
@@ -93,22 +154,67 @@ impl SinkNode {
 
     /// The events of frame `id` are durable: record and acknowledge what is durable in order.
     fn settled(&mut self, id: u64) {
-        let (Some(peer), Some(durable)) = (self.peer, self.intake.as_mut().and_then(|i| i.settled(id))) else {
-            return;
-        };
+        let Some((intake, origins)) = self.intake.as_mut() else { return };
+        let Some(durable) = intake.settled(id) else { return };
+        origins.durable(durable);
+        self.record();
+        self.ack(durable);
+        self.wake_writes_waiters();
+    }
+
+    /// Records how far the peer's log is held here, and answers the requests that reached
+    /// their position.
+    fn record(&mut self) {
+        let (Some(peer), Some((_, origins))) = (self.peer, self.intake.as_ref()) else { return };
         // The events are durable; a position not recorded costs copies after a restart.
-        match self.site.storage().set_replicated(peer, durable) {
+        match self.site.storage().set_replicated(peer, &origins.record()) {
             Ok(()) => {}
             // Backpressure, not a fault: the next frame's position is recorded instead.
             Err(StorageError::Busy { .. }) => tracing::debug!(%peer, "replication progress not recorded: storage busy"),
             Err(error) => tracing::warn!(%peer, %error, "recording replication progress failed"),
         }
-        self.ack(durable);
         let (reached, waiting) =
-            std::mem::take(&mut self.holds_waiters).into_iter().partition(|(upto, _)| *upto <= durable);
+            std::mem::take(&mut self.holds_waiters).into_iter().partition(|(upto, _)| origins.holds(*upto));
         self.holds_waiters = waiting;
         for (_, waiter) in reached {
             let _: Result<(), ()> = waiter.send(()); // a requester that went away needs no answer
+        }
+    }
+
+    /// Answers the [`HoldsPeerWrites`] requests whose reported log end is held here (the
+    /// peer's own events are never behind, so `upto` holds them).
+    fn wake_writes_waiters(&mut self) {
+        let Some((_, origins)) = &self.intake else { return };
+        let upto = origins.upto();
+        let (reached, waiting) = std::mem::take(&mut self.writes_waiters)
+            .into_iter()
+            .partition(|(_, reported, _)| reported.is_some_and(|head| head <= upto));
+        self.writes_waiters = waiting;
+        for (_, _, waiter) in reached {
+            let _: Result<(), bool> = waiter.send(true); // a requester that went away needs no answer
+        }
+    }
+
+    /// Moves on the positions of skipped origins: each origin's own link is asked whether
+    /// it holds everything the origin wrote before now; if so, every event of the origin
+    /// in the peer's log as far as it is held now is durable here, so asking again after
+    /// the link goes starts there rather than where the origin was first skipped.
+    fn advance_skipped(&mut self, ctx: &mut Context<Self>) {
+        let Some((_, origins)) = &self.intake else { return };
+        let upto = origins.upto();
+        for origin in origins.skipped_behind() {
+            let Some(sink) = self.site.links().sink(origin).filter(|_| !self.advancing.contains(&origin)) else {
+                continue;
+            };
+            self.advancing.insert(origin);
+            let held = async move { sink.send(HoldsPeerWrites).await.unwrap_or(false) };
+            ctx.spawn(held.into_actor(self).map(move |held, sink, _| {
+                sink.advancing.remove(&origin);
+                if let (true, Some((_, origins))) = (held, &mut sink.intake) {
+                    origins.advance(origin, upto);
+                    sink.record();
+                }
+            }));
         }
     }
 }
@@ -152,10 +258,21 @@ impl Actor for SinkNode {
         // A `Want` can be lost like any frame: one unanswered for `resend_after` goes again.
         ctx.run_interval(self.config.resend_after / 4, |sink, _| {
             let resend_after = u64::try_from(sink.config.resend_after.as_millis()).unwrap_or(u64::MAX);
-            if let Some(after) = sink.intake.as_mut().and_then(|i| i.want_again(clock_ms(), resend_after)) {
+            if let Some(after) = sink.intake.as_mut().and_then(|(i, _)| i.want_again(clock_ms(), resend_after)) {
                 sink.want(after);
             }
+            if sink.link.is_some() && !sink.liveness.check(clock_ms(), resend_after) {
+                sink.link = None; // silent: the peer's events are asked of every link again
+            }
         });
+        // Links to other peers coming and going change which origins to ask this one for.
+        let changes = futures::stream::unfold(self.site.links().watch(), |mut watch| async move {
+            watch.changed().await.ok()?;
+            Some((LinksChanged, watch))
+        });
+        ctx.add_message_stream(changes);
+        ctx.run_interval(self.config.resend_after, Self::advance_skipped);
+        self.me = Some(ctx.address().recipient());
         super::listen(&self.site, self, ctx);
     }
 }
@@ -172,16 +289,16 @@ impl Handler<Got> for SinkNode {
 
     fn handle(&mut self, Got(frame): Got, _: &mut Context<Self>) -> Self::Result {
         let (events, id) = match frame {
-            Frame::Hello { site } => return Box::pin(fut::ready(self.hello(site))),
-            Frame::Want { after } => {
-                self.source.do_send(FromPeer::Want(after));
+            Frame::Hello { site, heard, head } => return Box::pin(fut::ready(self.hello(site, heard, head))),
+            Frame::Want { epoch, after, filter } => {
+                self.source.do_send(FromPeer::Want { epoch, after, filter });
                 return Box::pin(fut::ready(true));
             }
             Frame::Ack { upto } => {
                 self.source.do_send(FromPeer::Ack(upto));
                 return Box::pin(fut::ready(true));
             }
-            Frame::Events { after, last, events } => match self.events(after, last) {
+            Frame::Events { epoch, after, last, events } => match self.events(epoch, after, last) {
                 Ok(Some(id)) => (events, id),
                 Ok(None) => return Box::pin(fut::ready(true)),
                 Err(()) => return Box::pin(fut::ready(false)),
@@ -213,14 +330,34 @@ impl Handler<FrontierAdvanced> for SinkNode {
         }
         // The router dropped or refused an event (a full buffer, a busy stream): what is
         // not durable yet may be lost, so take the peer's log again from there.
-        if let Some(after) = self.intake.as_mut().map(|intake| intake.reset(clock_ms())) {
+        if let Some(after) = self.intake.as_mut().map(|(intake, _)| intake.reset(clock_ms())) {
             self.want(after);
         }
     }
 }
 
-/// Resolves once this sink holds the peer's log up to the position (durable here, and
-/// recorded with the next commit); false if the sink stopped first.
+/// The set of live links changed.
+struct LinksChanged;
+
+impl Message for LinksChanged {
+    type Result = ();
+}
+
+impl Handler<LinksChanged> for SinkNode {
+    type Result = ();
+
+    fn handle(&mut self, _: LinksChanged, _: &mut Context<Self>) {
+        let live = self.site.links().live();
+        if self.intake.as_mut().is_some_and(|(_, origins)| origins.skip(&live)) {
+            self.restart();
+        }
+    }
+}
+
+/// Resolves once this sink holds the peer's log up to the position, the events of every
+/// origin (durable here, and recorded with the next commit); false if the sink stopped
+/// first. Events of origins a direct link carries count once that link has carried them,
+/// which the sink checks every [`NodeConfig::resend_after`].
 pub struct HoldsPeerLog(pub LogPos);
 
 impl Message for HoldsPeerLog {
@@ -232,11 +369,39 @@ impl Handler<HoldsPeerLog> for SinkNode {
 
     fn handle(&mut self, HoldsPeerLog(upto): HoldsPeerLog, _: &mut Context<Self>) -> Self::Result {
         let (waiter, done) = oneshot::channel();
-        if self.intake.as_ref().is_some_and(|intake| intake.durable() >= upto) {
+        if self.intake.as_ref().is_some_and(|(_, origins)| origins.holds(upto)) {
             let _ = waiter.send(());
         } else {
             self.holds_waiters.push((upto, waiter));
         }
         Box::pin(async move { done.await.is_ok() })
+    }
+}
+
+/// Resolves true once this sink holds every event its peer wrote before the request came
+/// (false if it cannot tell: no link yet, or too many requests waiting). The sinks of a
+/// site's other links ask it, to know how far they may count the peer's events held.
+pub struct HoldsPeerWrites;
+
+impl Message for HoldsPeerWrites {
+    type Result = bool;
+}
+
+impl Handler<HoldsPeerWrites> for SinkNode {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, _: HoldsPeerWrites, _: &mut Context<Self>) -> Self::Result {
+        let Some(durable) = self.intake.as_ref().map(|(intake, _)| intake.durable()) else {
+            return Box::pin(fut::ready(false));
+        };
+        if self.writes_waiters.len() >= limits::ORIGINS_MAX {
+            return Box::pin(fut::ready(false));
+        }
+        // A frame the peer must hear: the log end in its first hello after hearing it was
+        // read after this request came.
+        self.ack(durable);
+        let (waiter, done) = oneshot::channel();
+        self.writes_waiters.push((self.sent, None, waiter));
+        Box::pin(async move { done.await.unwrap_or(false) })
     }
 }

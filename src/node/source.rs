@@ -4,7 +4,7 @@
 //! bounded whatever the number of streams.
 
 use super::flow::Window;
-use super::{Frame, NodeConfig};
+use super::{Filter, Frame, NodeConfig};
 use crate::codec;
 use crate::event::Event;
 use crate::id::{LogPos, SiteId};
@@ -24,6 +24,11 @@ pub struct SourceNode {
     peer: Option<SiteId>,
     /// Where the next frame starts, and what is unacknowledged.
     window: Window,
+    /// The peer's latest `Want`: its epoch, and which events it wants.
+    epoch: u64,
+    filter: Filter,
+    /// `Want` and `Ack` frames had from the peer, told it in each `Hello`.
+    heard: u64,
     /// A frame is being handed to the link: the next waits for it.
     sending: bool,
 }
@@ -31,7 +36,17 @@ pub struct SourceNode {
 impl SourceNode {
     /// A source sending `site`'s log to the peer through `sender`.
     pub fn new(site: Site, sender: mpsc::Sender<Vec<u8>>, config: NodeConfig) -> Self {
-        Self { site, sender, config, peer: None, window: Window::default(), sending: false }
+        Self {
+            site,
+            sender,
+            config,
+            peer: None,
+            window: Window::default(),
+            epoch: 0,
+            filter: Filter::default(),
+            heard: 0,
+            sending: false,
+        }
     }
 
     /// Queues `frame` on the link, stopping the node if the link is gone.
@@ -68,11 +83,13 @@ impl SourceNode {
                 return;
             }
         };
-        let (events, last) = fill_frame(page.events, after, self.peer);
+        let (events, last) = fill_frame(page.events, after, |event, pos| {
+            Some(event.lane.site) != self.peer && self.filter.sends(event.lane.site, pos)
+        });
         if last == after {
             return; // nothing new: the router's next notice says when there is
         }
-        let frame = Frame::Events { after, last, events };
+        let frame = Frame::Events { epoch: self.epoch, after, last, events };
         let bytes = match codec::encode_frame(&frame) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -95,6 +112,12 @@ impl SourceNode {
         }));
     }
 
+    /// Says who we are, and how much we heard from the peer.
+    fn hello(&mut self, ctx: &mut Context<Self>) {
+        let head = self.site.storage().log_end();
+        self.send_frame(&Frame::Hello { site: self.site.id(), heard: self.heard, head }, ctx);
+    }
+
     /// Sends again whatever has gone unacknowledged for `resend_after`: lost, or dropped
     /// by the peer.
     fn resend_overdue(&mut self, ctx: &mut Context<Self>) {
@@ -106,16 +129,17 @@ impl SourceNode {
     }
 }
 
-/// The frame that follows `after`: the page's events, without those `peer` wrote, cut at
-/// [`limits::CATCHUP_BATCH_BYTES`] of payload (after the event that fills it). Returns
-/// the events kept and the position of the last event covered.
-fn fill_frame(page: Vec<Event>, after: LogPos, peer: Option<SiteId>) -> (Vec<Event>, LogPos) {
+/// The frame that follows `after`: the page's events that `sends` lets through (given
+/// each event and its position), cut at [`limits::CATCHUP_BATCH_BYTES`] of payload (after
+/// the event that fills it). Returns the events kept and the position of the last event
+/// covered.
+fn fill_frame(page: Vec<Event>, after: LogPos, sends: impl Fn(&Event, LogPos) -> bool) -> (Vec<Event>, LogPos) {
     let mut events = Vec::new();
     let mut bytes = 0;
     let mut last = after;
     for event in page {
         last = LogPos(last.0 + 1);
-        if Some(event.lane.site) != peer {
+        if sends(&event, last) {
             bytes += event.payload.len() + event.clock.len() * 48 + 128;
             events.push(event);
         }
@@ -131,17 +155,15 @@ impl Actor for SourceNode {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
-        let hello = Frame::Hello { site: self.site.id() };
-        self.send_frame(&hello, ctx);
+        self.hello(ctx);
         if let Some(every) = self.config.hello_every {
-            let hello = hello.clone();
-            ctx.run_interval(every, move |node, ctx| node.send_frame(&hello, ctx));
+            ctx.run_interval(every, Self::hello);
         }
         // Looked at four times per resend time, so a lost frame goes again within 1.25 of
         // it; and until the peer says what it wants, our `Hello` may have been lost.
         ctx.run_interval(self.config.resend_after / 4, move |node, ctx| {
             if node.window.awaits_want() {
-                node.send_frame(&hello, ctx);
+                node.hello(ctx);
             }
             node.resend_overdue(ctx);
         });
@@ -150,12 +172,19 @@ impl Actor for SourceNode {
 }
 
 /// What the peer said, passed on by the sink node of the same connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum FromPeer {
     /// Its site: its own events are not sent back to it.
     Hello(SiteId),
-    /// It wants our log after this position: sending starts (again) there.
-    Want(LogPos),
+    /// It wants our log after a position, filtered: sending starts (again) there.
+    Want {
+        /// The epoch frames answering it carry.
+        epoch: u64,
+        /// Where sending starts.
+        after: LogPos,
+        /// Which events to send.
+        filter: Filter,
+    },
     /// It holds our log up to this position.
     Ack(LogPos),
 }
@@ -168,9 +197,28 @@ impl Handler<FromPeer> for SourceNode {
     type Result = ();
 
     fn handle(&mut self, said: FromPeer, ctx: &mut Context<Self>) {
+        if matches!(said, FromPeer::Want { .. } | FromPeer::Ack(_)) {
+            self.heard += 1;
+            // The peer learns at once that its first `Want` arrived, so it can leave our
+            // events to this link from the start; later hellos keep it informed.
+            if self.heard == 1 && self.config.hello_every.is_some() {
+                self.hello(ctx);
+            }
+        }
         match said {
             FromPeer::Hello(site) => self.peer = Some(site),
-            FromPeer::Want(after) => self.window.want(after),
+            FromPeer::Want { epoch, after, mut filter } => {
+                if filter.behind.len() > limits::ORIGINS_MAX {
+                    tracing::warn!(
+                        origins = filter.behind.len(),
+                        "a peer's filter names too many origins; closing the connection"
+                    );
+                    return ctx.stop();
+                }
+                filter.behind.sort_unstable_by_key(|(site, _)| *site);
+                (self.epoch, self.filter) = (epoch, filter);
+                self.window.want(after);
+            }
             FromPeer::Ack(upto) => self.window.ack(upto),
         }
         self.step(ctx);
@@ -214,7 +262,7 @@ mod tests {
             .into_iter()
             .map(|(site, seq)| crate::testkit::event(u128::from(seq), Lane::new(site, stream), seq, &[], seq, 0))
             .collect();
-        let (events, last) = fill_frame(page, LogPos(10), Some(theirs));
+        let (events, last) = fill_frame(page, LogPos(10), |event, _| event.lane.site != theirs);
         assert_eq!(last, LogPos(13), "three positions covered");
         assert_eq!(
             events.iter().map(|e| (e.lane.site, e.seq)).collect::<Vec<_>>(),

@@ -36,7 +36,7 @@ use crate::event::{Event, OrderKey};
 use crate::id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};
 use serde::{Deserialize, Serialize};
 
-use super::StorageError;
+use super::{Replicated, StorageError};
 
 /// The storage layout this build reads and writes. Version 1 was a sled tree per stream
 /// with whole events as values (it had no version record); version 2 kept every stream in
@@ -109,6 +109,25 @@ pub(super) fn replicated_key(peer: SiteId) -> [u8; 17] {
     out[0] = REPLICATED;
     out[1..].copy_from_slice(peer.as_uuid().as_bytes());
     out
+}
+
+/// A `r` record: the common position as 8 big-endian bytes, then the origins held less
+/// far, encoded, when there are any. A record of storage format 4 is the 8 bytes alone.
+pub(super) fn encode_replicated(held: &Replicated) -> Result<Vec<u8>, StorageError> {
+    let mut out = held.upto.0.to_be_bytes().to_vec();
+    if !held.behind.is_empty() {
+        out.extend(codec::encode(&held.behind)?);
+    }
+    Ok(out)
+}
+
+/// Reads a `r` record written by [`encode_replicated`].
+pub(super) fn decode_replicated(bytes: &[u8]) -> Result<Replicated, StorageError> {
+    let Some((upto, behind)) = bytes.split_first_chunk::<8>() else {
+        return Err(StorageError::Corrupt(format!("replication progress of {} bytes", bytes.len())));
+    };
+    let behind = if behind.is_empty() { Vec::new() } else { codec::decode(behind)? };
+    Ok(Replicated { upto: LogPos(u64::from_be_bytes(*upto)), behind })
 }
 
 /// `t` stream: the stream's record.

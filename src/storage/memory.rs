@@ -6,7 +6,7 @@
 //! [`MemoryStorage::release`], so tests can look at everything that happens while a write
 //! is in flight.
 
-use super::{Append, Claims, Commit, LogPage, Storage, StorageError, StorageStats, StreamRecord};
+use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
@@ -24,7 +24,7 @@ pub struct MemoryStorage {
     /// The site's log: every event as it was applied (position = index + 1).
     log: Mutex<Vec<Event>>,
     /// How far each peer's log is durable here.
-    replicated: Mutex<HashMap<SiteId, LogPos>>,
+    replicated: Mutex<HashMap<SiteId, Replicated>>,
     /// Writes held back, in order, when deferred; `None` applies at once.
     held: Option<Mutex<Vec<Held>>>,
     commits: AtomicU64,
@@ -187,14 +187,16 @@ impl Storage for MemoryStorage {
         Ok(LogPage { events, last })
     }
 
-    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError> {
-        Ok(lock(&self.replicated).get(&peer).copied().unwrap_or_default())
+    fn log_end(&self) -> LogPos {
+        LogPos(u64::try_from(lock(&self.log).len()).unwrap_or(u64::MAX))
     }
 
-    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError> {
-        let mut replicated = lock(&self.replicated);
-        let known = replicated.entry(peer).or_default();
-        *known = (*known).max(upto);
+    fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {
+        Ok(lock(&self.replicated).get(&peer).cloned().unwrap_or_default())
+    }
+
+    fn set_replicated(&self, peer: SiteId, held: &Replicated) -> Result<(), StorageError> {
+        lock(&self.replicated).insert(peer, held.clone());
         Ok(())
     }
 

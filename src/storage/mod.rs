@@ -129,6 +129,19 @@ pub struct LogPage {
     pub last: LogPos,
 }
 
+/// How far a site holds a peer's log, per origin site ([`Storage::replicated`]): where
+/// replication from the peer resumes. O(sites), whatever the number of streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replicated {
+    /// Every event of the peer's log up to here is durable here, but for the origins of
+    /// `behind`.
+    pub upto: LogPos,
+    /// Origins whose events of the peer's log are durable here only up to an earlier
+    /// position, sorted by site: ones the peer was asked not to send (a direct link to the
+    /// origin carried them), or ones being caught up on.
+    pub behind: Vec<(SiteId, LogPos)>,
+}
+
 /// Storage of a site's streams. Implementations are shared by every stream actor of a site.
 pub trait Storage: Send + Sync + 'static {
     /// The site this database belongs to, created once and stored.
@@ -218,19 +231,22 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure, or a stored event that does not decode.
     fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError>;
 
-    /// How far this site has made `peer`'s log durable here (`LogPos(0)` for a peer never
-    /// read from): where replication from `peer` resumes.
-    ///
-    /// # Errors
-    /// A read failure.
-    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError>;
+    /// The position of the last durable event of this site's log (`LogPos(0)` when empty).
+    fn log_end(&self) -> LogPos;
 
-    /// Records that every event of `peer`'s log up to `upto` is durable here. Written with
-    /// the next commit: a crash may forget it, which costs copies, never events.
+    /// How far this site has made `peer`'s log durable here (nothing for a peer never read
+    /// from): where replication from `peer` resumes.
     ///
     /// # Errors
-    /// The storage has failed or is closed.
-    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError>;
+    /// A read failure, or a record that does not decode.
+    fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError>;
+
+    /// Records how far `peer`'s log is durable here. Written with the next commit: a crash
+    /// may forget it, which costs copies, never events.
+    ///
+    /// # Errors
+    /// The storage has failed or is closed, or the record does not encode.
+    fn set_replicated(&self, peer: SiteId, held: &Replicated) -> Result<(), StorageError>;
 
     /// Up to `limit` of the streams stored, with their types, in stream id order after
     /// `after` (from the first when `None`): page with the last id of the previous page.

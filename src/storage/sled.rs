@@ -18,7 +18,7 @@
 
 use super::blocks::Blocks;
 use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
-use super::{Append, Claims, Commit, LogPage, Storage, StorageError, StorageStats, StreamRecord};
+use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
@@ -764,19 +764,21 @@ impl Storage for SledStorage {
         Ok(page)
     }
 
-    fn replicated(&self, peer: SiteId) -> Result<LogPos, StorageError> {
-        self.check(Access::Read)?;
-        let Some(bytes) = self.data.get(layout::replicated_key(peer))? else { return Ok(LogPos(0)) };
-        let bytes: [u8; 8] = bytes
-            .as_ref()
-            .try_into()
-            .map_err(|_| StorageError::Corrupt(format!("replication progress of {} bytes", bytes.len())))?;
-        Ok(LogPos(u64::from_be_bytes(bytes)))
+    fn log_end(&self) -> LogPos {
+        LogPos(self.stats.log_durable.load(Ordering::Acquire))
     }
 
-    fn set_replicated(&self, peer: SiteId, upto: LogPos) -> Result<(), StorageError> {
+    fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {
+        self.check(Access::Read)?;
+        match self.data.get(layout::replicated_key(peer))? {
+            Some(bytes) => layout::decode_replicated(&bytes),
+            None => Ok(Replicated::default()),
+        }
+    }
+
+    fn set_replicated(&self, peer: SiteId, held: &Replicated) -> Result<(), StorageError> {
         self.check(Access::Write)?;
-        let write = Write::Put(layout::replicated_key(peer).to_vec(), upto.0.to_be_bytes().to_vec());
+        let write = Write::Put(layout::replicated_key(peer).to_vec(), layout::encode_replicated(held)?);
         self.send(Op { events: Vec::new(), writes: vec![write], ack: None })
     }
 

@@ -5,6 +5,7 @@
 //! receiving site's disk could take.
 
 use super::{Blob, Progress};
+use actix::Arbiter;
 use anyhow::{Context as _, Result};
 use gundb::node::transport::in_process;
 use gundb::node::{connect, NodeConfig};
@@ -12,37 +13,87 @@ use gundb::{Decide, Site, StreamId};
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-/// Events per second until every one of `sites` sites holds the `events` written at the first.
-pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Progress) -> Result<f64> {
+/// How replication in a mesh went.
+pub struct Mesh {
+    /// Events per second until every site held every event.
+    pub rate: f64,
+    /// Events received ÷ events delivered, over the receiving sites: 1 when nothing
+    /// arrives twice.
+    pub copies: f64,
+}
+
+/// A temporary site whose actors run on an arbiter (a thread) of its own, as each site of a
+/// deployment has its own process.
+async fn site_on_own_thread() -> Result<(Site, Arbiter)> {
+    let arbiter = Arbiter::new();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    arbiter.spawn(async move {
+        let _ = sender.send(Site::temporary());
+    });
+    Ok((receiver.await??, arbiter))
+}
+
+/// Until every one of `sites` sites holds the `events` written at the first.
+pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Progress) -> Result<Mesh> {
     let progress = progress.clone();
-    actix::System::new().block_on(async move {
-        let sites: Vec<Site> = (0..sites.max(2)).map(|_| Site::temporary()).collect::<Result<_, _>>()?;
-        progress.say(format!("writing {events} events at the first site"));
-        let writer = sites[0].stream::<Blob>(StreamId::named("bench-replication")).await?;
-        for chunk in 0..events.div_ceil(100) {
-            let count = usize::try_from((events - chunk * 100).min(100))?;
-            let decide =
-                Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
-            writer.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        for site in &sites[1..] {
-            site.register::<Blob>().await?;
-        }
-        let target = sites[0].frontier().await?;
-        progress.say(format!("{} sites catching up", sites.len()));
-        let started = Instant::now();
-        for left in 0..sites.len() {
-            for right in left + 1..sites.len() {
-                let (l, r) = in_process(16);
-                connect(&sites[left], l, NodeConfig::default());
-                connect(&sites[right], r, NodeConfig::default());
+    actix::System::new()
+        .block_on(async move {
+            let mut arbiters = Vec::new();
+            let mut all = Vec::new();
+            for _ in 0..sites.max(2) {
+                let (site, arbiter) = site_on_own_thread().await?;
+                all.push(site);
+                arbiters.push(arbiter);
             }
-        }
-        for site in &sites[1..] {
-            tokio::time::timeout(Duration::from_secs(600), site.wait_for(&target)).await.context("catching up")??;
-        }
-        Ok(events as f64 / started.elapsed().as_secs_f64())
-    })
+            let sites = all;
+            progress.say(format!("writing {events} events at the first site"));
+            let writer = sites[0].stream::<Blob>(StreamId::named("bench-replication")).await?;
+            for chunk in 0..events.div_ceil(100) {
+                let count = usize::try_from((events - chunk * 100).min(100))?;
+                let decide =
+                    Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
+                writer.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            for site in &sites[1..] {
+                site.register::<Blob>().await?;
+            }
+            let target = sites[0].frontier().await?;
+            progress.say(format!("{} sites catching up", sites.len()));
+            let started = Instant::now();
+            for left in 0..sites.len() {
+                for right in left + 1..sites.len() {
+                    let (l, r) = in_process(16);
+                    for (n, end) in [(left, l), (right, r)] {
+                        let site = sites[n].clone();
+                        arbiters[n].spawn(async move {
+                            connect(&site, end, NodeConfig::default());
+                        });
+                    }
+                }
+            }
+            for site in &sites[1..] {
+                tokio::time::timeout(Duration::from_secs(600), site.wait_for(&target))
+                    .await
+                    .context("catching up")??;
+            }
+            let rate = events as f64 / started.elapsed().as_secs_f64();
+            let (mut received, mut delivered) = (0, 0);
+            for site in &sites[1..] {
+                let metrics = site.metrics().await?;
+                (received, delivered) = (received + metrics.received, delivered + metrics.delivered);
+            }
+            drop(sites);
+            for arbiter in &arbiters {
+                arbiter.stop();
+            }
+            Ok((Mesh { rate, copies: received as f64 / delivered.max(1) as f64 }, arbiters))
+        })
+        .map(|(mesh, arbiters)| {
+            for arbiter in arbiters {
+                let _ = arbiter.join(); // a panicked site thread was reported by the panic itself
+            }
+            mesh
+        })
 }
 
 /// Raw sled: `events` values of `bytes` each, applied in batches of 256, each batch
