@@ -136,6 +136,8 @@ pub struct Intake {
     /// whether it is durable.
     settling: VecDeque<(u64, LogPos, bool)>,
     next_id: u64,
+    /// A planted bug: frames that do not follow on are taken.
+    takes_gaps: bool,
 }
 
 impl Intake {
@@ -148,6 +150,13 @@ impl Intake {
     /// How far the peer's log is durable here.
     pub fn durable(&self) -> LogPos {
         self.durable
+    }
+
+    /// Test-only switch for a planted bug: take frames that do not follow on, so events
+    /// between are never asked for. Exists so the simulation can show it catches it.
+    #[doc(hidden)]
+    pub fn plant_bug_take_gaps(&mut self) {
+        self.takes_gaps = true;
     }
 
     /// The epoch frames must carry: that of the latest [`Intake::restart`].
@@ -179,7 +188,7 @@ impl Intake {
             let ack = (last <= self.durable).then_some(self.durable);
             return Take::Stale { ack };
         }
-        if after > self.expected || self.settling.len() >= settling_max {
+        if (after > self.expected && !self.takes_gaps) || self.settling.len() >= settling_max {
             let asked = self.wanted.is_some_and(|(wanted, _)| wanted == self.expected);
             let want = (!asked).then(|| self.ask(now));
             return Take::Gap { want };
@@ -274,6 +283,52 @@ impl Liveness {
     }
 }
 
+/// Requests waiting until a sink holds everything its peer wrote before they came (see
+/// [`Origins::advance`]): each waits for a `Hello` from the peer that heard the frame the
+/// sink sent for it, then for the peer's log end that hello reported to be held.
+#[derive(Debug)]
+pub struct WritesHeld<T> {
+    /// The frames the peer must have heard, the log end it then reported, and the reply.
+    waiting: Vec<(u64, Option<LogPos>, T)>,
+}
+
+impl<T> Default for WritesHeld<T> {
+    fn default() -> Self {
+        Self { waiting: Vec::new() }
+    }
+}
+
+impl<T> WritesHeld<T> {
+    /// A request, once `said` frames have been sent the peer (the last of them sent for
+    /// it); `Err` gives the reply back when [`limits::ORIGINS_MAX`] wait already.
+    pub fn ask(&mut self, said: u64, reply: T) -> Result<(), T> {
+        if self.waiting.len() >= limits::ORIGINS_MAX {
+            return Err(reply);
+        }
+        self.waiting.push((said, None, reply));
+        Ok(())
+    }
+
+    /// A hello from the peer, which had heard `heard` frames and whose log ended at `head`.
+    pub fn hello(&mut self, heard: u64, head: LogPos) {
+        for (said, reported, _) in &mut self.waiting {
+            if reported.is_none() && heard >= *said {
+                *reported = Some(head);
+            }
+        }
+    }
+
+    /// The replies of the requests answered now that the peer's own events are held up to
+    /// `upto`.
+    pub fn reached(&mut self, upto: LogPos) -> Vec<T> {
+        let (reached, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, reported, _)| reported.is_some_and(|h| h <= upto));
+        self.waiting = waiting;
+        reached.into_iter().map(|(_, _, reply)| reply).collect()
+    }
+}
+
 /// What a sink holds of its peer's log per origin site, and so what it asks the peer for.
 ///
 /// Events reach a site from their origin over a direct link, and relayed by every other
@@ -291,6 +346,8 @@ pub struct Origins {
     /// Origins held only up to an earlier position: skipped ones, and ones caught up on
     /// from there.
     behind: BTreeMap<SiteId, Behind>,
+    /// A planted bug: an origin no longer skipped is asked for from the common position.
+    resumes_at_upto: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,9 +369,9 @@ impl Origins {
         if behind.len() > limits::ORIGINS_MAX {
             // Not a record this code writes: hold every origin as far as the least one.
             let upto = behind.values().map(|b| b.held).fold(held.upto, LogPos::min);
-            return Self { peer, upto, behind: BTreeMap::new() };
+            return Self { peer, upto, behind: BTreeMap::new(), resumes_at_upto: false };
         }
-        Self { peer, upto: held.upto, behind }
+        Self { peer, upto: held.upto, behind, resumes_at_upto: false }
     }
 
     /// Skips the origins of `live` (the sites with a live direct link here), the peer left
@@ -324,6 +381,9 @@ impl Origins {
         for (origin, behind) in &mut self.behind {
             if behind.skipped && !live.contains(origin) {
                 behind.skipped = false; // caught up on from where it was left
+                if self.resumes_at_upto {
+                    behind.held = self.upto;
+                }
                 changed = true;
             }
         }
@@ -369,6 +429,14 @@ impl Origins {
             b.held = b.held.max(durable);
             b.held < upto
         });
+    }
+
+    /// Test-only switch for a planted bug: an origin no longer skipped is asked for from
+    /// where the others are, not from where it was left. Exists so the simulation can show
+    /// it catches it.
+    #[doc(hidden)]
+    pub fn plant_bug_resume_at_upto(&mut self) {
+        self.resumes_at_upto = true;
     }
 
     /// How far every origin not in `behind` is held, the peer's own events included.

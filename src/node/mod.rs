@@ -24,7 +24,6 @@
 //! the link works ([`flow::Origins`]). Everything two sites exchange to resume is
 //! O(origin sites), whatever the number of streams.
 
-pub mod catchup;
 pub mod flow;
 pub mod links;
 mod sink;

@@ -3,7 +3,7 @@
 //! and acknowledges it. What the peer says about our log goes to the source node of the
 //! same connection.
 
-use super::flow::{Intake, Liveness, Origins, Take};
+use super::flow::{Intake, Liveness, Origins, Take, WritesHeld};
 use super::links::LinkUp;
 use super::source::{FromPeer, SourceNode, ToPeer};
 use super::{Frame, NodeConfig};
@@ -38,9 +38,8 @@ pub struct SinkNode {
     liveness: Liveness,
     /// [`HoldsPeerLog`] requests waiting for `durable` to reach their position.
     holds_waiters: Vec<(LogPos, oneshot::Sender<()>)>,
-    /// [`HoldsPeerWrites`] requests: the frames the peer must have heard, the end of its
-    /// log it then reported, and whom to tell once that is held here.
-    writes_waiters: Vec<(u64, Option<LogPos>, oneshot::Sender<bool>)>,
+    /// [`HoldsPeerWrites`] requests.
+    writes_waiters: WritesHeld<oneshot::Sender<bool>>,
     /// Skipped origins whose position is being advanced.
     advancing: BTreeSet<SiteId>,
     /// This sink, for the site's links.
@@ -61,7 +60,7 @@ impl SinkNode {
             sent: 0,
             liveness: Liveness::default(),
             holds_waiters: Vec::new(),
-            writes_waiters: Vec::new(),
+            writes_waiters: WritesHeld::default(),
             advancing: BTreeSet::new(),
             me: None,
         }
@@ -103,11 +102,7 @@ impl SinkNode {
                     (false, true, _) => self.link = None,
                     _ => {}
                 }
-                for (needs, reported, _) in &mut self.writes_waiters {
-                    if reported.is_none() && heard >= *needs {
-                        *reported = Some(head);
-                    }
-                }
+                self.writes_waiters.hello(heard, head);
                 self.wake_writes_waiters();
                 return true;
             }
@@ -185,12 +180,7 @@ impl SinkNode {
     /// peer's own events are never behind, so `upto` holds them).
     fn wake_writes_waiters(&mut self) {
         let Some((_, origins)) = &self.intake else { return };
-        let upto = origins.upto();
-        let (reached, waiting) = std::mem::take(&mut self.writes_waiters)
-            .into_iter()
-            .partition(|(_, reported, _)| reported.is_some_and(|head| head <= upto));
-        self.writes_waiters = waiting;
-        for (_, _, waiter) in reached {
+        for waiter in self.writes_waiters.reached(origins.upto()) {
             let _: Result<(), bool> = waiter.send(true); // a requester that went away needs no answer
         }
     }
@@ -394,14 +384,13 @@ impl Handler<HoldsPeerWrites> for SinkNode {
         let Some(durable) = self.intake.as_ref().map(|(intake, _)| intake.durable()) else {
             return Box::pin(fut::ready(false));
         };
-        if self.writes_waiters.len() >= limits::ORIGINS_MAX {
-            return Box::pin(fut::ready(false));
-        }
         // A frame the peer must hear: the log end in its first hello after hearing it was
         // read after this request came.
         self.ack(durable);
         let (waiter, done) = oneshot::channel();
-        self.writes_waiters.push((self.sent, None, waiter));
+        if self.writes_waiters.ask(self.sent, waiter).is_err() {
+            return Box::pin(fut::ready(false)); // too many waiting
+        }
         Box::pin(async move { done.await.unwrap_or(false) })
     }
 }
