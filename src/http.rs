@@ -316,6 +316,8 @@ async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
     }
     text.push_str("# HELP gundb_pending Events the router holds now.\n# TYPE gundb_pending gauge\n");
     text.push_str(&format!("gundb_pending {}\n", m.pending));
+    text.push_str("# HELP gundb_links_live Peers with a live direct link here.\n# TYPE gundb_links_live gauge\n");
+    text.push_str(&format!("gundb_links_live {}\n", site.links().live().len()));
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }
 

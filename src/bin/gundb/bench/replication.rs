@@ -22,15 +22,26 @@ pub struct Mesh {
     pub copies: f64,
 }
 
-/// A temporary site whose actors run on an arbiter (a thread) of its own, as each site of a
-/// deployment has its own process.
-async fn site_on_own_thread() -> Result<(Site, Arbiter)> {
+/// The site `open` opens, its actors running on an arbiter (a thread) of its own, as each
+/// site of a deployment has its own process. Nodes of it are started on that arbiter too
+/// ([`connect_on`]).
+pub async fn site_on_own_thread(
+    open: impl FnOnce() -> Result<Site, gundb::SiteError> + Send + 'static,
+) -> Result<(Site, Arbiter)> {
     let arbiter = Arbiter::new();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
-        let _ = sender.send(Site::temporary());
+        let _ = sender.send(open());
     });
     Ok((receiver.await??, arbiter))
+}
+
+/// Connects `site` on `end`, its nodes on `arbiter` (the site's own).
+pub fn connect_on(arbiter: &Arbiter, site: &Site, end: gundb::node::transport::Endpoint) {
+    let site = site.clone();
+    arbiter.spawn(async move {
+        connect(&site, end, NodeConfig::default());
+    });
 }
 
 /// Until every one of `sites` sites holds the `events` written at the first.
@@ -41,7 +52,7 @@ pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Pr
             let mut arbiters = Vec::new();
             let mut all = Vec::new();
             for _ in 0..sites.max(2) {
-                let (site, arbiter) = site_on_own_thread().await?;
+                let (site, arbiter) = site_on_own_thread(Site::temporary).await?;
                 all.push(site);
                 arbiters.push(arbiter);
             }
@@ -63,12 +74,8 @@ pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Pr
             for left in 0..sites.len() {
                 for right in left + 1..sites.len() {
                     let (l, r) = in_process(16);
-                    for (n, end) in [(left, l), (right, r)] {
-                        let site = sites[n].clone();
-                        arbiters[n].spawn(async move {
-                            connect(&site, end, NodeConfig::default());
-                        });
-                    }
+                    connect_on(&arbiters[left], &sites[left], l);
+                    connect_on(&arbiters[right], &sites[right], r);
                 }
             }
             for site in &sites[1..] {

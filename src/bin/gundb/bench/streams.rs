@@ -12,6 +12,7 @@
 //! so neither its memory nor its events count in the N-streams figures.
 
 use super::memory::{folder_bytes, status_bytes};
+use super::replication::{connect_on, site_on_own_thread};
 use super::report::{Better, Row};
 use super::{emit, Blob, Progress};
 use anyhow::{Context as _, Result};
@@ -203,15 +204,23 @@ pub fn child(streams: u64, writers: u64, payload: usize) -> Result<()> {
 /// and times the fresh site until it holds every event durably; returns events/s.
 async fn catch_up(path: &Path, peer: &Path, streams: u64) -> Result<f64> {
     println!("{PROGRESS}a fresh site catching up");
-    let (site, fresh) = (Site::open(path)?, Site::open(peer)?);
+    let (path, peer) = (path.to_path_buf(), peer.to_path_buf());
+    let (site, at_site) = site_on_own_thread(move || Site::open(path)).await?;
+    let (fresh, at_fresh) = site_on_own_thread(move || Site::open(peer)).await?;
     fresh.register::<Blob>().await?;
     let target = site.frontier().await?;
     let started = Instant::now();
     let (here, there) = gundb::node::transport::in_process(gundb::limits::LINK_FRAMES_MAX);
-    let config = gundb::node::NodeConfig::default();
-    let _connection = (gundb::node::connect(&site, here, config.clone()), gundb::node::connect(&fresh, there, config));
+    connect_on(&at_site, &site, here);
+    connect_on(&at_fresh, &fresh, there);
     fresh.wait_for(&target).await?;
-    Ok(streams as f64 / started.elapsed().as_secs_f64())
+    let rate = streams as f64 / started.elapsed().as_secs_f64();
+    drop((site, fresh));
+    for arbiter in [at_site, at_fresh] {
+        arbiter.stop();
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await; // the database closes
+    }
+    Ok(rate)
 }
 
 /// The id of fresh stream `n` (0-based): the same in the writes and the reads.
