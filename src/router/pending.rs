@@ -104,8 +104,10 @@ type Slot = (Lane, Seq);
 pub struct Pending {
     /// Everything handed to its stream at this site, every stream's lanes together.
     delivered: Map<Lane, Seq>,
-    /// Everything its stream has made durable.
-    durable: Map<Lane, Seq>,
+    /// How far its stream has made each lane durable, for the lanes where that is behind
+    /// `delivered` (a few: those with deliveries in flight); every other lane is durable
+    /// as far as it is delivered. One O(lanes) map rather than two.
+    behind: Map<Lane, Seq>,
     /// Events held, waiting or ready.
     slab: Vec<Option<Held>>,
     /// Free places in `slab`.
@@ -134,7 +136,7 @@ impl Pending {
     pub fn new(delivered: &VectorClock, limits: PendingLimits) -> Self {
         Self {
             delivered: delivered.iter().collect(),
-            durable: delivered.iter().collect(),
+            behind: Map::default(),
             slab: Vec::new(),
             free: Vec::new(),
             slots: Map::default(),
@@ -155,12 +157,23 @@ impl Pending {
 
     /// Everything durable at this site, as a clock: the site's frontier.
     pub fn durable(&self) -> VectorClock {
-        self.durable.iter().map(|(lane, seq)| (*lane, *seq)).collect()
+        self.delivered.keys().map(|&lane| (lane, self.durable_seq(lane))).filter(|(_, seq)| *seq > Seq::ZERO).collect()
     }
 
     /// How far `lane` is durable at this site.
     pub fn durable_seq(&self, lane: Lane) -> Seq {
-        self.durable.get(&lane).copied().unwrap_or(Seq::ZERO)
+        durable_in(&self.delivered, &self.behind, lane)
+    }
+
+    /// Sets how far `lane` is delivered and durable (`durable` at most `delivered`).
+    fn set(&mut self, lane: Lane, delivered: Seq, durable: Seq) {
+        debug_assert!(durable <= delivered, "durable only after delivered");
+        self.delivered.insert(lane, delivered);
+        if durable < delivered {
+            self.behind.insert(lane, durable);
+        } else {
+            self.behind.remove(&lane);
+        }
     }
 
     /// How far `lane` is delivered at this site.
@@ -213,7 +226,7 @@ impl Pending {
             return Err(Equivocation { lane: event.lane, seq: event.seq, kept, rejected: event.id });
         }
         let size = size_of(&event);
-        let missing = first_missing(&self.delivered, &self.durable, &event);
+        let missing = first_missing(&self.delivered, &self.behind, &event);
         // The bounds hold events that must wait. A ready event is always taken: it leaves at
         // the next `take_ready`, and refusing it could leave a full buffer waiting for the
         // very events it turns away (catch-up sends them in causal order, ready on arrival).
@@ -270,7 +283,8 @@ impl Pending {
     /// When `seq` does not follow the lane's delivered seq: delivery is in lane order.
     pub fn mark_delivered(&mut self, lane: Lane, seq: Seq) {
         assert_eq!(seq, self.delivered_seq(lane).next(), "lane seq must be contiguous");
-        self.delivered.insert(lane, seq);
+        let durable = self.durable_seq(lane);
+        self.set(lane, seq, durable);
         self.stats.delivered += 1;
         let Some(state) = self.slots.remove(&(lane, seq)) else { return };
         if let Some(index) = state.held {
@@ -282,11 +296,12 @@ impl Pending {
     /// Records that `lane` is durable up to `seq` in its stream, releasing events of
     /// other streams that waited for it.
     pub fn mark_durable(&mut self, lane: Lane, seq: Seq) {
-        let mut at = self.durable.get(&lane).copied().unwrap_or(Seq::ZERO);
-        debug_assert!(seq <= self.delivered_seq(lane), "durable only after delivered");
+        let mut at = self.durable_seq(lane);
+        let delivered = self.delivered_seq(lane);
+        debug_assert!(seq <= delivered, "durable only after delivered");
         while at < seq {
             at = at.next();
-            self.durable.insert(lane, at);
+            self.set(lane, delivered, at);
             if !self.waiting_durable.is_empty() {
                 self.release_durable_waiters(lane, at);
             }
@@ -309,7 +324,7 @@ impl Pending {
                 self.free_tombstone(index);
                 continue;
             };
-            match first_missing(&self.delivered, &self.durable, event) {
+            match first_missing(&self.delivered, &self.behind, event) {
                 None => self.ready.push_back(index),
                 Some(missing) => self.wait(index, missing),
             }
@@ -320,12 +335,8 @@ impl Pending {
     /// delivered and durable at once. Only before anything is held for the lane.
     pub fn load(&mut self, lane: Lane, seq: Seq) {
         debug_assert!(!self.slots.keys().any(|(held, _)| *held == lane), "loaded a lane with events held for it");
-        if self.delivered_seq(lane) < seq {
-            self.delivered.insert(lane, seq);
-        }
-        if self.durable.get(&lane).copied().unwrap_or(Seq::ZERO) < seq {
-            self.durable.insert(lane, seq);
-        }
+        let (delivered, durable) = (self.delivered_seq(lane).max(seq), self.durable_seq(lane).max(seq));
+        self.set(lane, delivered, durable);
     }
 
     /// Records that `lane` is delivered up to `seq` by another path (a local write, or a
@@ -354,10 +365,8 @@ impl Pending {
     /// took it): catch-up fetches the rest again. Higher seqs are ignored.
     pub fn rewind(&mut self, lane: Lane, seq: Seq) {
         if seq < self.delivered_seq(lane) {
-            self.delivered.insert(lane, seq);
-        }
-        if self.durable.get(&lane).is_some_and(|&durable| seq < durable) {
-            self.durable.insert(lane, seq);
+            let durable = self.durable_seq(lane).min(seq);
+            self.set(lane, seq, durable);
         }
     }
 
@@ -422,16 +431,22 @@ impl Pending {
 /// The event's own lane is looked at first: its predecessor is the dependency most often
 /// missing, and once it is delivered the others usually are too (the writer had seen
 /// them before writing the predecessor, or just after), so events are rarely re-queued.
-fn first_missing(delivered: &Map<Lane, Seq>, durable: &Map<Lane, Seq>, event: &Event) -> Option<Slot> {
-    let at = |map: &Map<Lane, Seq>, lane: Lane| map.get(&lane).copied().unwrap_or(Seq::ZERO);
+fn first_missing(delivered: &Map<Lane, Seq>, behind: &Map<Lane, Seq>, event: &Event) -> Option<Slot> {
+    let delivered_seq = |lane: Lane| delivered.get(&lane).copied().unwrap_or(Seq::ZERO);
     let before = Seq(event.seq.0 - 1);
-    if at(delivered, event.lane) < before {
+    if delivered_seq(event.lane) < before {
         return Some((event.lane, before));
     }
     event.clock.iter().find(|&(lane, seq)| {
-        let frontier = if lane.stream == event.lane.stream { delivered } else { durable };
-        lane != event.lane && at(frontier, lane) < seq
+        let at =
+            if lane.stream == event.lane.stream { delivered_seq(lane) } else { durable_in(delivered, behind, lane) };
+        lane != event.lane && at < seq
     })
+}
+
+/// How far `lane` is durable, given what is delivered and the lanes durable less far.
+fn durable_in(delivered: &Map<Lane, Seq>, behind: &Map<Lane, Seq>, lane: Lane) -> Seq {
+    behind.get(&lane).or_else(|| delivered.get(&lane)).copied().unwrap_or(Seq::ZERO)
 }
 
 /// What the buffer knows of one (lane, seq).
