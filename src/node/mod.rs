@@ -124,6 +124,13 @@ pub struct NodeConfig {
     pub resend_after: Duration,
 }
 
+impl NodeConfig {
+    /// [`NodeConfig::resend_after`] in milliseconds, the unit of the `flow` structs.
+    fn resend_after_ms(&self) -> u64 {
+        u64::try_from(self.resend_after.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         Self { hello_every: Some(Duration::from_secs(1)), resend_after: Duration::from_secs(5) }

@@ -95,7 +95,7 @@ impl SinkNode {
                 // A keepalive. The peer's events are left to this link (other peers are
                 // asked not to relay them) while it hears us: a link cut one way is not
                 // taken for live.
-                let grace = u64::try_from(self.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+                let grace = self.config.resend_after_ms();
                 let live = self.liveness.hello(clock_ms(), heard, self.sent, grace);
                 match (live, self.link.is_some(), &self.me) {
                     (true, false, Some(me)) => self.link = Some(self.site.links().up(site, me.clone())),
@@ -247,7 +247,7 @@ impl Actor for SinkNode {
         ctx.spawn(read.into_actor(self).map(|(), _, ctx| ctx.stop()));
         // A `Want` can be lost like any frame: one unanswered for `resend_after` goes again.
         ctx.run_interval(self.config.resend_after / 4, |sink, _| {
-            let resend_after = u64::try_from(sink.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+            let resend_after = sink.config.resend_after_ms();
             if let Some(after) = sink.intake.as_mut().and_then(|(i, _)| i.want_again(clock_ms(), resend_after)) {
                 sink.want(after);
             }

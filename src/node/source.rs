@@ -121,7 +121,7 @@ impl SourceNode {
     /// Sends again whatever has gone unacknowledged for `resend_after`: lost, or dropped
     /// by the peer.
     fn resend_overdue(&mut self, ctx: &mut Context<Self>) {
-        let resend_after = u64::try_from(self.config.resend_after.as_millis()).unwrap_or(u64::MAX);
+        let resend_after = self.config.resend_after_ms();
         if self.window.rewind_if_overdue(clock_ms(), resend_after) {
             tracing::debug!("frames unacknowledged: sending them again");
             self.step(ctx);
