@@ -253,7 +253,8 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Hellos remembered: enough for `grace` at the hello rates in use, bounded whatever.
+    /// Hellos remembered, whatever the hello rate and grace: one is kept per 1/32 of the
+    /// grace at most, so about 33 cover a grace and the bound is never reached.
     const SAID_MAX: usize = 64;
 
     /// A hello at `now` saying the peer heard `heard` frames, when `said` have been said
@@ -266,7 +267,10 @@ impl Liveness {
         }
         let down = self.said.front().is_some_and(|&(at, said)| now.saturating_sub(at) >= grace && heard < said);
         self.live = if self.live { !down } else { up };
-        self.said.push_back((now, said));
+        let spacing = grace / 32;
+        if self.said.back().is_none_or(|&(at, _)| now.saturating_sub(at) >= spacing) {
+            self.said.push_back((now, said));
+        }
         if self.said.len() > Self::SAID_MAX {
             self.said.pop_front();
         }
@@ -799,5 +803,17 @@ mod tests {
         assert!(live.hello(150, 9, 9, 100), "heard everything again");
         assert!(live.check(249, 100), "a hello 99 ago");
         assert!(!live.check(250, 100), "no hello for 100: silent");
+
+        // Hellos far more often than the grace: still doubted once what was said a grace
+        // ago is unheard, with the samples bounded.
+        let mut live = Liveness::default();
+        live.hello(0, 0, 1, 0);
+        for now in 1..1_000 {
+            assert!(live.hello(now, now, now, 500), "heard everything at {now}");
+        }
+        assert!(live.said.len() <= Liveness::SAID_MAX);
+        let stalled = (1_000..2_000).find(|&now| !live.hello(now, 999, now, 500));
+        // Within a grace and one sample's spacing (1/32 of it) of the stall.
+        assert!(stalled.is_some_and(|at| at <= 1_500 + 500 / 32), "doubted within a grace: {stalled:?}");
     }
 }

@@ -116,7 +116,9 @@ impl Filter {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// How often the source node repeats its `Hello` on a quiet link (the TCP transport
-    /// takes three missed ones for a dead peer); `None`: only on connect.
+    /// takes three missed ones for a dead peer); `None`: only on connect. Hellos also tell
+    /// the peer that the link works both ways: without them no link counts as live, and
+    /// every peer relays every origin's events (copies, never losses).
     pub hello_every: Option<Duration>,
     /// Frames unacknowledged for this long are sent again: they were lost, or the peer
     /// dropped them. Keep it above the time `limits::UNACKED_BYTES_MAX` takes to cross the
