@@ -110,6 +110,10 @@ pub const UNACKED_BYTES_MAX: usize = 4 << 20;
 /// it, events of further origins come from every peer that has them (copies, not losses).
 pub const ORIGINS_MAX: usize = 256;
 
+/// Requests a sink node keeps waiting for a position of its peer's log (`HoldsPeerLog`);
+/// past it, further ones are answered false at once.
+pub const SINK_WAITERS_MAX: usize = 1_024;
+
 /// Fields one JSON document patch may set or remove.
 pub const PATCH_FIELDS_MAX: usize = 1_024;
 

@@ -590,21 +590,23 @@ fn five_sites_converge_through_partitions_and_restarts() {
             links.push((left, right, faults));
             (l, r)
         };
+        // Links from A, B and C to site `to` (D or E), connected here: `to`'s ends.
+        let from_main = |links: &mut Vec<(usize, usize, Arc<Faults>)>, to: usize, cut: bool| -> Vec<_> {
+            (main.iter().enumerate())
+                .map(|(n, site)| {
+                    let (l, r) = link(links, n, to, cut);
+                    connect(site, l, config.clone());
+                    r
+                })
+                .collect()
+        };
         // A, B and C here; D and E on threads of their own, with links to all.
         for (left, right) in [(0, 1), (0, 2), (1, 2)] {
             let (l, r) = link(&mut links, left, right, false);
             connect(&main[left], l, config.clone());
             connect(&main[right], r, config.clone());
         }
-        let (mut d_ends, mut e_ends) = (Vec::new(), Vec::new());
-        for (n, site) in main.iter().enumerate() {
-            let (l, r) = link(&mut links, n, 3, false);
-            connect(site, l, config.clone());
-            d_ends.push(r);
-            let (l, r) = link(&mut links, n, 4, false);
-            connect(site, l, config.clone());
-            e_ends.push(r);
-        }
+        let (mut d_ends, mut e_ends) = (from_main(&mut links, 3, false), from_main(&mut links, 4, false));
         let (l, r) = link(&mut links, 3, 4, false);
         d_ends.push(l);
         e_ends.push(r);
@@ -628,13 +630,7 @@ fn five_sites_converge_through_partitions_and_restarts() {
         }
         let before = d.stop(VectorClock::new()).await; // its writes wait in its folder
         assert!(before.0.iter().any(|n| (300..310).contains(n)), "D kept its own writes");
-        let mut d_ends = Vec::new();
-        for (n, site) in main.iter().enumerate() {
-            let (l, r) = link(&mut links, n, 3, true);
-            connect(site, l, config.clone());
-            d_ends.push(r);
-        }
-        let mut d = SiteThread::start(path(3), d_ends, stream, 310..320);
+        let mut d = SiteThread::start(path(3), from_main(&mut links, 3, true), stream, 310..320);
         acknowledged.extend((&mut d.written).await.unwrap());
 
         // Healed; then E restarts, on fresh links to A, B and C.
@@ -642,13 +638,7 @@ fn five_sites_converge_through_partitions_and_restarts() {
             faults.partition(false);
         }
         e.stop(VectorClock::new()).await;
-        let mut e_ends = Vec::new();
-        for (n, site) in main.iter().enumerate() {
-            let (l, r) = link(&mut links, n, 4, false);
-            connect(site, l, config.clone());
-            e_ends.push(r);
-        }
-        let mut e = SiteThread::start(path(4), e_ends, stream, 410..420);
+        let mut e = SiteThread::start(path(4), from_main(&mut links, 4, false), stream, 410..420);
         acknowledged.extend((&mut e.written).await.unwrap());
 
         let mut target = VectorClock::new();

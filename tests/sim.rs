@@ -438,7 +438,7 @@ impl Sim {
             conn.sink = Some((intake, origins));
             self.want(from, to, start);
             let conn = self.conns.get_mut(&(from, to)).unwrap();
-            conn.liveness.hello(now, 0, conn.sent, 0);
+            conn.liveness.opened(now, conn.sent);
             return;
         }
         let live = conn.liveness.hello(now, heard, conn.sent, RESEND_MS);

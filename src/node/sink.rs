@@ -125,7 +125,7 @@ impl SinkNode {
         origins.skip(&self.site.links().live());
         self.intake = Some((Intake::default(), origins));
         self.restart();
-        self.liveness.hello(clock_ms(), 0, self.sent, 0);
+        self.liveness.opened(clock_ms(), self.sent);
         true
     }
 
@@ -346,7 +346,7 @@ impl Handler<LinksChanged> for SinkNode {
 
 /// Resolves once this sink holds the peer's log up to the position, the events of every
 /// origin (durable here, and recorded with the next commit); false if the sink stopped
-/// first. Events of origins a direct link carries count once that link has carried them,
+/// first, or [`limits::SINK_WAITERS_MAX`] requests wait already. Events of origins a direct link carries count once that link has carried them,
 /// which the sink checks every [`NodeConfig::resend_after`].
 pub struct HoldsPeerLog(pub LogPos);
 
@@ -362,6 +362,11 @@ impl Handler<HoldsPeerLog> for SinkNode {
         if self.intake.as_ref().is_some_and(|(_, origins)| origins.holds(upto)) {
             let _ = waiter.send(());
         } else {
+            // Requesters that gave up wait no more; past the bound, the answer is no.
+            self.holds_waiters.retain(|(_, waiter)| !waiter.is_closed());
+            if self.holds_waiters.len() >= limits::SINK_WAITERS_MAX {
+                return Box::pin(fut::ready(false));
+            }
             self.holds_waiters.push((upto, waiter));
         }
         Box::pin(async move { done.await.is_ok() })

@@ -36,6 +36,15 @@ pub async fn site_on_own_thread(
     Ok((receiver.await??, arbiter))
 }
 
+/// Stops the sites' arbiters and waits for their threads: their databases close.
+pub async fn stop_threads(arbiters: Vec<Arbiter>) {
+    for arbiter in arbiters {
+        arbiter.stop();
+        // A panicked site thread was reported by the panic itself.
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+    }
+}
+
 /// Connects `site` on `end`, its nodes on `arbiter` (the site's own).
 pub fn connect_on(arbiter: &Arbiter, site: &Site, end: gundb::node::transport::Endpoint) {
     let site = site.clone();
@@ -47,60 +56,47 @@ pub fn connect_on(arbiter: &Arbiter, site: &Site, end: gundb::node::transport::E
 /// Until every one of `sites` sites holds the `events` written at the first.
 pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Progress) -> Result<Mesh> {
     let progress = progress.clone();
-    actix::System::new()
-        .block_on(async move {
-            let mut arbiters = Vec::new();
-            let mut all = Vec::new();
-            for _ in 0..sites.max(2) {
-                let (site, arbiter) = site_on_own_thread(Site::temporary).await?;
-                all.push(site);
-                arbiters.push(arbiter);
+    actix::System::new().block_on(async move {
+        let (count, mut sites, mut arbiters) = (sites.max(2), Vec::new(), Vec::new());
+        for _ in 0..count {
+            let (site, arbiter) = site_on_own_thread(Site::temporary).await?;
+            sites.push(site);
+            arbiters.push(arbiter);
+        }
+        progress.say(format!("writing {events} events at the first site"));
+        let writer = sites[0].stream::<Blob>(StreamId::named("bench-replication")).await?;
+        for chunk in 0..events.div_ceil(100) {
+            let count = usize::try_from((events - chunk * 100).min(100))?;
+            let decide =
+                Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
+            writer.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for site in &sites[1..] {
+            site.register::<Blob>().await?;
+        }
+        let target = sites[0].frontier().await?;
+        progress.say(format!("{} sites catching up", sites.len()));
+        let started = Instant::now();
+        for left in 0..sites.len() {
+            for right in left + 1..sites.len() {
+                let (l, r) = in_process(16);
+                connect_on(&arbiters[left], &sites[left], l);
+                connect_on(&arbiters[right], &sites[right], r);
             }
-            let sites = all;
-            progress.say(format!("writing {events} events at the first site"));
-            let writer = sites[0].stream::<Blob>(StreamId::named("bench-replication")).await?;
-            for chunk in 0..events.div_ceil(100) {
-                let count = usize::try_from((events - chunk * 100).min(100))?;
-                let decide =
-                    Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
-                writer.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            for site in &sites[1..] {
-                site.register::<Blob>().await?;
-            }
-            let target = sites[0].frontier().await?;
-            progress.say(format!("{} sites catching up", sites.len()));
-            let started = Instant::now();
-            for left in 0..sites.len() {
-                for right in left + 1..sites.len() {
-                    let (l, r) = in_process(16);
-                    connect_on(&arbiters[left], &sites[left], l);
-                    connect_on(&arbiters[right], &sites[right], r);
-                }
-            }
-            for site in &sites[1..] {
-                tokio::time::timeout(Duration::from_secs(600), site.wait_for(&target))
-                    .await
-                    .context("catching up")??;
-            }
-            let rate = events as f64 / started.elapsed().as_secs_f64();
-            let (mut received, mut delivered) = (0, 0);
-            for site in &sites[1..] {
-                let metrics = site.metrics().await?;
-                (received, delivered) = (received + metrics.received, delivered + metrics.delivered);
-            }
-            drop(sites);
-            for arbiter in &arbiters {
-                arbiter.stop();
-            }
-            Ok((Mesh { rate, copies: received as f64 / delivered.max(1) as f64 }, arbiters))
-        })
-        .map(|(mesh, arbiters)| {
-            for arbiter in arbiters {
-                let _ = arbiter.join(); // a panicked site thread was reported by the panic itself
-            }
-            mesh
-        })
+        }
+        for site in &sites[1..] {
+            tokio::time::timeout(Duration::from_secs(600), site.wait_for(&target)).await.context("catching up")??;
+        }
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        let (mut received, mut delivered) = (0, 0);
+        for site in &sites[1..] {
+            let metrics = site.metrics().await?;
+            (received, delivered) = (received + metrics.received, delivered + metrics.delivered);
+        }
+        drop(sites);
+        stop_threads(arbiters).await;
+        Ok(Mesh { rate, copies: received as f64 / delivered.max(1) as f64 })
+    })
 }
 
 /// Raw sled: `events` values of `bytes` each, applied in batches of 256, each batch

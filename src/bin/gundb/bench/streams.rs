@@ -12,7 +12,7 @@
 //! so neither its memory nor its events count in the N-streams figures.
 
 use super::memory::{folder_bytes, status_bytes};
-use super::replication::{connect_on, site_on_own_thread};
+use super::replication::{connect_on, site_on_own_thread, stop_threads};
 use super::report::{Better, Row};
 use super::{emit, Blob, Progress};
 use anyhow::{Context as _, Result};
@@ -216,10 +216,7 @@ async fn catch_up(path: &Path, peer: &Path, streams: u64) -> Result<f64> {
     fresh.wait_for(&target).await?;
     let rate = streams as f64 / started.elapsed().as_secs_f64();
     drop((site, fresh));
-    for arbiter in [at_site, at_fresh] {
-        arbiter.stop();
-        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await; // the database closes
-    }
+    stop_threads(vec![at_site, at_fresh]).await;
     Ok(rate)
 }
 
