@@ -17,7 +17,13 @@ pub struct Event {
     pub lane: Lane,
     /// Its position in its lane.
     pub seq: Seq,
-    /// Its own lane at `seq` plus every lane it depends on, at the counter it had seen.
+    /// Its own lane at `seq` plus the events it depends on that its lane's previous event
+    /// does not: at the writer, the stream's heads (the delivered events no other
+    /// delivered event depends on) and any dependencies in other streams. Its causal past
+    /// is its lane's previous event's with everything named here and theirs, so a clock
+    /// does not grow with the number of sites that ever wrote the stream. A clock that
+    /// names more (a full vector clock, as storage format 3 and protocol 5 kept) means the
+    /// same thing.
     pub clock: VectorClock,
     /// 1 + the largest Lamport counter of what it depends on.
     pub lamport: u64,
@@ -81,9 +87,11 @@ impl Event {
         }
     }
 
-    /// True when `self` is in `other`'s past: `other`'s clock has seen `self`'s lane up to
-    /// `self`'s seq. Exact for events whose clocks name their own lane at their seq.
-    pub fn happened_before(&self, other: &Event) -> bool {
+    /// True when `other`'s clock names `self`: `other` is a later event of `self`'s lane or
+    /// names it (or a later event of its lane) among what it depends on. Then `self` is in
+    /// `other`'s past. The converse needs the whole past: a clock names only what its
+    /// lane's previous event does not imply, so follow the named events' clocks too.
+    pub fn is_named_by(&self, other: &Event) -> bool {
         self.id != other.id && other.clock.covers(self.lane, self.seq)
     }
 
@@ -103,7 +111,8 @@ pub struct EventMeta<'a> {
     pub lane: Lane,
     /// Its position in that lane.
     pub seq: Seq,
-    /// Its vector clock.
+    /// Its clock: its own lane at its seq plus what it depends on beyond its lane's
+    /// previous event (see [`Event::clock`]).
     pub clock: &'a VectorClock,
     /// Its Lamport counter.
     pub lamport: u64,
@@ -120,6 +129,20 @@ pub struct Dependencies {
     pub clock: VectorClock,
     /// The largest Lamport counter among the events depended on.
     pub lamport: u64,
+}
+
+/// The heads of a stream whose lanes end at `lane_ends` (each lane's last event): every
+/// lane end that no other lane end names. Naming them names everything the stream holds,
+/// since each lane end left out is in the past of one kept (causality has no cycles).
+/// After writes that saw each other it is one event, whatever the number of lanes.
+pub fn heads_of<'a>(lane_ends: impl IntoIterator<Item = &'a Event> + Clone) -> VectorClock {
+    let mut named = VectorClock::new();
+    for end in lane_ends.clone() {
+        for (lane, seq) in end.clock.iter().filter(|&(lane, _)| lane != end.lane && lane.stream == end.lane.stream) {
+            named.set(lane, named.get(lane).max(seq));
+        }
+    }
+    lane_ends.into_iter().filter(|end| named.get(end.lane) < end.seq).map(|end| (end.lane, end.seq)).collect()
 }
 
 impl Dependencies {

@@ -28,8 +28,10 @@ pub const LINK_FRAMES_MAX: usize = 16;
 /// state) but are only read back from this site's own disk.
 pub const VIEW_BYTES_MAX: usize = 256 << 20;
 
-/// Lanes in one event's clock. A clock names every lane of its stream plus extra
-/// dependencies; a stream written by more than a few thousand sites is a design smell.
+/// Lanes in one event's clock. A clock names its own lane, the stream's heads at the
+/// writer (the writes no other write had seen: one after writes that saw each other) and
+/// the dependencies named in other streams, not every lane the stream ever had; only a
+/// write that follows thousands of concurrent ones reaches this.
 pub const CLOCK_LANES_MAX: usize = 4_096;
 
 /// Largest encoding of one clock entry: two uuids with their length prefixes (17 bytes

@@ -117,6 +117,24 @@ pub fn history(shape: HistoryShape, rng: &mut Rng) -> Vec<Event> {
     events
 }
 
+/// The events of `history` (full clocks, in the order written) with the clocks a writer
+/// gives them: each names its own lane and only what rose since its lane's previous event.
+pub fn with_delta_clocks(history: &[Event]) -> Vec<Event> {
+    let mut previous: HashMap<Lane, &VectorClock> = HashMap::new();
+    history
+        .iter()
+        .map(|event| {
+            let before = previous.insert(event.lane, &event.clock);
+            let clock = event
+                .clock
+                .iter()
+                .filter(|&(lane, seq)| lane == event.lane || before.is_none_or(|b| b.get(lane) < seq))
+                .collect();
+            Event { clock, ..event.clone() }
+        })
+        .collect()
+}
+
 /// A random order of `events` in which every event comes after everything in its clock
 /// that is among `events` (clock entries beyond the set are taken as already delivered).
 pub fn causal_shuffle(events: &[Event], rng: &mut Rng) -> Vec<Event> {

@@ -30,8 +30,10 @@ use gundb::{
     codec, sort_events, Dependencies, Event, EventId, EventMeta, Lane, LogPos, OrderKey, Seq, SiteId, Stream, StreamId,
     VectorClock, View,
 };
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
+use std::rc::Rc;
 
 #[derive(Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Trail(Vec<u64>);
@@ -134,7 +136,12 @@ struct SimSite {
     overflowed: bool,
     unacknowledged: Vec<EventId>,
     bugs: Bugs,
+    pasts: Pasts,
 }
+
+/// Every written event's whole past, as its writer knew it: what the clocks, which name
+/// only part of it, must still make every site deliver first. Shared by all sites.
+type Pasts = Rc<RefCell<HashMap<EventId, VectorClock>>>;
 
 fn fold_of(bugs: Bugs) -> Fold<TrailStream> {
     let mut fold = Fold::new(4);
@@ -149,7 +156,7 @@ fn frontier_of(log: &Log) -> VectorClock {
 }
 
 impl SimSite {
-    fn new(id: SiteId, bugs: Bugs) -> Self {
+    fn new(id: SiteId, bugs: Bugs, pasts: Pasts) -> Self {
         // A small buffer, so overflow (dropped, then fetched again) happens in most runs.
         let pending = Pending::new(&VectorClock::new(), PendingLimits { events_max: 6, bytes_max: u64::MAX });
         Self {
@@ -167,12 +174,15 @@ impl SimSite {
             overflowed: false,
             unacknowledged: Vec::new(),
             bugs,
+            pasts,
         }
     }
 
     fn ledger(&mut self, stream: StreamId) -> &mut Ledger<TrailStream> {
         let (id, bugs) = (self.id, self.bugs);
-        self.ledgers.entry(stream).or_insert_with(|| Ledger::new(id, stream, VectorClock::new(), 0, fold_of(bugs)))
+        self.ledgers
+            .entry(stream)
+            .or_insert_with(|| Ledger::new(id, stream, VectorClock::new(), VectorClock::new(), 0, fold_of(bugs)))
     }
 
     /// Records an event in the log and folds it, replaying on a rewind.
@@ -198,12 +208,17 @@ impl SimSite {
     /// has delivered here (a cross-stream dependency). Shown to the router (and so to
     /// peers) only once durable.
     fn write(&mut self, stream: StreamId, number: u64, id: EventId, now_ms: u64, depend_on: Option<StreamId>) {
+        let mut past = self.ledger(stream).frontier().clone();
         let extra = match depend_on {
-            Some(other) if other != stream => self.ledger(other).dependencies(),
+            Some(other) if other != stream => {
+                past.merge(self.ledger(other).frontier());
+                self.ledger(other).dependencies()
+            }
             _ => Dependencies::none(),
         };
         let payload = codec::encode(&number).unwrap();
         let event = self.ledger(stream).stamp_all(&extra, std::iter::once((id, now_ms, payload))).unwrap().remove(0);
+        self.pasts.borrow_mut().insert(event.id, past);
         self.unacknowledged.push(event.id);
         self.site_log.push(event.clone());
         self.apply(event);
@@ -224,12 +239,12 @@ impl SimSite {
             let check = self.ledgers[&lane.stream].check(&event, |l, s| Ok(index.get(&(l, s)).copied()));
             match check {
                 Ok(Check::New(_)) => {
-                    // Causal delivery across streams: what it depends on elsewhere is durable.
-                    for (dep, needed) in event.clock.iter().filter(|(l, _)| l.stream != lane.stream) {
-                        assert!(
-                            self.durable_frontier.covers(dep, needed),
-                            "applied before a dependency in another stream was durable"
-                        );
+                    // Causal delivery of its whole past, not only what its clock names: in
+                    // its stream delivered, in other streams durable.
+                    for (dep, needed) in self.pasts.borrow()[&event.id].iter() {
+                        let stream = &self.ledgers[&lane.stream];
+                        let have = if dep.stream == lane.stream { stream.frontier() } else { &self.durable_frontier };
+                        assert!(have.covers(dep, needed), "applied before {dep} reached {needed}");
                     }
                     self.site_log.push(event.clone());
                     self.apply(event);
@@ -265,7 +280,7 @@ impl SimSite {
         let mut site_log = std::mem::take(&mut self.site_log);
         site_log.truncate(self.durable_len);
         let records = std::mem::take(&mut self.records);
-        *self = SimSite::new(self.id, self.bugs);
+        *self = SimSite::new(self.id, self.bugs, self.pasts.clone());
         self.durable_len = site_log.len();
         (self.site_log, self.records) = (site_log, records);
         let mut all: Vec<Event> = durable.values().flat_map(|s| s.values().cloned()).collect();
@@ -305,7 +320,8 @@ impl Sim {
     fn new(seed: u64, bugs: Bugs) -> Self {
         let mut rng = Rng::new(seed);
         let count = 3 + rng.index(3);
-        let sites = (0..count).map(|n| SimSite::new(SiteId::from_u128(n as u128 + 1), bugs)).collect();
+        let pasts = Pasts::default();
+        let sites = (0..count).map(|n| SimSite::new(SiteId::from_u128(n as u128 + 1), bugs, pasts.clone())).collect();
         let (mut links, mut cut, mut conns) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for a in 0..count {
             for b in (0..count).filter(|&b| b != a) {

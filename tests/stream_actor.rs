@@ -1,15 +1,16 @@
 //! The stream actor's messages end to end on sled: concurrent emits, decisions that hold a
 //! business rule under concurrency, subscriptions (catch-up, then live, through a tiny
-//! bounded channel) and stream-type mismatches.
+//! bounded channel), stream-type mismatches, and a stream that thousands of sites wrote.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use actix::Actor;
-use common::{run_site, Trail, TrailStream};
+use common::{remote_event, remote_lane, run_site, Trail, TrailStream};
 use gundb::storage::{SledStorage, Storage, StorageError};
 use gundb::{
-    Decide, DecideError, Emit, EventMeta, GetView, History, Seq, Stream, StreamActor, StreamError, StreamId, View,
+    Decide, DecideError, DeliverBatch, Delivered, Emit, EventMeta, GetView, History, Lane, Seq, Stream, StreamActor,
+    StreamError, StreamId, VectorClock, View,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -173,5 +174,46 @@ fn history_pages_through_the_log() {
         assert_eq!(seen, [1, 2, 3, 4, 5]);
         assert_eq!(pages, 3);
         assert_eq!(actor.send(History::default()).await.unwrap().unwrap().events.len(), 1);
+    });
+}
+
+/// A stream that 5,000 sites wrote in turn, each after seeing the write before: its
+/// frontier names more lanes than one event's clock may, yet a local write names only its
+/// own lane and the stream's one head, on the open actor and again after the stream is
+/// reopened from sled (where a full vector clock made it unwritable for ever).
+#[test]
+fn a_stream_that_thousands_of_sites_wrote_stays_writable_after_a_reopen() {
+    let storage = temporary();
+    let stream = StreamId::random();
+    let lane = move |site: u64| remote_lane(u128::from(site), stream);
+    let writers = 5_000u64;
+    let events = (1..=writers)
+        .map(|site| {
+            let mut event = remote_event(lane(site), 1, site, site);
+            if site > 1 {
+                event.clock.set(lane(site - 1), Seq(1));
+            }
+            event
+        })
+        .collect();
+    let own = Lane::new(storage.site_id(), stream);
+    let writer = Arc::clone(&storage);
+    run_site(move || async move {
+        let actor = StreamActor::<TrailStream>::open(writer, stream).unwrap().start();
+        let outcomes = actor.send(DeliverBatch(events)).await.unwrap();
+        assert!(outcomes.iter().all(|outcome| matches!(outcome, Ok(Delivered::Applied))));
+        let view = actor.send(GetView::new()).await.unwrap().unwrap();
+        assert!(view.frontier.len() > gundb::limits::CLOCK_LANES_MAX, "a full clock could not be written");
+        assert_eq!(view.heads, [(lane(writers), Seq(1))].into_iter().collect::<VectorClock>());
+        let emitted = actor.send(Emit::new(0)).await.unwrap().unwrap();
+        assert_eq!(emitted.clock, [(own, Seq(1)), (lane(writers), Seq(1))].into_iter().collect::<VectorClock>());
+    });
+    run_site(move || async move {
+        let actor = StreamActor::<TrailStream>::open(storage, stream).unwrap().start();
+        let emitted = actor.send(Emit::new(1)).await.unwrap().unwrap();
+        // The write before is the one head: naming its own lane names everything.
+        assert_eq!(emitted.clock, [(own, Seq(2))].into_iter().collect::<VectorClock>());
+        let view = actor.send(GetView::new()).await.unwrap().unwrap();
+        assert_eq!(view.view.0.len(), 5_002);
     });
 }

@@ -242,7 +242,7 @@ fn a_slow_link_carries_a_large_frame() {
     });
 }
 
-/// A greeting as protocol version 4 sent it (the same fields as today's).
+/// A greeting as protocol version 5 sent it (the same fields as today's).
 #[derive(serde::Serialize)]
 struct OldGreeting {
     version: u32,
@@ -250,7 +250,7 @@ struct OldGreeting {
     challenge: [u8; 32],
 }
 
-/// A peer of the protocol before origin filters (version 4) is refused at the handshake,
+/// A peer of the protocol before delta clocks (version 5) is refused at the handshake,
 /// with both versions named, before anything else is exchanged.
 #[test]
 fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
@@ -261,7 +261,7 @@ fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
             let (socket, _) = listener.accept().await.unwrap();
             let mut wire = Framed::new(socket, LengthDelimitedCodec::new());
             let _their_greeting = wire.next().await.unwrap().unwrap();
-            let ours = OldGreeting { version: 4, site: gundb::SiteId::random(), challenge: [7; 32] };
+            let ours = OldGreeting { version: 5, site: gundb::SiteId::random(), challenge: [7; 32] };
             wire.send(tokio_util::bytes::Bytes::from(gundb::codec::encode(&ours).unwrap())).await.unwrap();
             // Whatever the new site does next, it must not be a proof or a frame.
             wire.next().await.is_none_or(|frame| frame.is_err())
@@ -269,12 +269,12 @@ fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
         let site = Site::temporary().unwrap();
         let refused = dial(&site, addr, SECRET, NodeConfig::default()).await.expect_err("an old peer is refused");
         assert!(
-            matches!(refused, TcpError::Version { peer: 4, ours } if ours == gundb::node::tcp::PROTOCOL_VERSION),
+            matches!(refused, TcpError::Version { peer: 5, ours } if ours == gundb::node::tcp::PROTOCOL_VERSION),
             "{refused:?}"
         );
         let message = refused.to_string();
         assert!(
-            message.contains("version 4") && message.contains(&gundb::node::tcp::PROTOCOL_VERSION.to_string()),
+            message.contains("version 5") && message.contains(&gundb::node::tcp::PROTOCOL_VERSION.to_string()),
             "{message}"
         );
         assert!(old_peer.await.unwrap(), "the new site sent nothing after the greetings");

@@ -29,8 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// The wire protocol version this build speaks. Version 6 sends events whose clocks name
+/// only what their lane's previous event does not imply ([`crate::Event::clock`]); a
+/// version-5 peer would take them for full clocks and deliver too early.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 
 use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
-use crate::event::{Event, OrderKey};
+use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -170,7 +170,18 @@ impl Storage for MemoryStorage {
         let lamport = state.log.keys().next_back().map_or(0, |k| k.lamport);
         let snapshots = state.snapshots.iter().map(|(k, v)| (*k, v.clone())).collect();
         drop(streams);
-        Ok(StreamRecord { frontier: self.frontier(stream)?, lamport, snapshots })
+        let frontier = self.frontier(stream)?;
+        let streams = lock(&self.streams);
+        let ends: Vec<&Event> = frontier
+            .iter()
+            .filter_map(|(lane, seq)| {
+                let state = streams.get(&stream)?;
+                state.log.get(state.index.get(&(lane, seq))?)
+            })
+            .collect();
+        let heads = heads_of(ends);
+        drop(streams);
+        Ok(StreamRecord { frontier, heads, lamport, snapshots })
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {

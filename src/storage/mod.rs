@@ -15,7 +15,7 @@ mod layout;
 mod memory;
 mod sled;
 
-pub use self::layout::STORAGE_FORMAT;
+pub use self::layout::{STORAGE_FORMAT, STORAGE_FORMAT_UPGRADED};
 pub use self::memory::MemoryStorage;
 #[cfg(feature = "failpoints")]
 pub use self::sled::failpoints::{Failpoints, Fault};
@@ -48,7 +48,8 @@ pub enum StorageError {
     /// The database was written in another storage format than this build's. Nothing was
     /// read or changed.
     #[error(
-        "the database in {path:?} has storage format {found}, and this build of gundb reads format {supported} only: \
+        "the database in {path:?} has storage format {found}, and this build of gundb reads format {supported} only \
+         (and upgrades format 3 in place): \
          open it with the gundb release that wrote it, or move the folder aside and start this site from an \
          empty one (its peers send it everything again on catch-up)"
     )]
@@ -104,6 +105,9 @@ pub enum StorageError {
 pub struct StreamRecord {
     /// Every lane's highest stored seq.
     pub frontier: VectorClock,
+    /// The lanes' last events that no other lane's last event names
+    /// ([`crate::event::heads_of`]): what a write depending on the whole stream names.
+    pub heads: VectorClock,
     /// The largest Lamport counter stored.
     pub lamport: u64,
     /// The stored view snapshots, oldest first: the key of the last event each covers,

@@ -17,10 +17,10 @@
 //! recover what was durable.
 
 use super::blocks::Blocks;
-use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
+use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT, STORAGE_FORMAT_UPGRADED};
 use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
-use crate::event::{Event, OrderKey};
+use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -522,7 +522,12 @@ fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageErro
             u32::from_be_bytes(bytes)
         }
     };
-    if found != STORAGE_FORMAT {
+    if found == STORAGE_FORMAT_UPGRADED {
+        // Its events are valid as they are (full clocks): only the record moves on, and
+        // durably, before a write of the new format can be made.
+        db.insert(FORMAT_KEY, &STORAGE_FORMAT.to_be_bytes())?;
+        db.flush()?;
+    } else if found != STORAGE_FORMAT {
         return Err(StorageError::Format { path: path.to_path_buf(), found, supported: STORAGE_FORMAT });
     }
     let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;
@@ -611,14 +616,17 @@ impl Storage for SledStorage {
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
         self.declare_stream(stream, stream_type)?;
-        // A lane's last event has its largest Lamport counter.
+        // A lane's last event has its largest Lamport counter, and the heads are among them.
         let blocks = self.blocks(stream, stream_type);
         let lanes = blocks.frontier()?;
-        let mut lamport = 0;
-        for &(lane, last) in &lanes {
-            let event = blocks.event(lane, last)?.ok_or_else(|| StorageError::Corrupt(format!("{lane} ends empty")))?;
-            lamport = lamport.max(event.lamport);
-        }
+        let ends = lanes
+            .iter()
+            .map(|&(lane, last)| {
+                blocks.event(lane, last)?.ok_or_else(|| StorageError::Corrupt(format!("{lane} ends empty")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let lamport = ends.iter().map(|end| end.lamport).max().unwrap_or(0);
+        let heads = heads_of(&ends);
         let snapshots = self
             .data
             .scan_prefix(layout::snapshot_prefix(stream))
@@ -627,7 +635,7 @@ impl Storage for SledStorage {
                 Ok((layout::parse_order_key(&key)?, value.to_vec()))
             })
             .collect::<Result<_, StorageError>>()?;
-        Ok(StreamRecord { frontier: lanes.into_iter().collect(), lamport, snapshots })
+        Ok(StreamRecord { frontier: lanes.into_iter().collect(), heads, lamport, snapshots })
     }
 
     fn append(&self, stream: StreamId, append: Append<'_>) -> Result<Commit, StorageError> {

@@ -1,6 +1,11 @@
 //! [`Ledger`]: the pure core of a stream actor. It stamps local writes, judges remote
-//! events (new, a copy, or an error) and advances the stream's frontier, Lamport counter
-//! and view.
+//! events (new, a copy, or an error) and advances the stream's frontier, heads, Lamport
+//! counter and view.
+//!
+//! A local write's clock names the stream's heads (the delivered events no other
+//! delivered event depends on), not its whole frontier: the heads imply the rest. After
+//! writes that saw each other there is one head, so a stream that thousands of sites once
+//! wrote stays writable; the clock grows only with the writes that were concurrent.
 //!
 //! It reads nothing itself: lookups in the stored index come in as a closure, ids and time
 //! as arguments.
@@ -23,20 +28,33 @@ pub enum Check<E> {
     Duplicate,
 }
 
-/// A stream's frontier, Lamport counter and view at one site.
+/// A stream's frontier, heads, Lamport counter and view at one site.
 pub struct Ledger<S: Stream> {
     site: SiteId,
     stream: StreamId,
     frontier: VectorClock,
+    /// Delivered events whose pasts, together, are the whole frontier: at least the heads,
+    /// maybe a few more after a reopen (see [`crate::event::heads_of`]), never missing one.
+    heads: VectorClock,
     lamport: u64,
     fold: Fold<S>,
 }
 
 impl<S: Stream> Ledger<S> {
-    /// A ledger of `stream` at `site`, resuming from `frontier`, `lamport` and `fold`.
-    pub fn new(site: SiteId, stream: StreamId, frontier: VectorClock, lamport: u64, fold: Fold<S>) -> Self {
+    /// A ledger of `stream` at `site`, resuming from `frontier`, `heads` (events whose
+    /// pasts make up the frontier: [`crate::event::heads_of`] the lanes' last events),
+    /// `lamport` and `fold`.
+    pub fn new(
+        site: SiteId,
+        stream: StreamId,
+        frontier: VectorClock,
+        heads: VectorClock,
+        lamport: u64,
+        fold: Fold<S>,
+    ) -> Self {
         debug_assert!(frontier.iter().all(|(lane, _)| lane.stream == stream));
-        Self { site, stream, frontier, lamport, fold }
+        debug_assert!(frontier.dominates(&heads), "heads are delivered events");
+        Self { site, stream, frontier, heads, lamport, fold }
     }
 
     /// This site's lane in the stream.
@@ -47,6 +65,11 @@ impl<S: Stream> Ledger<S> {
     /// Every lane's delivered seq.
     pub fn frontier(&self) -> &VectorClock {
         &self.frontier
+    }
+
+    /// Delivered events that, with everything they depend on, are the whole frontier.
+    pub fn heads(&self) -> &VectorClock {
+        &self.heads
     }
 
     /// The largest Lamport counter delivered.
@@ -64,15 +87,16 @@ impl<S: Stream> Ledger<S> {
         &mut self.fold
     }
 
-    /// What a write depending on everything delivered here depends on.
+    /// What a write depending on everything delivered here depends on: the heads, which
+    /// imply the rest.
     pub fn dependencies(&self) -> Dependencies {
-        Dependencies { clock: self.frontier.clone(), lamport: self.lamport }
+        Dependencies { clock: self.heads.clone(), lamport: self.lamport }
     }
 
-    /// The next local events, in order: the next seqs of this site's lane, each with a
-    /// clock of the stream's frontier plus `extra` plus the events before it, and Lamport
-    /// counters above everything they depend on. Changes nothing: [`Ledger::record`] them
-    /// once they are written.
+    /// The next local events, in order: the next seqs of this site's lane, and Lamport
+    /// counters above everything they depend on. The first names the stream's heads and
+    /// `extra`; each later one only its own lane, since the event before it implies the
+    /// rest. Changes nothing: [`Ledger::record`] them once they are written.
     ///
     /// # Errors
     /// [`StreamError::DependencyNotDelivered`] when `extra` names a lane of this stream
@@ -92,8 +116,12 @@ impl<S: Stream> Ledger<S> {
             }
         }
         let lane = self.own_lane();
-        let mut clock = self.frontier.clone();
-        clock.merge(&extra.clock); // own-stream lanes of `extra` are covered: own lane unchanged
+        let mut clock = self.heads.clone();
+        // Own-stream lanes of `extra` are delivered, so implied by the heads: left out.
+        for (other, seq) in extra.clock.iter().filter(|(other, _)| other.stream != self.stream) {
+            clock.set(other, seq);
+        }
+        clock.set(lane, self.frontier.get(lane));
         let lanes = clock.len() + usize::from(clock.get(lane) == Seq::ZERO);
         if lanes > limits::CLOCK_LANES_MAX {
             return Err(StreamError::TooManyLanes { lanes, max: limits::CLOCK_LANES_MAX });
@@ -116,7 +144,7 @@ impl<S: Stream> Ledger<S> {
                 id,
                 lane,
                 seq,
-                clock: clock.clone(),
+                clock: std::mem::replace(&mut clock, [(lane, seq)].into_iter().collect()),
                 lamport,
                 timestamp_ms,
                 stream_type: S::TYPE_NAME.to_owned(),
@@ -206,13 +234,128 @@ impl<S: Stream> Ledger<S> {
         Ok(())
     }
 
-    /// Records a stamped or checked event: advances the frontier and the Lamport counter
-    /// and folds it into the view. A [`Folded::Rewind`] asks the caller to replay the log.
+    /// Records a stamped or checked event: advances the frontier, the heads and the
+    /// Lamport counter and folds it into the view. A [`Folded::Rewind`] asks the caller to
+    /// replay the log.
     pub fn record(&mut self, event: &Event, payload: &S::Event) -> Folded {
         debug_assert_eq!(event.lane.stream, self.stream);
         assert_eq!(event.seq, self.frontier.get(event.lane).next(), "lane seq must be contiguous");
         self.frontier.set(event.lane, event.seq);
+        // What the event names is in its past, so no longer a head; it is one now.
+        for (lane, seq) in event.clock.iter().filter(|(lane, _)| lane.stream == self.stream) {
+            if self.heads.get(lane) <= seq {
+                self.heads.set(lane, Seq::ZERO);
+            }
+        }
+        self.heads.set(event.lane, event.seq);
         self.lamport = self.lamport.max(event.lamport);
         self.fold.apply(event, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::heads_of;
+    use crate::testkit::{causal_shuffle, history, with_delta_clocks, HistoryShape, Rng, TrailStream};
+    use crate::view::Fold;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn ledger(site: u128, stream: StreamId) -> Ledger<TrailStream> {
+        Ledger::new(SiteId::from_u128(site), stream, VectorClock::new(), VectorClock::new(), 0, Fold::new(8))
+    }
+
+    fn record_all(ledger: &mut Ledger<TrailStream>, events: &[Event]) {
+        for event in events {
+            ledger.record(event, &event.seq.0);
+        }
+    }
+
+    fn write_one(ledger: &Ledger<TrailStream>, id: u128) -> Event {
+        let stamps = std::iter::once((EventId::from_u128(id), 0, codec::encode(&1u64).unwrap()));
+        ledger.stamp_all(&Dependencies::none(), stamps).unwrap().remove(0)
+    }
+
+    /// 5,000 sites each wrote the stream once, in turn, each having seen the one before:
+    /// a full clock of the stream would name 5,000 lanes (more than an event may), but a
+    /// write names only its own lane and the one head, here and after a reopen.
+    #[test]
+    fn a_stream_that_thousands_of_sites_wrote_in_turn_stays_writable() {
+        let stream = StreamId::from_u128(77);
+        let lane = |site: u64| Lane::new(SiteId::from_u128(u128::from(site)), stream);
+        let writers = 5_000u64;
+        let events: Vec<Event> = (1..=writers)
+            .map(|site| {
+                let seen: &[(Lane, u64)] = if site == 1 { &[] } else { &[(lane(site - 1), 1)] };
+                crate::testkit::event(u128::from(site), lane(site), 1, seen, site, 0)
+            })
+            .collect();
+        let mut here = ledger(0, stream);
+        record_all(&mut here, &events);
+        assert!(here.frontier().len() > limits::CLOCK_LANES_MAX, "a full clock could not be written");
+        assert_eq!(here.heads(), &[(lane(writers), Seq(1))].into_iter().collect::<VectorClock>());
+        let written = write_one(&here, 1 << 100);
+        assert_eq!(written.clock.len(), 2, "its own lane and the head: {:?}", written.clock);
+
+        // Reopened from storage: the heads come from the lanes' last events.
+        let reopened_heads = heads_of(&events);
+        assert_eq!(&reopened_heads, here.heads());
+        let reopened = Ledger::<TrailStream>::new(
+            SiteId::from_u128(0),
+            stream,
+            here.frontier().clone(),
+            reopened_heads,
+            here.lamport(),
+            Fold::new(8),
+        );
+        assert_eq!(write_one(&reopened, 1 << 101).clock, written.clock);
+    }
+
+    /// A local batch: the first event names the heads, the later ones only their own lane.
+    #[test]
+    fn later_events_of_a_batch_name_only_their_own_lane() {
+        let stream = StreamId::from_u128(5);
+        let other = Lane::new(SiteId::from_u128(2), stream);
+        let mut here = ledger(1, stream);
+        record_all(&mut here, &[crate::testkit::event(1, other, 1, &[], 1, 0)]);
+        let stamps =
+            (0..3u32).map(|n| (EventId::from_u128(10 + u128::from(n)), 0, codec::encode(&u64::from(n)).unwrap()));
+        let events = here.stamp_all(&Dependencies::none(), stamps).unwrap();
+        let own = here.own_lane();
+        assert_eq!(events[0].clock, [(own, Seq(1)), (other, Seq(1))].into_iter().collect::<VectorClock>());
+        assert_eq!(events[1].clock, [(own, Seq(2))].into_iter().collect::<VectorClock>());
+        assert_eq!(events[2].clock, [(own, Seq(3))].into_iter().collect::<VectorClock>());
+        assert_eq!(events.iter().map(|e| e.lamport).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    proptest! {
+        /// Whatever clocks arrive (full or delta) and in whatever causal order, the heads
+        /// a ledger keeps are exactly the delivered events that no other delivered event
+        /// has in its past; the heads found from the lanes' last events on a reopen hold
+        /// them all, and their pasts together are the whole frontier.
+        #[test]
+        fn heads_are_the_events_no_other_depends_on(seed in any::<u64>(), sites in 1u32..6, events in 1usize..80, sync in 0u64..100, delta in any::<bool>()) {
+            let mut rng = Rng::new(seed);
+            let full = history(HistoryShape { sites, streams: 1, events, sync_percent: sync }, &mut rng);
+            let arrived = causal_shuffle(&if delta { with_delta_clocks(&full) } else { full.clone() }, &mut rng);
+            let stream = full[0].lane.stream;
+            let mut here = ledger(1_000, stream);
+            record_all(&mut here, &arrived);
+
+            let past: HashMap<(Lane, Seq), &VectorClock> = full.iter().map(|e| ((e.lane, e.seq), &e.clock)).collect();
+            let in_a_later_past = |e: &Event| full.iter().any(|f| f.id != e.id && f.clock.covers(e.lane, e.seq));
+            let maximal: VectorClock = full.iter().filter(|e| !in_a_later_past(e)).map(|e| (e.lane, e.seq)).collect();
+            prop_assert_eq!(here.heads(), &maximal);
+
+            let ends: Vec<Event> = arrived.iter().filter(|e| here.frontier().get(e.lane) == e.seq).cloned().collect();
+            let reopened = heads_of(&ends);
+            prop_assert!(reopened.dominates(&maximal) && here.frontier().dominates(&reopened));
+            let mut covered = VectorClock::new();
+            for (lane, seq) in reopened.iter() {
+                covered.merge(past[&(lane, seq)]);
+            }
+            prop_assert_eq!(&covered, here.frontier());
+        }
     }
 }

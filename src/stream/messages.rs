@@ -45,7 +45,8 @@ pub struct Emitted {
     pub id: EventId,
     /// Its seq in this site's lane.
     pub seq: Seq,
-    /// Its clock.
+    /// Its clock: its lane at its seq and what it depends on beyond its lane's previous
+    /// event (see [`Event::clock`]). Naming it names the event and its whole past.
     pub clock: VectorClock,
     /// Its Lamport counter.
     pub lamport: u64,
@@ -127,14 +128,17 @@ pub struct ViewReply<V> {
     pub view: V,
     /// The stream's frontier: every lane's delivered seq.
     pub frontier: VectorClock,
+    /// The stream's heads: delivered events that, with everything they depend on, are the
+    /// whole frontier. Usually one event, however many sites wrote the stream.
+    pub heads: VectorClock,
     /// The largest Lamport counter delivered.
     pub lamport: u64,
 }
 
 impl<V> ViewReply<V> {
-    /// What a write that depends on this view must name.
+    /// What a write that depends on this view must name: the heads, which imply the rest.
     pub fn dependencies(&self) -> Dependencies {
-        Dependencies { clock: self.frontier.clone(), lamport: self.lamport }
+        Dependencies { clock: self.heads.clone(), lamport: self.lamport }
     }
 }
 
@@ -270,6 +274,7 @@ impl<S: Stream> Handler<GetView<S>> for StreamActor<S> {
         let reply = ViewReply {
             view: self.ledger.view().clone(),
             frontier: self.ledger.frontier().clone(),
+            heads: self.ledger.heads().clone(),
             lamport: self.ledger.lamport(),
         };
         self.when_durable(reply)

@@ -168,7 +168,7 @@ impl<S: Stream> StreamActor<S> {
         }
         let site = storage.site_id();
         let mut actor = Self {
-            ledger: Ledger::new(site, stream, record.frontier, record.lamport, fold),
+            ledger: Ledger::new(site, stream, record.frontier, record.heads, record.lamport, fold),
             snapshots: record.snapshots.iter().map(|(key, _)| *key).collect(),
             storage,
             stream,
