@@ -24,14 +24,22 @@ pub struct Window {
     unacked: VecDeque<(LogPos, u64, usize)>,
     /// The bytes of the frames in `unacked`.
     unacked_bytes: usize,
+    /// Frames acknowledged since the peer last said what it wants, or since a loss. The
+    /// window starts at one frame and opens by one per frame acknowledged, so it doubles
+    /// every round trip up to its bound (TCP's slow start): a peer whose `Want` changes
+    /// at once (its filter learns of a direct link just after it connects) is sent one
+    /// frame it no longer wants, not a whole window.
+    earned: usize,
 }
 
 impl Window {
     /// Where the next frame starts, if the peer wants one and the window has room for it:
-    /// fewer than `frames_max` frames and `bytes_max` bytes unacknowledged (one frame goes
-    /// whatever its size).
+    /// fewer than `frames_max` frames (and than one plus those acknowledged since the
+    /// last `Want` or loss) and `bytes_max` bytes unacknowledged (one frame goes whatever
+    /// its size).
     pub fn next_after(&self, frames_max: usize, bytes_max: usize) -> Option<LogPos> {
-        let full = self.unacked.len() >= frames_max || self.unacked_bytes >= bytes_max;
+        let frames = frames_max.min(self.earned.saturating_add(1));
+        let full = self.unacked.len() >= frames || self.unacked_bytes >= bytes_max;
         if full {
             None
         } else {
@@ -52,6 +60,7 @@ impl Window {
         self.cursor = Some(after);
         self.acked = Some(after);
         self.forget_unacked();
+        self.earned = 0;
     }
 
     /// The peer holds our log up to `upto`.
@@ -66,6 +75,7 @@ impl Window {
             }
             self.unacked.pop_front();
             self.unacked_bytes -= bytes;
+            self.earned = self.earned.saturating_add(1);
         }
     }
 
@@ -79,6 +89,7 @@ impl Window {
         }
         self.cursor = self.acked;
         self.forget_unacked();
+        self.earned = 0;
         true
     }
 
@@ -585,10 +596,37 @@ mod tests {
     }
 
     #[test]
+    fn the_window_starts_at_one_frame_and_doubles_per_round_trip() {
+        /// Sends what the window lets go, one event per frame, then acknowledges it all.
+        fn round(window: &mut Window) -> usize {
+            let mut sent = Vec::new();
+            while let Some(after) = window.next_after(16, usize::MAX) {
+                window.sent(LogPos(after.0 + 1), 1, 0);
+                sent.push(after.0 + 1);
+            }
+            if let Some(&last) = sent.last() {
+                window.ack(LogPos(last));
+            }
+            sent.len()
+        }
+        let mut window = Window::default();
+        window.want(LogPos(0));
+        let rounds: Vec<usize> = (0..6).map(|_| round(&mut window)).collect();
+        assert_eq!(rounds, vec![1, 2, 4, 8, 16, 16]);
+        window.want(LogPos(47));
+        assert_eq!(round(&mut window), 1, "a new Want starts again from one frame");
+        window.sent(LogPos(49), 1, 0);
+        assert!(window.rewind_if_overdue(10, 10));
+        assert_eq!(round(&mut window), 1, "so does a loss");
+    }
+
+    #[test]
     fn the_window_closes_at_its_frame_and_byte_bounds_and_opens_on_acks() {
         let mut window = Window::default();
         assert_eq!(window.next_after(2, 100), None, "nothing before the peer wants");
-        window.want(LogPos(5));
+        window.want(LogPos(3));
+        window.sent(LogPos(5), 60, 0);
+        window.ack(LogPos(5)); // one frame acknowledged: two may be in flight
         window.sent(LogPos(7), 60, 0);
         assert_eq!(window.next_after(2, 100), Some(LogPos(7)));
         window.sent(LogPos(9), 60, 0);
