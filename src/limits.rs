@@ -87,9 +87,9 @@ pub const STREAM_IDLE_AFTER: std::time::Duration = std::time::Duration::from_sec
 /// when many actors are busy and cannot stop.
 pub const PASSIVATION_LOOKS_MAX: usize = 256;
 
-/// Streams whose stored frontier the router loads per turn after the site opens, so the
-/// load never holds the router's mailbox for long.
-pub const LOAD_PAGE_STREAMS: usize = 1_024;
+/// Streams listed per storage read when the whole site frontier is read
+/// ([`crate::Site::frontier`]).
+pub const FRONTIER_PAGE_STREAMS: usize = 1_024;
 
 /// Events folded between two view snapshots. A late event costs a replay of at most about
 /// this many events when a snapshot before it is still held.
@@ -137,6 +137,11 @@ pub const DECIDE_EVENTS_MAX: usize = 1_024;
 
 /// Events a rollback replays in one go, read from storage in pages of this many.
 pub const REPLAY_PAGE_MAX: usize = 4_096;
+
+/// Lanes at rest whose progress the router keeps in memory (about 60 bytes each): the
+/// lanes recently used. Others are read from storage when an event needs them, so the
+/// router's memory does not grow with the lanes stored.
+pub const ROUTER_LANES_CACHED: usize = 65_536;
 
 /// Events the router holds while their dependencies are missing. Past it, arrivals are
 /// dropped and counted; catch-up fetches them again, so a partitioned peer cannot run us

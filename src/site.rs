@@ -138,12 +138,13 @@ impl Site {
         StreamHandle::open(self.router.clone(), stream).await
     }
 
-    /// Everything durable at this site: every lane of every stream, at its seq.
+    /// Everything stored at this site: every lane of every stream, at its seq, read from
+    /// storage (it takes time in proportion to the lanes stored).
     ///
     /// # Errors
-    /// The router is gone.
+    /// The router is gone, or storage could not be read.
     pub async fn frontier(&self) -> Result<VectorClock, SiteError> {
-        Ok(self.router.send(GetFrontier).await?)
+        Ok(self.router.send(GetFrontier).await??)
     }
 
     /// Resolves once everything in `clock` is durable here (for example another site's

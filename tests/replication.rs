@@ -294,7 +294,7 @@ fn an_overflowing_buffer_is_refilled_by_catch_up() {
         let stream = StreamId::from_u128(7);
         write(&source, stream, 0..40).await;
         let tiny = gundb::SiteConfig {
-            pending: gundb::router::PendingLimits { events_max: 4, bytes_max: u64::MAX },
+            pending: gundb::router::PendingLimits { events_max: 4, bytes_max: u64::MAX, ..Default::default() },
             ..gundb::SiteConfig::default()
         };
         let storage: Arc<dyn gundb::storage::Storage> = Arc::new(gundb::storage::SledStorage::temporary().unwrap());

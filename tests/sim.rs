@@ -34,6 +34,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Trail(Vec<u64>);
@@ -137,7 +138,12 @@ struct SimSite {
     unacknowledged: Vec<EventId>,
     bugs: Bugs,
     pasts: Pasts,
+    /// `durable_frontier` as storage shows it to the router, which reads the lanes it does
+    /// not keep in memory from there.
+    stored: Stored,
 }
+
+type Stored = Arc<Mutex<VectorClock>>;
 
 /// Every written event's whole past, as its writer knew it: what the clocks, which name
 /// only part of it, must still make every site deliver first. Shared by all sites.
@@ -156,9 +162,12 @@ fn frontier_of(log: &Log) -> VectorClock {
 }
 
 impl SimSite {
-    fn new(id: SiteId, bugs: Bugs, pasts: Pasts) -> Self {
-        // A small buffer, so overflow (dropped, then fetched again) happens in most runs.
-        let pending = Pending::new(&VectorClock::new(), PendingLimits { events_max: 6, bytes_max: u64::MAX });
+    fn new(id: SiteId, bugs: Bugs, pasts: Pasts, stored: Stored) -> Self {
+        // A small buffer, so overflow (dropped, then fetched again) happens in most runs,
+        // and room for four lanes at rest, so most lanes are read back from storage.
+        let limits = PendingLimits { events_max: 6, bytes_max: u64::MAX, lanes_cached: 4 };
+        let store = Arc::clone(&stored);
+        let pending = Pending::new(limits, Box::new(move |lane| Some(store.lock().unwrap().get(lane))));
         Self {
             id,
             logs: Log::new(),
@@ -175,6 +184,7 @@ impl SimSite {
             unacknowledged: Vec::new(),
             bugs,
             pasts,
+            stored,
         }
     }
 
@@ -229,6 +239,7 @@ impl SimSite {
             match self.pending.insert(event) {
                 Ok(Insert::Ready | Insert::Buffered { .. } | Insert::Duplicate | Insert::Delivered) => {}
                 Ok(Insert::Overflow) => self.overflowed = true,
+                Ok(Insert::Unread) => panic!("the simulated storage is always readable"),
                 Err(equivocation) => panic!("no site equivocates here: {equivocation:?}"),
             }
         }
@@ -266,6 +277,7 @@ impl SimSite {
         let records = std::mem::take(&mut self.unflushed_records);
         self.records.extend(records);
         self.durable_frontier = frontier_of(&self.durable);
+        self.stored.lock().unwrap().clone_from(&self.durable_frontier);
         for (lane, seq) in self.durable_frontier.clone().iter() {
             self.pending.observe(lane, seq);
         }
@@ -280,7 +292,7 @@ impl SimSite {
         let mut site_log = std::mem::take(&mut self.site_log);
         site_log.truncate(self.durable_len);
         let records = std::mem::take(&mut self.records);
-        *self = SimSite::new(self.id, self.bugs, self.pasts.clone());
+        *self = SimSite::new(self.id, self.bugs, self.pasts.clone(), Arc::clone(&self.stored));
         self.durable_len = site_log.len();
         (self.site_log, self.records) = (site_log, records);
         let mut all: Vec<Event> = durable.values().flat_map(|s| s.values().cloned()).collect();
@@ -321,7 +333,9 @@ impl Sim {
         let mut rng = Rng::new(seed);
         let count = 3 + rng.index(3);
         let pasts = Pasts::default();
-        let sites = (0..count).map(|n| SimSite::new(SiteId::from_u128(n as u128 + 1), bugs, pasts.clone())).collect();
+        let sites = (0..count)
+            .map(|n| SimSite::new(SiteId::from_u128(n as u128 + 1), bugs, pasts.clone(), Stored::default()))
+            .collect();
         let (mut links, mut cut, mut conns) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for a in 0..count {
             for b in (0..count).filter(|&b| b != a) {

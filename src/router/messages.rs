@@ -3,11 +3,14 @@
 use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics, Waiter};
 use crate::clock::VectorClock;
 use crate::event::Event;
-use crate::id::StreamId;
+use crate::id::{Lane, Seq, StreamId};
+use crate::limits;
+use crate::storage::{Storage, StorageError};
 use crate::stream::{Durable, Entry, StreamActor};
 use crate::view::Stream;
 use actix::prelude::*;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Registers a stream type, so that events of it are folded into views.
@@ -115,14 +118,6 @@ impl Handler<Receive> for Router {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) -> Self::Result {
-        if self.loading.is_some() {
-            // Whether an event is new or a copy depends on the frontier: wait for it.
-            let (loaded, router) = (self.when_loaded(), ctx.address());
-            return Box::pin(async move {
-                let _ = loaded.await;
-                let _ = router.send(Receive(events)).await;
-            });
-        }
         self.metrics.batches_received += 1;
         for event in events {
             self.receive(event);
@@ -146,12 +141,9 @@ impl Handler<Receive> for Router {
 impl Handler<Durable> for Router {
     type Result = ();
 
-    fn handle(&mut self, Durable(durable): Durable, ctx: &mut Context<Self>) {
-        for (lane, seq) in durable.iter() {
-            self.load_stream(lane.stream); // while the frontier loads: this stream's first
-            if lane.site == self.storage.site_id() {
-                self.metrics.emitted += seq.0.saturating_sub(self.pending.delivered_seq(lane).0);
-            }
+    fn handle(&mut self, Durable { lanes, written_here }: Durable, ctx: &mut Context<Self>) {
+        self.metrics.emitted += written_here;
+        for (lane, seq) in lanes.iter() {
             self.pending.observe(lane, seq);
         }
         self.advanced = true;
@@ -159,26 +151,46 @@ impl Handler<Durable> for Router {
     }
 }
 
-/// Asks for the site's frontier: everything durable here, every stream's lanes together.
+/// Asks for the site's frontier: everything stored here, every stream's lanes together,
+/// read from storage off the router's thread (O(lanes): a tool for tests, inspection and
+/// small sites, not for a replication round). Lanes with deliveries in flight count as far
+/// as they are durable; local writes count once written, a moment before they are durable.
 pub struct GetFrontier;
 
 impl Message for GetFrontier {
-    type Result = VectorClock;
+    type Result = Result<VectorClock, StorageError>;
 }
 
 impl Handler<GetFrontier> for Router {
-    type Result = ResponseFuture<VectorClock>;
+    type Result = ResponseFuture<Result<VectorClock, StorageError>>;
 
-    fn handle(&mut self, _msg: GetFrontier, ctx: &mut Context<Self>) -> Self::Result {
-        if self.loading.is_none() {
-            let durable = self.pending.durable();
-            return Box::pin(async move { durable });
-        }
-        let (loaded, router) = (self.when_loaded(), ctx.address());
+    fn handle(&mut self, _msg: GetFrontier, _ctx: &mut Context<Self>) -> Self::Result {
+        let in_flight: Vec<(Lane, Seq)> = self.pending.in_flight().collect();
+        let storage = Arc::clone(&self.storage);
         Box::pin(async move {
-            let _ = loaded.await;
-            router.send(GetFrontier).await.unwrap_or_default()
+            let read = tokio::task::spawn_blocking(move || stored_frontier(storage.as_ref())).await;
+            let mut frontier = read.map_err(|e| StorageError::Sled(format!("reading the frontier stopped: {e}")))??;
+            for (lane, durable) in in_flight {
+                frontier.set(lane, frontier.get(lane).min(durable));
+            }
+            Ok(frontier)
         })
+    }
+}
+
+/// Every stream's lanes as storage holds them, a page of streams at a time.
+fn stored_frontier(storage: &dyn Storage) -> Result<VectorClock, StorageError> {
+    let mut frontier = VectorClock::new();
+    let mut after = None;
+    loop {
+        let page = storage.streams_page(after, limits::FRONTIER_PAGE_STREAMS)?;
+        for (stream, _) in &page {
+            frontier.merge(&storage.frontier(*stream)?);
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == limits::FRONTIER_PAGE_STREAMS => after = Some(*last),
+            _ => return Ok(frontier),
+        }
     }
 }
 

@@ -7,8 +7,8 @@
 //! [`Pending`] is its pure core, the causal buffer; the [`Router`] actor is a thin shell
 //! that feeds it and routes what it releases.
 
+mod lanes;
 mod live;
-mod load;
 mod messages;
 mod outbox;
 mod pending;
@@ -17,14 +17,12 @@ use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
 use self::live::{Open, Passivating};
-use self::load::{LoadFrontier, Loading};
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, LiveStream,
     OpenStream, Receive, Register, WaitFor,
 };
-pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats};
+pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats, Stored};
 
-use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
@@ -162,8 +160,6 @@ pub struct Router {
     receive_waiters: Vec<oneshot::Sender<()>>,
     /// Events held or queued for streams past which `Receive` waits.
     backlog_max: usize,
-    /// The stored frontier is being loaded (see `load.rs`); `None` once it is.
-    loading: Option<Loading>,
     /// Live stream actors by when they were last used, oldest first.
     lru: BTreeSet<(u64, StreamId)>,
     /// Stream actors asked to stop, not answered yet.
@@ -191,8 +187,8 @@ pub struct HeldBack {
 }
 
 impl Router {
-    /// A router over `storage`. Once started, it loads the frontier storage holds, a page
-    /// of streams per turn; until then, requests that need it wait.
+    /// A router over `storage`. It reads how far a lane is stored when an event needs it,
+    /// so it starts at once and its memory does not grow with the lanes stored.
     pub fn new(
         storage: Arc<dyn Storage>,
         limits: PendingLimits,
@@ -200,8 +196,8 @@ impl Router {
         passivation: Passivation,
     ) -> Self {
         Self {
+            pending: Pending::new(limits, stored(Arc::clone(&storage))),
             storage,
-            pending: Pending::new(&VectorClock::new(), limits),
             registry: HashMap::new(),
             streams: HashMap::new(),
             outboxes: Outboxes::default(),
@@ -218,7 +214,6 @@ impl Router {
             poisoned: HashSet::new(),
             receive_waiters: Vec::new(),
             backlog_max: limits.events_max,
-            loading: Some(Loading::default()),
             lru: BTreeSet::new(),
             passivating: HashMap::new(),
             awaiting: VecDeque::new(),
@@ -288,6 +283,7 @@ impl Router {
                 self.metrics.dropped_on_overflow += 1;
                 self.rewound = true;
             }
+            Ok(Insert::Unread) => self.rewound = true, // logged by `stored`
             Ok(Insert::Delivered) => unreachable!("delivered slots are handled above"),
             Err(equivocation) => self.equivocation(equivocation),
         }
@@ -314,6 +310,9 @@ impl Router {
         self.deliver_ready(ctx);
         for stream in self.outboxes.sendable() {
             self.send_batch(stream, ctx);
+        }
+        if self.pending.take_dropped() {
+            self.rewound = true; // events that waited were dropped: peers send them again
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
         self.metrics.held_back = self.pending.stats().buffered;
@@ -558,6 +557,18 @@ struct Waiter {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// How far a lane is stored, read from `storage` for the buffer; a failed read is logged
+/// and the events that needed it are dropped, to be fetched again.
+fn stored(storage: Arc<dyn Storage>) -> Stored {
+    Box::new(move |lane| match storage.lane_end(lane) {
+        Ok(seq) => Some(seq),
+        Err(error) => {
+            tracing::error!(%lane, %error, "reading how far a lane is stored failed; its events are fetched again");
+            None
+        }
+    })
+}
+
 /// The checks the router makes before buffering: the rest is the stream's job.
 pub(crate) fn well_formed(event: &Event) -> bool {
     event.clock_names_own_lane()
@@ -571,7 +582,6 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(limits::STREAM_MAILBOX_MAX);
-        ctx.notify(LoadFrontier);
         if let Some(idle_after) = self.passivation.idle_after {
             // Looked at four times per idle time, so an actor stops at most 1.25 of it idle.
             ctx.run_interval(idle_after / 4, |router, ctx| router.passivate_idle(ctx));

@@ -207,6 +207,15 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError>;
 
+    /// `lane`'s highest stored seq (0 when it holds nothing): one lookup, whatever the
+    /// number of lanes stored.
+    ///
+    /// # Errors
+    /// A read failure.
+    fn lane_end(&self, lane: Lane) -> Result<Seq, StorageError> {
+        Ok(self.frontier(lane.stream)?.get(lane))
+    }
+
     /// Up to `limit` events of `lane` after seq `after`, in seq order.
     ///
     /// # Errors

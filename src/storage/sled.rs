@@ -698,6 +698,16 @@ impl Storage for SledStorage {
         Ok(self.blocks(stream, "").frontier()?.into_iter().collect())
     }
 
+    fn lane_end(&self, lane: Lane) -> Result<Seq, StorageError> {
+        self.check(Access::Read)?;
+        // A lane's last block ends at its last seq.
+        let (first, last) = (layout::block_key(lane, Seq::ZERO), layout::block_key(lane, Seq(u64::MAX)));
+        match self.data.range(&first[..]..=&last[..]).next_back() {
+            Some(entry) => Ok(layout::parse_block_key(&entry?.0)?.1),
+            None => Ok(Seq::ZERO),
+        }
+    }
+
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
         self.check(Access::Read)?;
         let stream_type = self.type_of(lane.stream)?.unwrap_or_default();

@@ -16,7 +16,12 @@ use actix::prelude::*;
 
 /// Every lane of a stream at a seq now durable.
 #[derive(Debug, Clone)]
-pub struct Durable(pub VectorClock);
+pub struct Durable {
+    /// Each lane at its seq now durable.
+    pub lanes: VectorClock,
+    /// Local writes made durable since the last notice (the site's own lane).
+    pub written_here: u64,
+}
 
 impl Message for Durable {
     type Result = ();
@@ -35,6 +40,7 @@ impl Message for WatchDurable {
 pub(super) struct Watch {
     recipient: Option<Recipient<Durable>>,
     unreported: VectorClock,
+    written_here: u64,
     /// A notice is on its way.
     sending: bool,
 }
@@ -68,6 +74,9 @@ impl<S: Stream> StreamActor<S> {
     pub(super) fn note_durable(&mut self, event: &Event) {
         if self.watch.recipient.is_some() && self.watch.unreported.get(event.lane) < event.seq {
             self.watch.unreported.set(event.lane, event.seq);
+            if event.lane == self.ledger.own_lane() {
+                self.watch.written_here += 1;
+            }
         }
     }
 
@@ -78,7 +87,10 @@ impl<S: Stream> StreamActor<S> {
             return;
         }
         let Some(recipient) = self.watch.recipient.clone() else { return };
-        let notice = Durable(std::mem::take(&mut self.watch.unreported));
+        let notice = Durable {
+            lanes: std::mem::take(&mut self.watch.unreported),
+            written_here: std::mem::take(&mut self.watch.written_here),
+        };
         self.watch.sending = true;
         ctx.spawn(fut::wrap_future::<_, Self>(recipient.send(notice)).map(|sent, actor, ctx| {
             actor.watch.sending = false;
