@@ -378,6 +378,30 @@ impl SledStorage {
         Ok(lock(&self.new_types).get(&stream).cloned())
     }
 
+    /// Declares `stream` of `stream_type` (see [`Storage::declare_stream`]); true when it
+    /// holds events. The type is written with the first event, so a stream without one
+    /// is only remembered, until its claim is released.
+    fn declare(&self, stream: StreamId, stream_type: &str) -> Result<bool, StorageError> {
+        self.check(Access::Read)?;
+        let mismatch =
+            |stored: String| StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() };
+        if let Some(stored) = self.data.get(layout::type_key(stream))? {
+            if stored != stream_type.as_bytes() {
+                return Err(mismatch(String::from_utf8_lossy(&stored).into_owned()));
+            }
+            return Ok(true);
+        }
+        let mut new_types = lock(&self.new_types);
+        match new_types.get(&stream) {
+            Some(declared) if declared != stream_type => Err(mismatch(declared.clone())),
+            Some(_) => Ok(false),
+            None => {
+                new_types.insert(stream, stream_type.to_owned());
+                Ok(false)
+            }
+        }
+    }
+
     /// `stream`'s blocks, read as its stored type.
     fn blocks<'a>(&'a self, stream: StreamId, stream_type: &'a str) -> Blocks<'a> {
         Blocks { data: &self.data, stream, stream_type }
@@ -600,22 +624,13 @@ impl Storage for SledStorage {
     }
 
     fn declare_stream(&self, stream: StreamId, stream_type: &str) -> Result<(), StorageError> {
-        self.check(Access::Read)?;
-        match self.type_of(stream)? {
-            Some(stored) if stored != stream_type => {
-                Err(StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() })
-            }
-            Some(_) => Ok(()),
-            // Written with the first event: a stream with no event has nothing to keep.
-            None => {
-                lock(&self.new_types).insert(stream, stream_type.to_owned());
-                Ok(())
-            }
-        }
+        self.declare(stream, stream_type).map(drop)
     }
 
     fn open_stream(&self, stream: StreamId, stream_type: &str) -> Result<StreamRecord, StorageError> {
-        self.declare_stream(stream, stream_type)?;
+        if !self.declare(stream, stream_type)? {
+            return Ok(StreamRecord::default()); // no event stored: nothing to read
+        }
         // A lane's last event has its largest Lamport counter, and the heads are among them.
         let blocks = self.blocks(stream, stream_type);
         let lanes = blocks.frontier()?;
