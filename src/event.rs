@@ -127,7 +127,9 @@ pub struct EventMeta<'a> {
 pub struct Dependencies {
     /// The lanes depended on, at the counter seen.
     pub clock: VectorClock,
-    /// The largest Lamport counter among the events depended on.
+    /// The largest Lamport counter among the events depended on. A hint only: a write
+    /// reads the counters of the events it names from storage, since every site checks
+    /// that an event's counter is exactly one more than theirs.
     pub lamport: u64,
 }
 

@@ -91,7 +91,8 @@ fn a_missing_dependency_and_a_forged_lamport_are_refused() {
         |e, stream| e.clock.set(remote_lane(3, stream), Seq(1)),
         |e| matches!(e, StreamError::DependencyMissing { needed: Seq(1), .. }),
     );
-    check("lamport", |e, _| e.lamport = 1, |e| matches!(e, StreamError::LamportNotAfterDependency { .. }));
+    check("lamport", |e, _| e.lamport = 1, |e| matches!(e, StreamError::LamportNotNext { expected: 2, .. }));
+    check("lamport inflated", |e, _| e.lamport = 3, |e| matches!(e, StreamError::LamportNotNext { expected: 2, .. }));
     // A counter near u64::MAX would stop every later local write of the stream.
     check("lamport range", |e, _| e.lamport = u64::MAX, |e| matches!(e, StreamError::LamportOutOfRange { .. }));
 }

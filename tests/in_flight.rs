@@ -74,12 +74,16 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
         let shared: Arc<dyn Storage> = storage.clone();
         let stream = StreamId::from_u128(9);
         let actor = StreamActor::<TrailStream>::open(shared, stream).unwrap().start();
-        let early = actor.send(Deliver(remote_event(remote_lane(2, stream), 1, 5, 1)));
+        let mut early = remote_event(remote_lane(2, stream), 1, 1, 1);
+        early.timestamp_ms = 2_000;
+        let early = actor.send(Deliver(early));
         settle(&actor).await;
         storage.release();
         early.await.unwrap().unwrap();
-        // Lamport 1 sorts before the event above (lamport 5): a late, concurrent event.
-        let late = actor.send(Deliver(remote_event(remote_lane(3, stream), 1, 1, 2)));
+        // Concurrent and written earlier: sorts before the event above, which is sent.
+        let mut late = remote_event(remote_lane(3, stream), 1, 1, 2);
+        late.timestamp_ms = 1_000;
+        let late = actor.send(Deliver(late));
         let (sender, mut receiver) = mpsc::channel(8);
         actor.send(Subscribe { seen: VectorClock::new(), sender }).await.unwrap().unwrap();
         settle(&actor).await;
@@ -88,7 +92,7 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
         late.await.unwrap().unwrap();
         let first = within(receiver.recv()).await.unwrap();
         let second = within(receiver.recv()).await.unwrap();
-        assert_eq!((first.lamport, second.lamport), (1, 5), "both, in canonical order");
+        assert_eq!((first.timestamp_ms, second.timestamp_ms), (1_000, 2_000), "both, in canonical order");
     });
 }
 

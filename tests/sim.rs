@@ -227,7 +227,11 @@ impl SimSite {
             _ => Dependencies::none(),
         };
         let payload = codec::encode(&number).unwrap();
-        let event = self.ledger(stream).stamp_all(&extra, std::iter::once((id, now_ms, payload))).unwrap().remove(0);
+        self.ledger(stream);
+        let index = &self.index;
+        let stamps = std::iter::once((id, now_ms, payload));
+        let event =
+            self.ledgers[&stream].stamp_all(&extra, stamps, |l, s| Ok(index.get(&(l, s)).copied())).unwrap().remove(0);
         self.pasts.borrow_mut().insert(event.id, past);
         self.unacknowledged.push(event.id);
         self.site_log.push(event.clone());

@@ -68,18 +68,17 @@ pub enum StreamError {
         /// How far that lane is delivered here.
         delivered: Seq,
     },
-    /// The event's Lamport counter is not above a dependency's: it would sort before
-    /// what it depends on. Not written by gundb.
-    #[error("event {event} has lamport {lamport}, not above its dependency {dependency} at {dependency_lamport}")]
-    LamportNotAfterDependency {
+    /// The event's Lamport counter is not exactly one more than the largest of what it
+    /// depends on (its lane's previous event and what its clock names). Not written by
+    /// gundb: refused for good.
+    #[error("event {event} has lamport {lamport}; one more than its dependencies' largest is {expected}")]
+    LamportNotNext {
         /// The event.
         event: EventId,
         /// Its Lamport counter.
         lamport: u64,
-        /// The dependency.
-        dependency: EventId,
-        /// The dependency's counter.
-        dependency_lamport: u64,
+        /// The counter it must have.
+        expected: u64,
     },
     /// Two different events claim one (lane, seq): the one delivered first is kept, the
     /// other is never applied.

@@ -93,20 +93,26 @@ impl<S: Stream> Ledger<S> {
         Dependencies { clock: self.heads.clone(), lamport: self.lamport }
     }
 
-    /// The next local events, in order: the next seqs of this site's lane, and Lamport
-    /// counters above everything they depend on. The first names the stream's heads and
-    /// `extra`; each later one only its own lane, since the event before it implies the
-    /// rest. Changes nothing: [`Ledger::record`] them once they are written.
+    /// The next local events, in order: the next seqs of this site's lane, each with a
+    /// Lamport counter exactly one more than the largest it depends on (as every site
+    /// checks). The first names the stream's heads and `extra`'s lanes of other streams,
+    /// whose counters `key_at` reads (`extra.lamport` is not trusted); each later one only
+    /// its own lane, since the event before it implies the rest. Changes nothing:
+    /// [`Ledger::record`] them once they are written.
     ///
     /// # Errors
-    /// [`StreamError::DependencyNotDelivered`] when `extra` names a lane of this stream
-    /// beyond what it has delivered, [`StreamError::MalformedDependencies`],
-    /// [`StreamError::TooManyLanes`] or [`StreamError::LamportOutOfRange`].
-    pub fn stamp_all(
+    /// [`StreamError::DependencyNotDelivered`] when `extra` names an event not stored
+    /// here, [`StreamError::MalformedDependencies`], [`StreamError::TooManyLanes`],
+    /// [`StreamError::LamportOutOfRange`] or a read failure.
+    pub fn stamp_all<F>(
         &self,
         extra: &Dependencies,
         stamps: impl ExactSizeIterator<Item = (EventId, u64, Vec<u8>)>,
-    ) -> Result<Vec<Event>, StreamError> {
+        key_at: F,
+    ) -> Result<Vec<Event>, StreamError>
+    where
+        F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
+    {
         if !extra.clock.is_canonical() {
             return Err(StreamError::MalformedDependencies);
         }
@@ -117,8 +123,16 @@ impl<S: Stream> Ledger<S> {
         }
         let lane = self.own_lane();
         let mut clock = self.heads.clone();
+        // The heads hold the stream's largest counter.
+        let mut lamport = self.lamport;
         // Own-stream lanes of `extra` are delivered, so implied by the heads: left out.
         for (other, seq) in extra.clock.iter().filter(|(other, _)| other.stream != self.stream) {
+            let named = key_at(other, seq)?.ok_or(StreamError::DependencyNotDelivered {
+                lane: other,
+                seq,
+                delivered: Seq::ZERO,
+            })?;
+            lamport = lamport.max(named.lamport);
             clock.set(other, seq);
         }
         clock.set(lane, self.frontier.get(lane));
@@ -126,7 +140,6 @@ impl<S: Stream> Ledger<S> {
         if lanes > limits::CLOCK_LANES_MAX {
             return Err(StreamError::TooManyLanes { lanes, max: limits::CLOCK_LANES_MAX });
         }
-        let lamport = self.lamport.max(extra.lamport);
         let count = u64::try_from(stamps.len()).unwrap_or(u64::MAX);
         if lamport.saturating_add(count) > limits::LAMPORT_MAX {
             return Err(StreamError::LamportOutOfRange {
@@ -182,13 +195,17 @@ impl<S: Stream> Ledger<S> {
         if event.seq != delivered.next() {
             return Err(StreamError::SeqGap { lane: event.lane, expected: delivered.next(), got: event.seq });
         }
-        for (lane, seq) in event.clock.iter().filter(|(lane, _)| lane.stream == self.stream) {
+        // What it depends on directly: its lane's previous event and what its clock names.
+        // Their pasts hold the rest, and the largest counter of its past is among theirs.
+        let mut largest = 0;
+        for (lane, seq) in event.clock.iter() {
             // The event's own entry is itself; the dependency there is the seq before.
             let needed = if lane == event.lane { Seq(seq.0 - 1) } else { seq };
             if needed == Seq::ZERO {
                 continue;
             }
-            if !self.frontier.covers(lane, needed) {
+            let own = lane.stream == self.stream;
+            if own && !self.frontier.covers(lane, needed) {
                 return Err(StreamError::DependencyMissing {
                     event: event.id,
                     lane,
@@ -196,16 +213,20 @@ impl<S: Stream> Ledger<S> {
                     delivered: self.frontier.get(lane),
                 });
             }
-            let dependency = key_at(lane, needed)?
-                .ok_or_else(|| StorageError::Corrupt(format!("no index entry for {lane} seq {needed}")))?;
-            if dependency.lamport >= event.lamport {
-                return Err(StreamError::LamportNotAfterDependency {
-                    event: event.id,
-                    lamport: event.lamport,
-                    dependency: dependency.id,
-                    dependency_lamport: dependency.lamport,
-                });
-            }
+            // Another stream's is durable here before the router delivers this one.
+            let dependency = key_at(lane, needed)?.ok_or(StreamError::DependencyMissing {
+                event: event.id,
+                lane,
+                needed,
+                delivered: Seq::ZERO,
+            })?;
+            largest = largest.max(dependency.lamport);
+        }
+        // Exactly one more: a larger counter would let a peer push the stream towards its
+        // limit (or sort its event after writes that did not see it), a smaller one would
+        // sort it before what it depends on.
+        if event.lamport != largest + 1 {
+            return Err(StreamError::LamportNotNext { event: event.id, lamport: event.lamport, expected: largest + 1 });
         }
         Ok(Check::New(codec::decode(&event.payload).map_err(StreamError::Payload)?))
     }
@@ -274,7 +295,7 @@ mod tests {
 
     fn write_one(ledger: &Ledger<TrailStream>, id: u128) -> Event {
         let stamps = std::iter::once((EventId::from_u128(id), 0, codec::encode(&1u64).unwrap()));
-        ledger.stamp_all(&Dependencies::none(), stamps).unwrap().remove(0)
+        ledger.stamp_all(&Dependencies::none(), stamps, |_, _| Ok(None)).unwrap().remove(0)
     }
 
     /// 5,000 sites each wrote the stream once, in turn, each having seen the one before:
@@ -321,12 +342,34 @@ mod tests {
         record_all(&mut here, &[crate::testkit::event(1, other, 1, &[], 1, 0)]);
         let stamps =
             (0..3u32).map(|n| (EventId::from_u128(10 + u128::from(n)), 0, codec::encode(&u64::from(n)).unwrap()));
-        let events = here.stamp_all(&Dependencies::none(), stamps).unwrap();
+        let events = here.stamp_all(&Dependencies::none(), stamps, |_, _| Ok(None)).unwrap();
         let own = here.own_lane();
         assert_eq!(events[0].clock, [(own, Seq(1)), (other, Seq(1))].into_iter().collect::<VectorClock>());
         assert_eq!(events[1].clock, [(own, Seq(2))].into_iter().collect::<VectorClock>());
         assert_eq!(events[2].clock, [(own, Seq(3))].into_iter().collect::<VectorClock>());
         assert_eq!(events.iter().map(|e| e.lamport).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    /// A write depending on another stream's event takes its counter from that event, not
+    /// from what the caller claims; a peer's event whose counter is not exactly one more
+    /// than its dependencies' largest is refused, too low or too high.
+    #[test]
+    fn counters_are_exactly_one_more_than_the_dependencies_largest() {
+        let stream = StreamId::from_u128(5);
+        let other = Lane::new(SiteId::from_u128(9), StreamId::from_u128(6));
+        let key = OrderKey { lamport: 40, timestamp_ms: 0, id: EventId::from_u128(99) };
+        let stored = |lane: Lane, seq: Seq| Ok((lane == other && seq == Seq(3)).then_some(key));
+        let extra = Dependencies { clock: [(other, Seq(3))].into_iter().collect(), lamport: 1_000 };
+        let stamps = std::iter::once((EventId::from_u128(1), 0, codec::encode(&1u64).unwrap()));
+        let written = ledger(1, stream).stamp_all(&extra, stamps, stored).unwrap().remove(0);
+        assert_eq!(written.lamport, 41, "the named event's counter, not the claimed 1,000");
+        let there = ledger(2, stream);
+        assert!(matches!(there.check(&written, stored), Ok(Check::New(1))));
+        for lamport in [40, 42, 1_001] {
+            let forged = Event { lamport, ..written.clone() };
+            let refused = there.check(&forged, stored);
+            assert!(matches!(refused, Err(StreamError::LamportNotNext { expected: 41, .. })), "{lamport}: {refused:?}");
+        }
     }
 
     proptest! {

@@ -205,8 +205,11 @@ impl<S: Stream> StreamActor<S> {
         ctx: &mut Context<Self>,
     ) -> Result<Vec<Event>, StreamError> {
         let now = now_ms();
-        let stamped =
-            self.ledger.stamp_all(extra, payloads.into_iter().map(|payload| (EventId::random(), now, payload)))?;
+        let stamped = self.ledger.stamp_all(
+            extra,
+            payloads.into_iter().map(|payload| (EventId::random(), now, payload)),
+            |lane, seq| self.key_at(lane, seq),
+        )?;
         self.write(&stamped, events, ctx)?;
         Ok(stamped)
     }
@@ -313,7 +316,7 @@ impl<S: Stream> StreamActor<S> {
     fn key_at(&self, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         match self.inflight_index.get(&(lane, seq)) {
             Some(key) => Ok(Some(*key)),
-            None => self.storage.key_at(self.stream, lane, seq),
+            None => self.storage.key_at(lane.stream, lane, seq),
         }
     }
 
