@@ -12,8 +12,9 @@
 //!
 //! A stream's `{name}` is its id when it parses as a UUID, and otherwise a name every site
 //! maps to the same id ([`StreamId::named`]). Errors are JSON objects `{"error": reason}`:
-//! 400 for a body that is not a patch, 404 for a stream this site does not hold, 409 for a
-//! stream of another type, 413 for a body over the limit, 503 while storage is busy.
+//! 400 for a body that is not a patch, 401 without the token an [`Access`] requires, 404 for
+//! a stream this site does not hold, 409 for a stream of another type, 413 for a body over
+//! the limit, 503 while storage is busy.
 
 use crate::doc::{Document, Patch};
 use crate::event::OrderKey;
@@ -23,8 +24,12 @@ use crate::site::{Site, SiteError};
 use crate::storage::StorageError;
 use crate::stream::{Emit, GetView, History, StreamError};
 use crate::{codec, router::RouterError};
-use actix_web::http::StatusCode;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse, ResponseError};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -92,8 +97,64 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Registers the API's routes for `site`, with request bodies limited to `body_limit`
-/// bytes. Call it from the factory of an `HttpServer` (once per worker).
+/// Who may call the API. With a token, every route but `/health` answers 401 unless the
+/// request says `Authorization: Bearer <token>`; the token is compared in constant time.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// The HMAC-SHA256 tag of the token, keyed by it; `None`: open to anyone who can reach it.
+    tag: Option<Vec<u8>>,
+}
+
+/// What a token is turned into before it is compared: comparing these tags in constant
+/// time compares the tokens without a timing leak.
+type TokenMac = Hmac<sha2::Sha256>;
+
+impl Access {
+    /// Every route open: for a node only its own host or a trusted network reaches.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Every route but `/health` requires `token`.
+    pub fn token(token: &[u8]) -> Self {
+        Self { tag: Some(token_tag(token).finalize().into_bytes().to_vec()) }
+    }
+
+    /// True when the request may go on.
+    fn admits(&self, request: &ServiceRequest) -> bool {
+        let Some(tag) = &self.tag else { return true };
+        let presented = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+        match presented.and_then(|value| value.strip_prefix("Bearer ")) {
+            Some(token) => token_tag(token.as_bytes()).verify_slice(tag).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn token_tag(token: &[u8]) -> TokenMac {
+    let mut mac = TokenMac::new_from_slice(token).expect("HMAC takes keys of any length");
+    mac.update(b"gundb http bearer token");
+    mac
+}
+
+/// Answers 401 to a request without the token its [`Access`] requires.
+async fn require_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let admitted = request.app_data::<web::Data<Access>>().is_none_or(|access| access.admits(&request));
+    if admitted {
+        return next.call(request).await.map(ServiceResponse::map_into_left_body);
+    }
+    let refusal = HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+        .json(json!({ "error": "this node requires `Authorization: Bearer <token>` (see --http-token-file)" }));
+    Ok(request.into_response(refusal).map_into_right_body())
+}
+
+/// Registers the API's routes for `site`, open to anyone who can reach them, with request
+/// bodies limited to `body_limit` bytes. Call it from the factory of an `HttpServer` (once
+/// per worker). [`routes_with`] also takes who may call them.
 ///
 /// # Examples
 /// ```no_run
@@ -111,18 +172,48 @@ impl ResponseError for ApiError {
 /// }
 /// ```
 pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    routes_with(site, body_limit, Access::open())
+}
+
+/// As [`routes`], with every route but `/health` open only to whom `access` admits.
+///
+/// # Examples
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+/// use gundb::http::{self, Access};
+/// use gundb::Site;
+///
+/// #[actix_web::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let site = Site::open("./data")?;
+///     let access = Access::token(std::fs::read_to_string("./http-token")?.trim_end().as_bytes());
+///     HttpServer::new(move || {
+///         App::new().configure(http::routes_with(site.clone(), http::BODY_BYTES_DEFAULT, access.clone()))
+///     })
+///     .bind("127.0.0.1:8080")?
+///     .run()
+///     .await?;
+///     Ok(())
+/// }
+/// ```
+pub fn routes_with(site: Site, body_limit: usize, access: Access) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config
             .app_data(web::Data::new(site))
             .app_data(web::Data::new(BodyLimit(body_limit)))
+            .app_data(web::Data::new(access))
             .app_data(web::PayloadConfig::new(body_limit))
             .route("/health", web::get().to(health))
-            .route("/metrics", web::get().to(metrics))
-            .route("/frontier", web::get().to(frontier))
-            .route("/streams", web::get().to(streams))
-            .route("/streams/{name}", web::get().to(view))
-            .route("/streams/{name}/events", web::get().to(history))
-            .route("/streams/{name}/events", web::post().to(append));
+            .service(
+                web::scope("")
+                    .wrap(from_fn(require_token))
+                    .route("/metrics", web::get().to(metrics))
+                    .route("/frontier", web::get().to(frontier))
+                    .route("/streams", web::get().to(streams))
+                    .route("/streams/{name}", web::get().to(view))
+                    .route("/streams/{name}/events", web::get().to(history))
+                    .route("/streams/{name}/events", web::post().to(append)),
+            );
     }
 }
 

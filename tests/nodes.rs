@@ -312,3 +312,48 @@ fn three_nodes_in_a_mesh_receive_each_event_about_once() {
         assert!(received * 10 <= delivered * 13, "node {}: {received} received for {delivered} delivered", node.name);
     }
 }
+
+/// With `--http-token-file`, every route but `/health` answers 401 (and writes nothing)
+/// without the token, with a token one byte off, with a prefix of it or with another
+/// scheme, and works with it.
+#[test]
+fn the_http_api_requires_its_token() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "s").unwrap();
+    std::fs::write(root.path().join("token"), "a-token-for-http\n").unwrap();
+    let data = root.path().join("a");
+    let start = Start {
+        name: "a",
+        data: &data,
+        secret_file: &root.path().join("secret"),
+        listen: ANY_PORT.parse().unwrap(),
+        peers: &[],
+    };
+    let token_file = root.path().join("token");
+    let node = Node::start_with(start, &["--http-token-file".as_ref(), token_file.as_os_str()]);
+    let call = |method: &str, path: &str, authorization: Option<&str>| -> u16 {
+        let mut request = ureq::request(method, &format!("http://{}{path}", node.http));
+        if let Some(authorization) = authorization {
+            request = request.set("Authorization", authorization);
+        }
+        let response = if method == "POST" { request.send_string(r#"{"x": 1}"#) } else { request.call() };
+        match response {
+            Ok(response) => response.status(),
+            Err(ureq::Error::Status(status, _)) => status,
+            Err(error) => panic!("{method} {path}: {error}"),
+        }
+    };
+    assert_eq!(call("GET", "/health", None), 200, "health stays open");
+    for authorization in [None, Some("Bearer a-token-for-httP"), Some("Bearer a-token"), Some("Basic a-token-for-http")]
+    {
+        for (method, path) in
+            [("GET", "/streams"), ("GET", "/metrics"), ("GET", "/streams/doc"), ("POST", "/streams/doc/events")]
+        {
+            assert_eq!(call(method, path, authorization), 401, "{method} {path} with {authorization:?}");
+        }
+    }
+    let token = Some("Bearer a-token-for-http");
+    assert_eq!(call("GET", "/streams/doc", token), 404, "nothing was written without the token");
+    assert_eq!(call("POST", "/streams/doc/events", token), 201);
+    assert_eq!(call("GET", "/streams/doc", token), 200);
+}

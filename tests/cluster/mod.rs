@@ -76,6 +76,11 @@ pub struct Start<'a> {
 impl Node {
     /// Starts a node and waits for its ready line.
     pub fn start(start: Start<'_>) -> Node {
+        Self::start_with(start, &[])
+    }
+
+    /// Starts a node with `extra` arguments and waits for its ready line.
+    pub fn start_with(start: Start<'_>, extra: &[&std::ffi::OsStr]) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gundb"));
         command
             .arg("node")
@@ -88,6 +93,7 @@ impl Node {
             .arg("--secret-file")
             .arg(start.secret_file)
             .args(["--hello-ms", "500"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

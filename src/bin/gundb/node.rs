@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use gundb::doc::Document;
+use gundb::http::Access;
 use gundb::node::{tcp, NodeConfig};
 use gundb::Site;
 use std::io::Write as _;
@@ -32,6 +33,10 @@ pub struct NodeArgs {
     /// Where the HTTP API listens (port 0: chosen by the system).
     #[arg(long, default_value = "127.0.0.1:7480")]
     http: SocketAddr,
+    /// A file holding the token the HTTP API requires (`Authorization: Bearer <token>`) on
+    /// every route but `/health`; without it the API is open to whoever reaches it.
+    #[arg(long)]
+    http_token_file: Option<PathBuf>,
     /// Request bodies larger than this get 413.
     #[arg(long, default_value_t = gundb::http::BODY_BYTES_DEFAULT)]
     max_body: usize,
@@ -42,16 +47,20 @@ pub struct NodeArgs {
 }
 
 pub fn run(args: NodeArgs) -> Result<()> {
-    let secret = read_secret(&args.secret_file)?;
+    let secret = read_secret(&args.secret_file, "the secret file", "the cluster's shared secret")?;
+    let access = match &args.http_token_file {
+        Some(path) => Access::token(&read_secret(path, "the HTTP token file", "the token HTTP clients must send")?),
+        None => Access::open(),
+    };
     let system = actix_web::rt::System::new();
-    system.block_on(serve(args, secret))?;
+    system.block_on(serve(args, secret, access))?;
     // The system's actors are gone, and with them the last handle on the database: the
     // storage's writer has acknowledged everything queued and the database is closed.
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn serve(args: NodeArgs, secret: Vec<u8>) -> Result<()> {
+async fn serve(args: NodeArgs, secret: Vec<u8>, access: Access) -> Result<()> {
     let site = match &args.data {
         Some(path) => Site::open(path).with_context(|| format!("opening the database in {}", path.display()))?,
         None => Site::temporary()?,
@@ -67,7 +76,7 @@ async fn serve(args: NodeArgs, secret: Vec<u8>) -> Result<()> {
     }
     let (api_site, max_body) = (site.clone(), args.max_body);
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(gundb::http::routes(api_site.clone(), max_body))
+        actix_web::App::new().configure(gundb::http::routes_with(api_site.clone(), max_body, access.clone()))
     })
     .workers(2)
     .shutdown_timeout(5)
@@ -85,13 +94,15 @@ async fn serve(args: NodeArgs, secret: Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn read_secret(path: &PathBuf) -> Result<Vec<u8>> {
-    let mut secret = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
+/// The bytes of a file holding a secret (`what`), trailing newlines left out; an empty one
+/// is refused, saying what belongs in it (`holds`).
+fn read_secret(path: &PathBuf, what: &str, holds: &str) -> Result<Vec<u8>> {
+    let mut secret = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
     while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         secret.pop();
     }
     if secret.is_empty() {
-        bail!("the secret file {} is empty; put the cluster's shared secret in it", path.display());
+        bail!("{what} {} is empty; put {holds} in it", path.display());
     }
     Ok(secret)
 }
