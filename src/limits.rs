@@ -98,6 +98,17 @@ pub const SNAPSHOT_EVERY: u32 = 1_024;
 /// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
+/// Largest frame a peer may send before it is authenticated: a greeting or a proof is
+/// under a hundred bytes, so a stranger cannot make a site reserve more than this.
+pub const HANDSHAKE_FRAME_BYTES_MAX: usize = 1 << 10;
+
+/// Handshakes a node runs at once; a connection past them is closed at once (an honest
+/// peer dials again).
+pub const HANDSHAKES_MAX: usize = 64;
+
+/// How long a handshake may take before the connection is closed.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Frames a source node sends its peer before the first of them is acknowledged. A sink
 /// node holds no more frames waiting to be durable; one past it is dropped and asked for
 /// again.

@@ -1,8 +1,9 @@
 //! Three `gundb node` processes on 127.0.0.1 replicate JSON documents while one is killed
 //! with SIGKILL and restarted, and a link between two is cut and restored; afterwards
 //! every node holds every write that got an HTTP success, and all views are equal. A node
-//! with the wrong secret is refused and receives nothing. Every process is killed when
-//! its `Node` is dropped, also when the test fails.
+//! with the wrong secret is refused and receives nothing; one out of file descriptors keeps
+//! accepting peers; one with an HTTP token refuses requests without it. Every process is
+//! killed when its `Node` is dropped, also when the test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cluster;
@@ -356,4 +357,24 @@ fn the_http_api_requires_its_token() {
     assert_eq!(call("GET", "/streams/doc", token), 404, "nothing was written without the token");
     assert_eq!(call("POST", "/streams/doc/events", token), 201);
     assert_eq!(call("GET", "/streams/doc", token), 200);
+}
+
+/// A node out of file descriptors (`ulimit -n 64`, about 25 in use at start) while
+/// strangers hold connections open: its accepts fail, it says so in its log and keeps its
+/// listener, and once the strangers are gone a peer connects and replicates.
+#[test]
+fn a_node_out_of_file_descriptors_keeps_accepting_peers() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("secret"), "s").unwrap();
+    let (a_data, b_data) = (root.path().join("a"), root.path().join("b"));
+    let secret_file = root.path().join("secret");
+    let listen = ANY_PORT.parse().unwrap();
+    let a = Node::start_limited(Start { name: "a", data: &a_data, secret_file: &secret_file, listen, peers: &[] }, 64);
+    let strangers: Vec<std::net::TcpStream> =
+        (0..200).filter_map(|_| std::net::TcpStream::connect(a.peers).ok()).collect();
+    assert!(a.log.wait_for("accepting a connection failed", PATIENCE), "the node ran out of descriptors");
+    drop(strangers);
+    a.post("doc", r#"{"x": 1}"#).unwrap();
+    let b = Node::start(Start { name: "b", data: &b_data, secret_file: &secret_file, listen, peers: &[a.peers] });
+    eventually("b holds a's write", || b.get("/streams/doc").0 == 200);
 }

@@ -1,6 +1,8 @@
 //! Sites replicating over TCP on 127.0.0.1 (ports chosen by the OS): with the shared
 //! secret they replicate; a peer with a wrong secret is refused and gets nothing; bytes
-//! that are not a handshake, or a length prefix over the limit, get the connection closed.
+//! that are not a handshake, or a length prefix over the limit, get the connection closed;
+//! before authentication a frame may claim only a few hundred bytes, and handshakes are
+//! capped without locking an honest peer out.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -278,5 +280,66 @@ fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
             "{message}"
         );
         assert!(old_peer.await.unwrap(), "the new site sent nothing after the greetings");
+    });
+}
+
+/// Before a peer is authenticated, a frame may claim at most `HANDSHAKE_FRAME_BYTES_MAX`:
+/// a first frame announcing 2 KiB (far below the replication limit) gets the connection
+/// closed at once, not after the handshake's timeout with a buffer reserved meanwhile.
+#[test]
+fn a_stranger_cannot_announce_a_large_frame() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let announced = u32::try_from(gundb::limits::HANDSHAKE_FRAME_BYTES_MAX * 2).unwrap();
+        socket.write_all(&announced.to_be_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(gundb::limits::HANDSHAKE_TIMEOUT / 2, socket.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection stayed open waiting for the announced bytes");
+        assert_eq!(a.metrics().await.unwrap().received, 0);
+    });
+}
+
+/// More connections than `HANDSHAKES_MAX` that never say anything: those past the cap are
+/// closed at once, without even a greeting, and once the others are gone an honest peer
+/// connects and replicates.
+#[test]
+fn handshakes_are_capped_and_an_honest_peer_gets_in_afterwards() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        let extra = 8;
+        let mut idle = Vec::new();
+        for _ in 0..gundb::limits::HANDSHAKES_MAX + extra {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut refused = 0;
+        for socket in &mut idle {
+            // A greeting (for a handshake under way) or the end of the stream (refused).
+            let mut first = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut first)).await;
+            if read.expect("the node answers every connection").unwrap_or(0) == 0 {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, extra, "exactly the connections past the cap are closed");
+        drop(idle);
+        let honest = Site::temporary().unwrap();
+        let stream = StreamId::from_u128(17);
+        a.stream::<TrailStream>(stream).await.unwrap().send(Emit::new(1)).await.unwrap().unwrap();
+        honest.register::<TrailStream>().await.unwrap();
+        // The node frees the slots as it sees the idle connections end: dial until it has.
+        let connected = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if dial(&honest, addr, SECRET, NodeConfig::default()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        connected.await.expect("an honest peer gets in once the idle connections are gone");
+        let target = a.frontier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), honest.wait_for(&target)).await.unwrap().unwrap();
     });
 }

@@ -170,9 +170,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+/// A fresh socket, framed for the handshake: frames of at most
+/// [`limits::HANDSHAKE_FRAME_BYTES_MAX`] until the peer is authenticated, so that a
+/// stranger cannot make this site reserve a large buffer. The limit is checked on the
+/// length prefix, before anything is allocated.
 fn framed<T: AsyncRead + AsyncWrite>(socket: T) -> Wire<T> {
-    // The limit is checked on the length prefix, before anything is allocated.
-    let codec = LengthDelimitedCodec::builder().max_frame_length(limits::WIRE_FRAME_BYTES_MAX).new_codec();
+    let codec = LengthDelimitedCodec::builder().max_frame_length(limits::HANDSHAKE_FRAME_BYTES_MAX).new_codec();
     Framed::new(socket, codec)
 }
 
@@ -211,6 +214,8 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     answer(secret, role.peer(), peer.site, &own, &peer.challenge)
         .verify_slice(&proof.mac)
         .map_err(|_| TcpError::Unauthenticated { peer: peer.site })?;
+    // Authenticated: replication frames may be as large as the wire allows.
+    wire.codec_mut().set_max_frame_length(limits::WIRE_FRAME_BYTES_MAX);
     Ok(peer.site)
 }
 
@@ -273,18 +278,40 @@ fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()
 
 /// Accepts connections on `listener` for `site`, for as long as the site's actix system
 /// runs. Each authenticated peer gets its own source and sink nodes; a peer that fails
-/// the handshake is closed before any of its frames reaches the router.
+/// the handshake is closed before any of its frames reaches the router. At most
+/// [`limits::HANDSHAKES_MAX`] handshakes run at once (a connection past them is closed at
+/// once), each for at most [`limits::HANDSHAKE_TIMEOUT`]; a failed accept (out of file
+/// descriptors, say) is logged and retried after a pause that doubles up to a second,
+/// and never ends the listener.
 pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeConfig) {
     actix::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(limits::HANDSHAKES_MAX));
+        let mut pause = ACCEPT_PAUSE_MIN;
+        loop {
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(error) => {
+                    tracing::warn!(%error, pause_ms = pause.as_millis(), "accepting a connection failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                    continue;
+                }
+            };
+            pause = ACCEPT_PAUSE_MIN;
+            let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                tracing::warn!(max = limits::HANDSHAKES_MAX, "closed a connection: too many handshakes under way");
+                continue;
+            };
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
                 let mut wire = framed(Watched::new(socket));
                 let handshake = tokio::time::timeout(
-                    Duration::from_secs(10),
+                    limits::HANDSHAKE_TIMEOUT,
                     handshake(&mut wire, Role::Listener, site.id(), &secret),
                 );
-                match handshake.await {
+                let handshake = handshake.await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(peer)) => {
                         tracing::info!(%peer, "peer connected");
                         let (endpoint, closed) = bridge(wire, idle_limit(&config));
@@ -316,12 +343,16 @@ async fn dial_watched(
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(Watched::new(TcpStream::connect(addr).await?));
-    tokio::time::timeout(Duration::from_secs(10), handshake(&mut wire, Role::Dialer, site.id(), secret))
+    tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake(&mut wire, Role::Dialer, site.id(), secret))
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
     let (endpoint, closed) = bridge(wire, idle_limit(&config));
     Ok((connect(site, endpoint, config), closed))
 }
+
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// How long a connection may stay silent before it is taken for dead: three hello
 /// intervals (none without periodic hellos).

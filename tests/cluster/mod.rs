@@ -81,7 +81,17 @@ impl Node {
 
     /// Starts a node with `extra` arguments and waits for its ready line.
     pub fn start_with(start: Start<'_>, extra: &[&std::ffi::OsStr]) -> Node {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gundb"));
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_gundb")), start, extra)
+    }
+
+    /// Starts a node allowed at most `files` open file descriptors (`ulimit -n`).
+    pub fn start_limited(start: Start<'_>, files: u32) -> Node {
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(format!("ulimit -n {files} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_gundb"));
+        Self::spawn(shell, start, &[])
+    }
+
+    fn spawn(mut command: Command, start: Start<'_>, extra: &[&std::ffi::OsStr]) -> Node {
         command
             .arg("node")
             .arg("--data")
