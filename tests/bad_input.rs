@@ -123,3 +123,31 @@ fn a_copy_of_a_delivered_event_is_a_duplicate() {
         assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view.0, vec![10]);
     });
 }
+
+/// Only this site writes its own lane: an event claiming it from elsewhere is refused. A
+/// copy of a delivered event with its id but another time is a forgery of it, refused as
+/// an equivocation rather than taken for a harmless copy. Nothing stored changes.
+#[test]
+fn a_forged_own_lane_and_a_forged_copy_are_refused() {
+    run_site(|| async {
+        let stream = StreamId::from_u128(7);
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let own = gundb::Lane::new(storage.site_id(), stream);
+        let actor = StreamActor::<TrailStream>::open(storage, stream).unwrap().start();
+        actor.send(Emit::new(1)).await.unwrap().unwrap();
+        let remote = remote_event(remote_lane(2, stream), 1, 1, 10);
+        actor.send(Deliver(remote.clone())).await.unwrap().unwrap();
+        let before = state(&actor).await;
+
+        let forged_own = remote_event(own, 2, 2, 20);
+        let error = actor.send(Deliver(forged_own)).await.unwrap().unwrap_err();
+        assert!(matches!(error, StreamError::OwnLane { seq: Seq(2), .. }), "{error:?}");
+
+        let copy = actor.send(Deliver(remote.clone())).await.unwrap().unwrap();
+        assert_eq!(copy, Delivered::Duplicate, "a true copy is a copy");
+        let forged_copy = Event { timestamp_ms: remote.timestamp_ms + 1, ..remote };
+        let error = actor.send(Deliver(forged_copy)).await.unwrap().unwrap_err();
+        assert!(matches!(error, StreamError::Equivocation { seq: Seq(1), .. }), "{error:?}");
+        assert_eq!(state(&actor).await, before, "nothing stored changed");
+    });
+}

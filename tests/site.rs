@@ -174,3 +174,22 @@ fn equivocations_are_refused_and_reported_with_both_ids() {
         assert_eq!(view[&first.lane.stream], fold(&[first]), "the forged event was never applied");
     });
 }
+
+/// An event claiming the receiving site's own lane, through `Site::receive` (the door of
+/// every replicated event), is refused and counted before it is buffered: the site's own
+/// writes go on at the next seq, and waiting for its own lane still waits.
+#[test]
+fn an_event_claiming_this_sites_own_lane_is_refused() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        let stream = StreamId::from_u128(31);
+        let own = gundb::Lane::new(site.id(), stream);
+        let handle = site.stream::<TrailStream>(stream).await.unwrap();
+        handle.send(Emit::new(1)).await.unwrap().unwrap();
+        site.receive(vec![common::remote_event(own, 2, 2, 666)]).await.unwrap();
+        assert_eq!(site.metrics().await.unwrap().malformed, 1);
+        let next = handle.send(Emit::new(2)).await.unwrap().unwrap();
+        assert_eq!(next.seq.0, 2, "the forged seq 2 was never taken");
+        assert_eq!(handle.send(GetView::new()).await.unwrap().unwrap().view.0, vec![1, 2]);
+    });
+}

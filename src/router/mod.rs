@@ -79,7 +79,8 @@ pub struct RouterMetrics {
     pub duplicates: u64,
     /// Different events on one (lane, seq), refused.
     pub equivocations: u64,
-    /// Malformed events refused (a clock without its own lane, a counter out of range).
+    /// Malformed events refused (a clock without its own lane, a counter out of range, a
+    /// claim on this site's own lane).
     pub malformed: u64,
     /// Events held now, waiting for a dependency.
     pub pending: u64,
@@ -265,6 +266,12 @@ impl Router {
             self.metrics.malformed += 1;
             return;
         }
+        if event.lane.site == self.storage.site_id() {
+            // Only this site writes its lane, and peers never send a site its own events.
+            tracing::warn!(event = %event.id, seq = event.seq.0, "refused an event claiming this site's own lane");
+            self.metrics.malformed += 1;
+            return;
+        }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
         if seq <= self.pending.delivered_seq(lane) {
             return self.receive_delivered(event);
@@ -295,7 +302,8 @@ impl Router {
     fn receive_delivered(&mut self, event: Event) {
         let (lane, seq, id) = (event.lane, event.seq, event.id);
         match self.storage.key_at(lane.stream, lane, seq) {
-            Ok(Some(kept)) if kept.id != id => {
+            // The same id with another counter or time is a forgery of the event kept.
+            Ok(Some(kept)) if kept != event.order_key() => {
                 self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
             }
             Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {

@@ -17,6 +17,15 @@ pub enum StreamError {
         /// The event's stream.
         got: StreamId,
     },
+    /// An event of this site's own lane, from elsewhere: only this site writes its lane,
+    /// so it is a forgery (or this site's id reused on another database). Refused for good.
+    #[error("event {event} claims this site's own lane at seq {seq}: only this site writes it")]
+    OwnLane {
+        /// The event.
+        event: EventId,
+        /// The seq it claims.
+        seq: Seq,
+    },
     /// The event was written by another stream type.
     #[error("event of stream type {got:?} delivered to a stream of type {expected:?}")]
     WrongStreamType {

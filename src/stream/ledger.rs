@@ -170,9 +170,11 @@ impl<S: Stream> Ledger<S> {
     /// Judges a remote event. `key_at` looks up the stored key of (lane, seq).
     ///
     /// # Errors
-    /// A [`StreamError`] naming what is wrong: another stream or type, a malformed clock,
-    /// a seq gap, a missing dependency, a Lamport counter not above its dependencies', an
-    /// equivocation, or a payload that does not decode.
+    /// A [`StreamError`] naming what is wrong: another stream or type, this site's own
+    /// lane (only this site writes it), a malformed clock, a seq gap, a missing dependency,
+    /// a Lamport counter not one above its dependencies', an equivocation (another event
+    /// at a used (lane, seq), or the same id with another order key), or a payload that
+    /// does not decode.
     pub fn check<F>(&self, event: &Event, key_at: F) -> Result<Check<S::Event>, StreamError>
     where
         F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
@@ -182,7 +184,9 @@ impl<S: Stream> Ledger<S> {
         if event.seq <= delivered {
             let kept = key_at(event.lane, event.seq)?
                 .ok_or_else(|| StorageError::Corrupt(format!("no index entry for {} seq {}", event.lane, event.seq)))?;
-            if kept.id == event.id {
+            // A copy has the same key; the same id with another counter or time is a
+            // forgery of that event, refused like any other event at a used seq.
+            if kept == event.order_key() {
                 return Ok(Check::Duplicate);
             }
             return Err(StreamError::Equivocation {
@@ -234,6 +238,9 @@ impl<S: Stream> Ledger<S> {
     fn check_shape(&self, event: &Event) -> Result<(), StreamError> {
         if event.lane.stream != self.stream {
             return Err(StreamError::WrongStream { expected: self.stream, got: event.lane.stream });
+        }
+        if event.lane.site == self.site {
+            return Err(StreamError::OwnLane { event: event.id, seq: event.seq });
         }
         if event.stream_type != S::TYPE_NAME {
             return Err(StreamError::WrongStreamType { expected: S::TYPE_NAME, got: event.stream_type.clone() });
