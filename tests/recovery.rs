@@ -125,3 +125,52 @@ fn a_commutative_stream_drops_stale_snapshots_and_recovers_late_events() {
     });
     assert_eq!(view, Sum(321), "1 + 2 + ... + 6 + 3 × 100");
 }
+
+/// The snapshot records of `stream` in the folder's data tree, read with sled directly.
+fn snapshot_records(path: &std::path::Path, stream: StreamId) -> Vec<(sled::IVec, sled::IVec)> {
+    let config = sled::Config::new().path(path).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+    let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
+    let mut prefix = vec![b's'];
+    prefix.extend_from_slice(stream.as_uuid().as_bytes());
+    db.open_tree(b"gundb.streams").unwrap().scan_prefix(prefix).map(Result::unwrap).collect()
+}
+
+/// A snapshot is a cache of the log: when every stored one is damaged, the stream still
+/// opens, with the view rebuilt from the log, the damaged records are deleted, and the
+/// stream takes writes.
+#[test]
+fn snapshots_that_do_not_decode_are_dropped_and_the_view_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::from_u128(44);
+    let open = move |path: std::path::PathBuf| {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(path).unwrap());
+        StreamActor::<TrailStream>::open_with(storage, stream, config()).unwrap().start()
+    };
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let actor = open(path);
+        for n in 1..=7 {
+            actor.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+    });
+    let damaged = snapshot_records(dir.path(), stream);
+    assert!(damaged.len() >= 2, "snapshots after events 3 and 6");
+    {
+        let config = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+        let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
+        let tree = db.open_tree(b"gundb.streams").unwrap();
+        for (key, _) in &damaged {
+            tree.insert(key, &[0xFF, 0xFF, 0xFF][..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let path = dir.path().to_path_buf();
+    let view = run_site(move || async move {
+        let actor = open(path);
+        actor.send(Emit::new(8)).await.unwrap().unwrap();
+        actor.send(GetView::new()).await.unwrap().unwrap().view
+    });
+    assert_eq!(view.0, (1..=8).collect::<Vec<u64>>(), "rebuilt from the log");
+    let left = snapshot_records(dir.path(), stream);
+    assert!(left.iter().all(|(_, value)| value.as_ref() != [0xFF, 0xFF, 0xFF]), "the damaged records are gone");
+}

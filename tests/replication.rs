@@ -121,8 +121,10 @@ fn three_sites_converge_after_a_partition_on_faulty_links() {
             faults.duplicate_percent.store(10, Ordering::SeqCst);
             faults.delay_percent.store(10, Ordering::SeqCst);
             let (l, r) = faulty(4, Arc::clone(&faults), 77 + i as u64);
-            // Frequent hellos heal dropped frames.
-            let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
+            // Frequent hellos, and a dropped frame sent again after half a second rather
+            // than the default five: the links drop one frame in ten.
+            let config =
+                NodeConfig { hello_every: Some(Duration::from_millis(20)), resend_after: Duration::from_millis(500) };
             connect(&sites[left], l, config.clone());
             connect(&sites[right], r, config);
             links.push(((left, right), faults));
@@ -221,7 +223,9 @@ fn a_restarted_site_catches_up_after_a_partition() {
         let folders: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let stream = StreamId::from_u128(5);
         let (a, b) = (Site::open(folders[0].path()).unwrap(), Site::open(folders[1].path()).unwrap());
-        let config = NodeConfig { hello_every: Some(Duration::from_millis(20)), ..NodeConfig::default() };
+        // Links drop one frame in twenty: sent again after half a second, not five.
+        let config =
+            NodeConfig { hello_every: Some(Duration::from_millis(20)), resend_after: Duration::from_millis(500) };
         let link = |seed| {
             let faults = Arc::new(Faults::default());
             faults.drop_percent.store(5, Ordering::SeqCst);

@@ -24,19 +24,19 @@ pub struct Window {
     unacked: VecDeque<(LogPos, u64, usize)>,
     /// The bytes of the frames in `unacked`.
     unacked_bytes: usize,
-    /// Frames acknowledged since the peer last said what it wants, or since a loss. The
-    /// window starts at one frame and opens by one per frame acknowledged, so it doubles
-    /// every round trip up to its bound (TCP's slow start): a peer whose `Want` changes
-    /// at once (its filter learns of a direct link just after it connects) is sent one
-    /// frame it no longer wants, not a whole window.
+    /// Frames acknowledged on this connection. The window starts at one frame and opens by
+    /// one per frame acknowledged, so it doubles every round trip up to its bound (TCP's
+    /// slow start): a peer whose `Want` changes just after it connects (its filter learns
+    /// of a direct link) is sent a frame or two it no longer wants, not a whole window.
+    /// Unlike TCP it does not close again on a loss or a new `Want`: with one frame in
+    /// flight a lost frame leaves no gap for the peer to see, and waits for the resend.
     earned: usize,
 }
 
 impl Window {
     /// Where the next frame starts, if the peer wants one and the window has room for it:
-    /// fewer than `frames_max` frames (and than one plus those acknowledged since the
-    /// last `Want` or loss) and `bytes_max` bytes unacknowledged (one frame goes whatever
-    /// its size).
+    /// fewer than `frames_max` frames (and than one plus those acknowledged so far) and
+    /// `bytes_max` bytes unacknowledged (one frame goes whatever its size).
     pub fn next_after(&self, frames_max: usize, bytes_max: usize) -> Option<LogPos> {
         let frames = frames_max.min(self.earned.saturating_add(1));
         let full = self.unacked.len() >= frames || self.unacked_bytes >= bytes_max;
@@ -60,7 +60,6 @@ impl Window {
         self.cursor = Some(after);
         self.acked = Some(after);
         self.forget_unacked();
-        self.earned = 0;
     }
 
     /// The peer holds our log up to `upto`.
@@ -89,7 +88,6 @@ impl Window {
         }
         self.cursor = self.acked;
         self.forget_unacked();
-        self.earned = 0;
         true
     }
 
@@ -596,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn the_window_starts_at_one_frame_and_doubles_per_round_trip() {
+    fn the_window_starts_at_one_frame_and_doubles_per_round_trip_once() {
         /// Sends what the window lets go, one event per frame, then acknowledges it all.
         fn round(window: &mut Window) -> usize {
             let mut sent = Vec::new();
@@ -614,10 +612,10 @@ mod tests {
         let rounds: Vec<usize> = (0..6).map(|_| round(&mut window)).collect();
         assert_eq!(rounds, vec![1, 2, 4, 8, 16, 16]);
         window.want(LogPos(47));
-        assert_eq!(round(&mut window), 1, "a new Want starts again from one frame");
-        window.sent(LogPos(49), 1, 0);
+        assert_eq!(round(&mut window), 16, "a new Want keeps the window");
+        window.sent(LogPos(64), 1, 0);
         assert!(window.rewind_if_overdue(10, 10));
-        assert_eq!(round(&mut window), 1, "so does a loss");
+        assert_eq!(round(&mut window), 16, "so does a loss: the gaps after it show the next one");
     }
 
     #[test]

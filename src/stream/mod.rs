@@ -155,13 +155,9 @@ impl<S: Stream> StreamActor<S> {
     /// Loads a claimed stream (see [`StreamActor::open_with`]).
     fn load(storage: Arc<dyn Storage>, stream: StreamId, config: StreamConfig) -> Result<Self, StreamError> {
         let record = storage.open_stream(stream, S::TYPE_NAME)?;
-        let snapshots = record
-            .snapshots
-            .iter()
-            .map(|(key, bytes)| Ok((*key, codec::decode_view(bytes)?)))
-            .collect::<Result<Vec<_>, CodecError>>()
-            .map_err(StorageError::Codec)?;
+        let snapshots = decodable_snapshots::<S>(storage.as_ref(), stream, &record.snapshots);
         let newest = snapshots.last().map(|(key, _)| *key);
+        let snapshots_kept: Vec<OrderKey> = snapshots.iter().map(|(key, _)| *key).collect();
         let mut fold = Fold::resume(config.snapshot_every, snapshots);
         if config.planted_bug_skip_rollback {
             fold.plant_bug_skip_rollback();
@@ -169,7 +165,7 @@ impl<S: Stream> StreamActor<S> {
         let site = storage.site_id();
         let mut actor = Self {
             ledger: Ledger::new(site, stream, record.frontier, record.heads, record.lamport, fold),
-            snapshots: record.snapshots.iter().map(|(key, _)| *key).collect(),
+            snapshots: snapshots_kept.into_iter().collect(),
             storage,
             stream,
             config,
@@ -419,4 +415,34 @@ impl<S: Stream> Actor for StreamActor<S> {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.config.mailbox_capacity);
     }
+}
+
+/// The stored snapshots of `stream` that decode, oldest first. A snapshot is a cache of the
+/// log: one that does not decode (damaged, or written by a view type that changed) is
+/// dropped with a WARN line and its deletion queued, and the view is rebuilt from the log.
+fn decodable_snapshots<S: Stream>(
+    storage: &dyn Storage,
+    stream: StreamId,
+    stored: &[(OrderKey, Vec<u8>)],
+) -> Vec<(OrderKey, S::View)> {
+    let mut undecodable = Vec::new();
+    let mut snapshots = Vec::with_capacity(stored.len());
+    for (key, bytes) in stored {
+        match codec::decode_view(bytes) {
+            Ok(view) => snapshots.push((*key, view)),
+            Err(error) => {
+                tracing::warn!(%stream, lamport = key.lamport, event = %key.id, %error,
+                    "a view snapshot does not decode; dropped, the view is rebuilt from the log");
+                undecodable.push(*key);
+            }
+        }
+    }
+    if !undecodable.is_empty() {
+        // Durable with the next commit; until then (or if refused) the next open warns again.
+        let drop = storage.append(stream, Append { events: &[], stale_snapshots: &undecodable });
+        if let Err(error) = drop {
+            tracing::warn!(%stream, %error, "deleting undecodable snapshots failed; they are skipped again next time");
+        }
+    }
+    snapshots
 }
