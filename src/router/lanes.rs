@@ -106,8 +106,14 @@ impl Lanes {
             pinned.refs += 1;
             return Some(());
         }
-        let (delivered, durable) = self.read(lane)?;
-        self.forget(lane);
+        // Moved out of the cache, or read from storage straight into the pinned map.
+        let (delivered, durable) = match self.known(lane) {
+            Some(known) => {
+                self.forget(lane);
+                known
+            }
+            None => (self.stored)(lane).map(|seq| (seq, seq))?,
+        };
         self.pinned.insert(lane, Pinned { delivered, durable, refs: 1 });
         Some(())
     }

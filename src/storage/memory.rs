@@ -54,6 +54,17 @@ struct MemoryStream {
 }
 
 impl MemoryStream {
+    /// Every lane's highest stored seq.
+    fn frontier(&self) -> VectorClock {
+        let mut frontier = VectorClock::new();
+        for &(lane, seq) in self.index.keys() {
+            if frontier.get(lane) < seq {
+                frontier.set(lane, seq);
+            }
+        }
+        frontier
+    }
+
     /// Applies `write`, adding the events new to this stream to the site's `log`.
     fn apply(&mut self, write: Write, log: &mut Vec<Event>) {
         match write {
@@ -169,18 +180,10 @@ impl Storage for MemoryStorage {
         }
         let lamport = state.log.keys().next_back().map_or(0, |k| k.lamport);
         let snapshots = state.snapshots.iter().map(|(k, v)| (*k, v.clone())).collect();
-        drop(streams);
-        let frontier = self.frontier(stream)?;
-        let streams = lock(&self.streams);
-        let ends: Vec<&Event> = frontier
-            .iter()
-            .filter_map(|(lane, seq)| {
-                let state = streams.get(&stream)?;
-                state.log.get(state.index.get(&(lane, seq))?)
-            })
-            .collect();
+        let frontier = state.frontier();
+        let ends: Vec<&Event> =
+            frontier.iter().filter_map(|(lane, seq)| state.log.get(state.index.get(&(lane, seq))?)).collect();
         let heads = heads_of(ends);
-        drop(streams);
         Ok(StreamRecord { frontier, heads, lamport, snapshots })
     }
 
@@ -227,14 +230,7 @@ impl Storage for MemoryStorage {
     }
 
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
-        let streams = lock(&self.streams);
-        let mut frontier = VectorClock::new();
-        for (lane, seq) in streams.get(&stream).map(|s| s.index.keys()).into_iter().flatten() {
-            if frontier.get(*lane) < *seq {
-                frontier.set(*lane, *seq);
-            }
-        }
-        Ok(frontier)
+        Ok(lock(&self.streams).get(&stream).map(MemoryStream::frontier).unwrap_or_default())
     }
 
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {

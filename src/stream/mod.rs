@@ -157,7 +157,7 @@ impl<S: Stream> StreamActor<S> {
         let record = storage.open_stream(stream, S::TYPE_NAME)?;
         let snapshots = decodable_snapshots::<S>(storage.as_ref(), stream, &record.snapshots);
         let newest = snapshots.last().map(|(key, _)| *key);
-        let snapshots_kept: Vec<OrderKey> = snapshots.iter().map(|(key, _)| *key).collect();
+        let kept = snapshots.iter().map(|(key, _)| *key).collect();
         let mut fold = Fold::resume(config.snapshot_every, snapshots);
         if config.planted_bug_skip_rollback {
             fold.plant_bug_skip_rollback();
@@ -165,7 +165,7 @@ impl<S: Stream> StreamActor<S> {
         let site = storage.site_id();
         let mut actor = Self {
             ledger: Ledger::new(site, stream, record.frontier, record.heads, record.lamport, fold),
-            snapshots: snapshots_kept.into_iter().collect(),
+            snapshots: kept,
             storage,
             stream,
             config,
