@@ -187,7 +187,8 @@ fn an_event_claiming_this_sites_own_lane_is_refused() {
         let handle = site.stream::<TrailStream>(stream).await.unwrap();
         handle.send(Emit::new(1)).await.unwrap().unwrap();
         site.receive(vec![common::remote_event(own, 2, 2, 666)]).await.unwrap();
-        assert_eq!(site.metrics().await.unwrap().malformed, 1);
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.malformed, metrics.own_lane_claims), (1, 1));
         let next = handle.send(Emit::new(2)).await.unwrap().unwrap();
         assert_eq!(next.seq.0, 2, "the forged seq 2 was never taken");
         assert_eq!(handle.send(GetView::new()).await.unwrap().unwrap().view.0, vec![1, 2]);

@@ -88,6 +88,11 @@ pub struct RouterMetrics {
     pub held_back: u64,
     /// Events dropped because the buffer was full (catch-up fetches them again).
     pub dropped_on_overflow: u64,
+    /// Events dropped because storage could not say how far a lane they need is stored
+    /// (logged; catch-up fetches them again).
+    pub dropped_unread: u64,
+    /// Events refused because they claim this site's own lane (also in `malformed`).
+    pub own_lane_claims: u64,
     /// Deliveries a stream refused for now (catch-up fetches them again).
     pub refused: u64,
     /// Stream actors alive now (passivating ones included).
@@ -268,8 +273,13 @@ impl Router {
         }
         if event.lane.site == self.storage.site_id() {
             // Only this site writes its lane, and peers never send a site its own events.
-            tracing::warn!(event = %event.id, seq = event.seq.0, "refused an event claiming this site's own lane");
+            // Logged at the 1st, 2nd, 4th, 8th… so that a peer repeating it cannot flood the log.
             self.metrics.malformed += 1;
+            self.metrics.own_lane_claims += 1;
+            if self.metrics.own_lane_claims.is_power_of_two() {
+                tracing::warn!(event = %event.id, seq = event.seq.0, refused = self.metrics.own_lane_claims,
+                    "refused an event claiming this site's own lane");
+            }
             return;
         }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
@@ -324,6 +334,7 @@ impl Router {
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
         self.metrics.held_back = self.pending.stats().buffered;
+        self.metrics.dropped_unread = self.pending.stats().unread;
         if self.backlog() <= self.backlog_max {
             for waiter in self.receive_waiters.drain(..) {
                 let _ = waiter.send(()); // a sink that went away needs no answer
