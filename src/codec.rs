@@ -186,7 +186,26 @@ fn encode_limited<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8
     Ok(out)
 }
 
+/// Decodes a value from the start of `bytes` (at most [`limits::FRAME_BYTES_MAX`] of
+/// them), ignoring what follows it: for a header whose later versions may add fields,
+/// such as the preface a link starts with, which every version must read the version
+/// number of.
+///
+/// # Errors
+/// As [`decode`], except that trailing bytes are not one. Never panics.
+pub fn decode_leading<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_checked::<T, { limits::FRAME_BYTES_MAX }>(bytes).map(|(value, _)| value)
+}
+
 fn decode_limited<T: DeserializeOwned, const MAX: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    match decode_checked::<T, MAX>(bytes)? {
+        (value, 0) => Ok(value),
+        (_, count) => Err(CodecError::TrailingBytes { count }),
+    }
+}
+
+/// A value decoded from the start of `bytes`, and how many bytes follow it.
+fn decode_checked<T: DeserializeOwned, const MAX: usize>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
     if bytes.len() > MAX {
         return Err(CodecError::Oversized { len: bytes.len(), max: MAX });
     }
@@ -197,10 +216,7 @@ fn decode_limited<T: DeserializeOwned, const MAX: usize>(bytes: &[u8]) -> Result
     // The limit also bounds what a length prefix inside the value may make bincode allocate.
     let (value, used) = bincode::serde::decode_from_slice(body, config().with_limit::<MAX>())
         .map_err(|error| decode_error(error, MAX))?;
-    match body.len() - used {
-        0 => Ok(value),
-        count => Err(CodecError::TrailingBytes { count }),
-    }
+    Ok((value, body.len() - used))
 }
 
 fn config() -> bincode::config::Configuration {

@@ -5,7 +5,8 @@
 //! Pure core (no actix, no sled, no wall clock): [`id`], [`clock`], [`event`], [`order`],
 //! [`codec`], [`view`], and [`stream::Ledger`]. Shells: [`storage`] (the only sled user)
 //! and [`stream`] (the actix actor), [`router`] (one per site), [`site`] with its
-//! [`handle`] on a stream that survives passivation, and [`node`] (replication). [`limits`] holds every bound; [`testkit`] generates
+//! [`handle`] on a stream that survives passivation, [`node`] (replication) and [`keys`] (a
+//! site's link key). [`limits`] holds every bound; [`testkit`] generates
 //! seeded histories for tests and benchmarks.
 
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod event;
 pub mod handle;
 pub mod http;
 pub mod id;
+pub mod keys;
 pub mod limits;
 pub mod node;
 pub mod order;

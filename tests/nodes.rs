@@ -178,7 +178,7 @@ fn a_node_with_the_wrong_secret_is_refused_and_receives_nothing() {
     // Both sides log why.
     assert!(intruder.log.wait_for("peer refused", PATIENCE), "the intruder logs the refusal");
     assert!(a.log.wait_for("refused a connecting peer", PATIENCE), "A logs the refusal");
-    assert!(a.log.wait_for("failed authentication", PATIENCE), "A says why");
+    assert!(a.log.wait_for("authentication failed", PATIENCE), "A says why");
     assert_eq!(intruder.get_ok("/streams")["streams"], json!([]), "the intruder received no stream");
     assert_eq!(intruder.frontier()["events"], json!(0), "the intruder received no event");
     assert_eq!(a.get_ok("/health")["status"], "ok", "A keeps serving");

@@ -1,8 +1,10 @@
 //! Sites replicating over TCP on 127.0.0.1 (ports chosen by the OS): with the shared
-//! secret they replicate; a peer with a wrong secret is refused and gets nothing; bytes
-//! that are not a handshake, or a length prefix over the limit, get the connection closed;
-//! before authentication a frame may claim only a few hundred bytes, and handshakes are
-//! capped without locking an honest peer out.
+//! secret they replicate over a Noise-encrypted link; a peer with a wrong secret, a
+//! replayed handshake, a reflected or looped one and a peer of another version are each
+//! refused and get nothing (a hand-rolled client plays the attacker); bytes that are not
+//! a handshake, or a length prefix over the limit, get the connection closed; before
+//! authentication a frame may claim only a few hundred bytes, and handshakes are capped
+//! without locking an honest peer out.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,9 +14,11 @@ use futures::{SinkExt, StreamExt};
 use gundb::node::tcp::{dial, serve, TcpError};
 use gundb::node::NodeConfig;
 use gundb::{Emit, GetView, Site, StreamId};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 const SECRET: &[u8] = b"correct horse battery staple";
@@ -104,62 +108,177 @@ fn keep_dialing_connects_once_the_peer_listens() {
     });
 }
 
-/// Reads frames until the node closes the connection, for at most 10 s; fails the test
-/// unless the connection closed with no frame.
-async fn assert_closed_with_nothing(wire: &mut Framed<TcpStream, LengthDelimitedCodec>, attack: &str) {
+/// Reads frames until the node closes the connection, for at most 10 s; returns how many
+/// came, failing the test if the connection stayed open.
+async fn frames_until_closed(wire: &mut Framed<TcpStream, LengthDelimitedCodec>, attack: &str) -> usize {
     let mut frames = 0;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(_)) = wire.next().await {
             frames += 1;
         }
     });
-    let closed = closed.await.is_ok();
-    assert!(closed && frames == 0, "{attack}: closed {closed}, {frames} frames after the handshake");
+    assert!(closed.await.is_ok(), "{attack}: the node kept the connection open");
+    frames
 }
 
-async fn hostile(addr: std::net::SocketAddr) -> Framed<TcpStream, LengthDelimitedCodec> {
-    Framed::new(TcpStream::connect(addr).await.unwrap(), LengthDelimitedCodec::new())
+fn framed(socket: TcpStream) -> Framed<TcpStream, LengthDelimitedCodec> {
+    Framed::new(socket, LengthDelimitedCodec::new())
 }
 
-/// A client without the secret reflects the node's handshake: it sends the node's own
-/// greeting back, then whatever proof the node sends, on one connection; and across two
-/// connections it hands each one the other's greeting and proof. Before the proof was
-/// bound to the side's role, the first attack was accepted and received the node's
-/// events. Now each connection is closed with nothing sent after the handshake, and
-/// nothing reaches the router.
+/// The preface every version starts with: its version, first.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Preface {
+    version: u32,
+}
+
+/// A client written from the protocol's description, not from gundb's code: the preface,
+/// the three Noise messages with a pre-shared key derived from `secret`, then the first
+/// sealed frame. Returns the site id the node sent sealed, or what went wrong.
+async fn hand_rolled(addr: std::net::SocketAddr, secret: &[u8]) -> Result<gundb::SiteId, String> {
+    use sha2::Digest;
+    let mut wire = framed(TcpStream::connect(addr).await.unwrap());
+    let preface = gundb::codec::encode(&Preface { version: gundb::node::tcp::PROTOCOL_VERSION }).unwrap();
+    wire.send(Bytes::from(preface)).await.unwrap();
+    let theirs: Preface = gundb::codec::decode(&wire.next().await.unwrap().unwrap()).unwrap();
+    assert_eq!(theirs.version, gundb::node::tcp::PROTOCOL_VERSION);
+    let psk: [u8; 32] =
+        sha2::Sha256::new().chain_update(b"gundb link pre-shared key\0").chain_update(secret).finalize().into();
+    let prologue = format!("gundb link, protocol version {}", gundb::node::tcp::PROTOCOL_VERSION);
+    let builder = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap());
+    let keys = builder.generate_keypair().unwrap();
+    let mut noise = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap())
+        .local_private_key(&keys.private)
+        .unwrap()
+        .psk(3, &psk)
+        .unwrap()
+        .prologue(prologue.as_bytes())
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let (mut message, mut payload) = (vec![0u8; 1024], vec![0u8; 1024]);
+    let len = noise.write_message(&[], &mut message).unwrap();
+    wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
+    let second = wire.next().await.ok_or("closed before the second message")?.map_err(|e| e.to_string())?;
+    noise.read_message(&second, &mut payload).map_err(|e| e.to_string())?;
+    let len = noise.write_message(&[], &mut message).unwrap();
+    wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
+    let mut transport = noise.into_transport_mode().unwrap();
+    let sealed = wire.next().await.ok_or("closed after the third message")?.map_err(|e| e.to_string())?;
+    let len = transport.read_message(&sealed, &mut payload).map_err(|e| e.to_string())?;
+    assert_eq!(payload[0], 1, "the site id is one whole frame");
+    gundb::codec::decode(&payload[1..len]).map_err(|e| e.to_string())
+}
+
+/// The hand-rolled client with the cluster's secret gets through, and learns the node's
+/// site id (so it speaks the protocol); with another secret the node closes the link
+/// after the third message, and nothing reaches the router.
 #[test]
-fn a_reflected_handshake_is_refused() {
+fn a_hand_rolled_client_needs_the_secret() {
     run_site(|| async {
         let a = Site::temporary().unwrap();
         let addr = listening(&a).await;
-        let at_a = a.stream::<TrailStream>(StreamId::from_u128(14)).await.unwrap();
-        at_a.send(Emit::new(1)).await.unwrap().unwrap();
+        assert_eq!(hand_rolled(addr, SECRET).await, Ok(a.id()));
+        let refused = hand_rolled(addr, b"a guess").await;
+        assert_eq!(refused, Err("closed after the third message".to_owned()));
+        assert_eq!(a.metrics().await.unwrap().received, 0, "nothing from either reached A's router");
+    });
+}
 
-        // One connection: echo the greeting, then echo the proof if one comes.
-        let mut wire = hostile(addr).await;
-        let greeting = wire.next().await.unwrap().unwrap();
-        wire.send(greeting.freeze()).await.unwrap();
-        if let Some(Ok(proof)) = wire.next().await {
-            wire.send(proof.freeze()).await.unwrap();
+/// A proxy to `target` that records every byte the dialer sends.
+async fn recording_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&recorded);
+    actix::spawn(async move {
+        let (dialer, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(target).await.unwrap();
+        let (mut from_dialer, mut to_dialer) = dialer.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        actix::spawn(async move { tokio::io::copy(&mut from_server, &mut to_dialer).await });
+        let mut buffer = vec![0; 1 << 16];
+        loop {
+            let read = from_dialer.read(&mut buffer).await.unwrap_or(0);
+            if read == 0 {
+                break;
+            }
+            record.lock().unwrap().extend_from_slice(&buffer[..read]);
+            if to_server.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
         }
-        assert_closed_with_nothing(&mut wire, "reflection").await;
+    });
+    (addr, recorded)
+}
 
-        // Two connections: each gets the other's greeting, then the other's proof.
-        let (mut one, mut two) = (hostile(addr).await, hostile(addr).await);
-        let greeting_one = one.next().await.unwrap().unwrap();
-        let greeting_two = two.next().await.unwrap().unwrap();
-        one.send(greeting_two.freeze()).await.unwrap();
-        two.send(greeting_one.freeze()).await.unwrap();
-        if let (Some(Ok(proof_one)), Some(Ok(proof_two))) = (one.next().await, two.next().await) {
-            one.send(proof_two.freeze()).await.unwrap();
-            two.send(proof_one.freeze()).await.unwrap();
+/// An honest peer's whole side of a session, recorded on the way (its handshake and
+/// sealed frames carrying its events), replayed byte for byte on a new connection: the
+/// node answers the replayed first message with fresh keys, so the replayed third does
+/// not open, and the connection is closed with nothing of the replay reaching the router.
+#[test]
+fn a_replayed_handshake_is_refused() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let addr = listening(&a).await;
+        let (proxy, recorded) = recording_proxy(addr).await;
+        b.stream::<TrailStream>(StreamId::from_u128(15)).await.unwrap().send(Emit::new(1)).await.unwrap().unwrap();
+        dial(&b, proxy, SECRET, NodeConfig::default()).await.unwrap();
+        let target = b.frontier().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), a.wait_for(&target)).await.expect("A got B's event").unwrap();
+        let received = a.metrics().await.unwrap().received;
+        let replay = recorded.lock().unwrap().clone();
+        assert!(replay.len() > 200, "the recording holds the handshake and sealed frames: {} bytes", replay.len());
+
+        // The recording's first two frames (preface, first message), the node's answers,
+        // then the rest of it byte for byte.
+        let first_two = (0..2).fold(0, |at, _| {
+            let len = u32::from_be_bytes(replay[at..at + 4].try_into().unwrap());
+            at + 4 + usize::try_from(len).unwrap()
+        });
+        let mut wire = framed(TcpStream::connect(addr).await.unwrap());
+        wire.get_mut().write_all(&replay[..first_two]).await.unwrap();
+        for answer in ["preface", "second message"] {
+            wire.next().await.unwrap_or_else(|| panic!("the node sent its {answer}")).unwrap();
         }
-        assert_closed_with_nothing(&mut one, "cross reflection").await;
-        assert_closed_with_nothing(&mut two, "cross reflection").await;
+        wire.get_mut().write_all(&replay[first_two..]).await.unwrap();
+        assert_eq!(frames_until_closed(&mut wire, "replay").await, 0, "the node closed with nothing sealed sent");
+        assert_eq!(a.metrics().await.unwrap().received, received, "nothing of the replay reached A's router");
+    });
+}
 
-        assert_eq!(a.metrics().await.unwrap().received, 0, "nothing from the attacker reached A's router");
-        let honest = Site::temporary().unwrap();
-        dial(&honest, addr, SECRET, NodeConfig::default()).await.unwrap();
+/// Reflection: a node that dials an attacker who sends every frame straight back gets
+/// its own preface and first message as answers, and gives up; a node whose dial is
+/// relayed to its own listener meets its own key at both ends and refuses on both. No
+/// link comes up and nothing reaches the router.
+#[test]
+fn a_reflected_or_looped_handshake_is_refused() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        a.stream::<TrailStream>(StreamId::from_u128(14)).await.unwrap().send(Emit::new(1)).await.unwrap().unwrap();
+
+        // A mirror: every frame back to the sender.
+        let mirror = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mirror_addr = mirror.local_addr().unwrap();
+        actix::spawn(async move {
+            let (socket, _) = mirror.accept().await.unwrap();
+            let mut wire = framed(socket);
+            while let Some(Ok(frame)) = wire.next().await {
+                if wire.send(frame.freeze()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let refused = dial(&a, mirror_addr, SECRET, NodeConfig::default()).await.expect_err("a mirror is refused");
+        assert!(matches!(refused, TcpError::Handshake(_)), "{refused:?}");
+
+        // A loop: the node's dial relayed to its own listener.
+        let (relay, _) = recording_proxy(addr).await;
+        let refused = dial(&a, relay, SECRET, NodeConfig::default()).await.expect_err("a loop is refused");
+        assert!(matches!(refused, TcpError::Reflected), "{refused:?}");
+
+        assert!(a.links().live().is_empty(), "no link came up");
+        assert_eq!(a.metrics().await.unwrap().received, 0, "nothing reached A's router");
     });
 }
 
@@ -244,7 +363,7 @@ fn a_slow_link_carries_a_large_frame() {
     });
 }
 
-/// A greeting as protocol version 5 sent it (the same fields as today's).
+/// The greeting protocol version 6 started with (before Noise).
 #[derive(serde::Serialize)]
 struct OldGreeting {
     version: u32,
@@ -252,8 +371,9 @@ struct OldGreeting {
     challenge: [u8; 32],
 }
 
-/// A peer of the protocol before delta clocks (version 5) is refused at the handshake,
-/// with both versions named, before anything else is exchanged.
+/// A peer of the protocol before Noise (version 6) is refused at the preface, with both
+/// versions named, before anything else is exchanged; and a node that a client of a
+/// later version dials answers with its preface only.
 #[test]
 fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
     run_site(|| async {
@@ -263,23 +383,32 @@ fn a_peer_of_the_old_protocol_is_refused_with_both_versions() {
             let (socket, _) = listener.accept().await.unwrap();
             let mut wire = Framed::new(socket, LengthDelimitedCodec::new());
             let _their_greeting = wire.next().await.unwrap().unwrap();
-            let ours = OldGreeting { version: 5, site: gundb::SiteId::random(), challenge: [7; 32] };
-            wire.send(tokio_util::bytes::Bytes::from(gundb::codec::encode(&ours).unwrap())).await.unwrap();
+            let ours = OldGreeting { version: 6, site: gundb::SiteId::random(), challenge: [7; 32] };
+            wire.send(Bytes::from(gundb::codec::encode(&ours).unwrap())).await.unwrap();
             // Whatever the new site does next, it must not be a proof or a frame.
             wire.next().await.is_none_or(|frame| frame.is_err())
         });
         let site = Site::temporary().unwrap();
         let refused = dial(&site, addr, SECRET, NodeConfig::default()).await.expect_err("an old peer is refused");
         assert!(
-            matches!(refused, TcpError::Version { peer: 5, ours } if ours == gundb::node::tcp::PROTOCOL_VERSION),
+            matches!(refused, TcpError::Version { peer: 6, ours } if ours == gundb::node::tcp::PROTOCOL_VERSION),
             "{refused:?}"
         );
         let message = refused.to_string();
         assert!(
-            message.contains("version 5") && message.contains(&gundb::node::tcp::PROTOCOL_VERSION.to_string()),
+            message.contains("version 6") && message.contains(&gundb::node::tcp::PROTOCOL_VERSION.to_string()),
             "{message}"
         );
         assert!(old_peer.await.unwrap(), "the new site sent nothing after the greetings");
+
+        // A client of a later version, at the listening side.
+        let addr = listening(&site).await;
+        let mut wire = framed(TcpStream::connect(addr).await.unwrap());
+        wire.send(Bytes::from(gundb::codec::encode(&Preface { version: 99 }).unwrap())).await.unwrap();
+        let theirs: Preface = gundb::codec::decode(&wire.next().await.unwrap().unwrap()).unwrap();
+        assert_eq!(theirs.version, gundb::node::tcp::PROTOCOL_VERSION, "the node names its version");
+        assert_eq!(frames_until_closed(&mut wire, "a later version").await, 0, "and sends nothing else");
+        assert_eq!(site.metrics().await.unwrap().received, 0);
     });
 }
 

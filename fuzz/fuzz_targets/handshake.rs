@@ -1,11 +1,17 @@
-//! The listening side of the TCP handshake fed a peer's arbitrary bytes: it fails with a
-//! typed error (or, for bytes that prove the secret, succeeds), never panics or hangs.
+//! The listening side of the TCP handshake (the clear preface, then Noise XXpsk3) fed a
+//! peer's arbitrary bytes: it fails with a typed error, never panics or hangs. Random bytes
+//! cannot complete it: the third message must open under the pre-shared key.
 #![no_main]
 
 use gundb::node::tcp::handshake_over;
+use gundb::keys::LinkKey;
 use gundb::SiteId;
 use libfuzzer_sys::fuzz_target;
+use std::sync::LazyLock;
 use tokio::io::AsyncWriteExt;
+
+/// The listener's link key: one for the whole run, as a node has.
+static KEY: LazyLock<LinkKey> = LazyLock::new(LinkKey::generate);
 
 fuzz_target!(|bytes: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
@@ -17,7 +23,7 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = peer.shutdown().await;
             peer // kept open for our writes until the handshake is over
         };
-        let handshake = handshake_over(ours, SiteId::from_u128(1), b"the secret");
+        let handshake = handshake_over(ours, SiteId::from_u128(1), &KEY, b"the secret");
         let (result, _peer) = tokio::join!(handshake, feed);
         assert!(result.is_err(), "random bytes cannot prove the secret");
     });

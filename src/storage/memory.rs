@@ -10,6 +10,7 @@ use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, 
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
+use crate::keys::LinkKey;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub struct MemoryStorage {
     site: SiteId,
+    link_key: LinkKey,
     streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
     /// The site's log: every event as it was applied (position = index + 1).
     log: Mutex<Vec<Event>>,
@@ -101,6 +103,7 @@ impl MemoryStorage {
     pub fn new(site: SiteId) -> Self {
         Self {
             site,
+            link_key: LinkKey::generate(),
             streams: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
             replicated: Mutex::new(HashMap::new()),
@@ -155,6 +158,10 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     fn site_id(&self) -> SiteId {
         self.site
+    }
+
+    fn link_key(&self) -> &LinkKey {
+        &self.link_key
     }
 
     fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {

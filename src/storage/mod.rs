@@ -98,6 +98,16 @@ pub enum StorageError {
     /// A fault injected by the `failpoints` feature.
     #[error("injected fault: {0}")]
     Injected(&'static str),
+    /// The site's link key beside the database could not be read or made
+    /// ([`crate::keys::KeyError`], as text).
+    #[error("{0}")]
+    Key(String),
+}
+
+impl From<crate::keys::KeyError> for StorageError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        StorageError::Key(error.to_string())
+    }
 }
 
 /// What storage holds about one stream when it is opened.
@@ -150,6 +160,10 @@ pub struct Replicated {
 pub trait Storage: Send + Sync + 'static {
     /// The site this database belongs to, created once and stored.
     fn site_id(&self) -> SiteId;
+
+    /// The site's link key: made once and kept beside a database on disk
+    /// ([`crate::keys::LinkKey::load_or_create`]), made anew for one in memory.
+    fn link_key(&self) -> &crate::keys::LinkKey;
 
     /// Claims `stream` for one stream actor until [`Storage::release_stream`].
     ///

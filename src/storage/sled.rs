@@ -22,6 +22,7 @@ use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, 
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
+use crate::keys::LinkKey;
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -89,6 +90,7 @@ pub struct SledStorage {
     /// Every stream's records, as key prefixes.
     data: sled::Tree,
     site: SiteId,
+    link_key: LinkKey,
     /// Streams opened whose type is not stored yet: it is written with their first event,
     /// by the writer, rather than by the opening actor (a sled write waits for a running
     /// flush). An entry lives from `open_stream` to that stream's first append or release.
@@ -309,6 +311,7 @@ impl SledStorage {
                 .segment_size(limits::SLED_SEGMENT_BYTES),
         )?;
         let site = load_or_create_site(&db, &path)?;
+        let link_key = LinkKey::load_or_create(&path)?;
         let data = db.open_tree(DATA_TREE)?;
         let mut fsync = match config.durability {
             Durability::Fsync => Some(Fsync::new(&path)?),
@@ -352,6 +355,7 @@ impl SledStorage {
         Ok(Self {
             data,
             site,
+            link_key,
             new_types: Mutex::new(HashMap::new()),
             ops,
             writer: Some(writer),
@@ -612,6 +616,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Storage for SledStorage {
     fn site_id(&self) -> SiteId {
         self.site
+    }
+
+    fn link_key(&self) -> &LinkKey {
+        &self.link_key
     }
 
     fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {
@@ -1080,11 +1088,15 @@ mod tests {
     }
 
     #[test]
-    fn the_site_id_is_created_once_and_kept() {
+    fn the_site_id_and_link_key_are_created_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let first = SledStorage::open(dir.path()).unwrap().site_id();
-        let again = SledStorage::open(dir.path()).unwrap().site_id();
-        assert_eq!(first, again);
-        assert_ne!(first, SledStorage::temporary().unwrap().site_id());
+        let first = SledStorage::open(dir.path()).unwrap();
+        let (site, key) = (first.site_id(), *first.link_key().public());
+        drop(first);
+        let again = SledStorage::open(dir.path()).unwrap();
+        assert_eq!((again.site_id(), *again.link_key().public()), (site, key));
+        let other = SledStorage::temporary().unwrap();
+        assert_ne!(other.site_id(), site);
+        assert_ne!(*other.link_key().public(), key);
     }
 }

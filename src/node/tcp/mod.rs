@@ -1,22 +1,22 @@
-//! TCP transport: length-delimited frames over a socket, after a handshake that checks the
-//! protocol version and authenticates both sides with a shared secret (HMAC-SHA256 over
-//! both sides' random challenges and the side's role; the secret never crosses the wire).
+//! TCP transport: a Noise handshake ([`noise`]) that checks the protocol version and
+//! authenticates both sides by their link keys and the cluster's shared secret, then
+//! sealed frames over the socket.
 //!
-//! A connection that fails the handshake, or sends a frame over the size limit, is closed
-//! before any frame reaches the router. After the handshake the socket is bridged to an
-//! [`Endpoint`], so the same source and sink nodes serve it as any other link.
+//! A connection that fails the handshake, or sends a frame that does not open or is over
+//! the size limit, is closed before any frame reaches the router. After the handshake the
+//! socket is bridged to an [`Endpoint`], so the same source and sink nodes serve it as any
+//! other link.
+
+mod noise;
 
 use super::transport::Endpoint;
 use super::{connect, Connection, NodeConfig};
-use crate::codec;
 use crate::id::SiteId;
+use crate::keys::LinkKey;
 use crate::limits;
 use crate::site::Site;
 use crate::stream::clock_ms;
 use futures::{SinkExt, StreamExt};
-use hmac::{Hmac, KeyInit, Mac};
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +29,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// The wire protocol version this build speaks. Version 6 sends events whose clocks name
-/// only what their lane's previous event does not imply ([`crate::Event::clock`]); a
-/// version-5 peer would take them for full clocks and deliver too early.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub use noise::NOISE_MESSAGE_BYTES_MAX;
+use noise::{Role, Seal, Session};
+
+/// The wire protocol version this build speaks. Version 7 encrypts links with Noise
+/// ([`noise`]); version 6 sent events whose clocks name only what their lane's previous
+/// event does not imply ([`crate::Event::clock`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]
@@ -48,76 +51,24 @@ pub enum TcpError {
         /// Ours.
         ours: u32,
     },
-    /// The peer could not prove it holds the shared secret.
-    #[error("peer {peer} failed authentication: wrong or missing secret")]
+    /// One side could not prove it holds the shared secret: the two sites were given
+    /// different secret files.
+    #[error("authentication failed at {stage}: the two sites do not hold the same secret")]
     Unauthenticated {
-        /// The site the peer claimed to be.
-        peer: SiteId,
+        /// Where the handshake failed.
+        stage: &'static str,
     },
+    /// The peer is this site itself: its own link key or site id came back (it dialed
+    /// itself, or someone reflected or looped its handshake).
+    #[error("the peer is this site itself: a reflected or looped connection")]
+    Reflected,
+    /// An authenticated peer's message did not open (altered, replayed or reordered on
+    /// the way), or was malformed: the link is closed.
+    #[error("sealed frame: {0}")]
+    Sealed(String),
     /// A handshake message did not decode, or the peer hung up during the handshake.
     #[error("handshake: {0}")]
     Handshake(String),
-}
-
-/// First handshake message: who I am, and a challenge for you.
-#[derive(Debug, Serialize, Deserialize)]
-struct Greeting {
-    version: u32,
-    site: SiteId,
-    challenge: [u8; 32],
-}
-
-/// Second handshake message: my answer to your challenge.
-#[derive(Debug, Serialize, Deserialize)]
-struct Proof {
-    mac: Vec<u8>,
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Which end of a connection a side is. The two ends prove different statements, so a
-/// proof can never be sent back to the side that made it: before the role was part of
-/// the proof, a client that echoed a node's greeting and then its proof was accepted
-/// without ever holding the secret (a reflection attack).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Dialer,
-    Listener,
-}
-
-impl Role {
-    fn peer(self) -> Role {
-        match self {
-            Role::Dialer => Role::Listener,
-            Role::Listener => Role::Dialer,
-        }
-    }
-
-    fn tag(self) -> &'static [u8] {
-        match self {
-            Role::Dialer => b"gundb-auth-v3 dialer",
-            Role::Listener => b"gundb-auth-v3 listener",
-        }
-    }
-}
-
-/// The answer `site`, in `role`, gives to `challenge`: bound to the role, to the side's
-/// identity and to both challenges, so it cannot be reflected back, replayed to another
-/// connection (the other side's challenge is fresh) or claimed by another site.
-fn answer(secret: &[u8], role: Role, site: SiteId, challenge: &[u8; 32], own_challenge: &[u8; 32]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(role.tag());
-    mac.update(site.as_uuid().as_bytes());
-    mac.update(challenge);
-    mac.update(own_challenge);
-    mac
-}
-
-fn challenge() -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    out[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    out
 }
 
 type Wire<T = Watched<TcpStream>> = Framed<T, LengthDelimitedCodec>;
@@ -187,38 +138,6 @@ async fn next<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>) -> Result<V
     }
 }
 
-/// Runs the handshake on a fresh socket: both sides greet, both prove they hold `secret`.
-async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
-    wire: &mut Wire<T>,
-    role: Role,
-    site: SiteId,
-    secret: &[u8],
-) -> Result<SiteId, TcpError> {
-    let own = challenge();
-    let greeting = Greeting { version: PROTOCOL_VERSION, site, challenge: own };
-    let bytes = codec::encode(&greeting).map_err(|e| TcpError::Handshake(e.to_string()))?;
-    wire.send(Bytes::from(bytes)).await?;
-    let peer: Greeting = codec::decode(&next(wire).await?).map_err(|e| TcpError::Handshake(e.to_string()))?;
-    if peer.version != PROTOCOL_VERSION {
-        return Err(TcpError::Version { peer: peer.version, ours: PROTOCOL_VERSION });
-    }
-    // Our own greeting sent back: a reflection. The roles already make its proof fail;
-    // refusing here also keeps our proof from being handed to such a peer at all.
-    if peer.challenge == own || peer.site == site {
-        return Err(TcpError::Handshake("the peer sent this site's own greeting back".into()));
-    }
-    let mac = answer(secret, role, site, &peer.challenge, &own).finalize().into_bytes().to_vec();
-    let bytes = codec::encode(&Proof { mac }).map_err(|e| TcpError::Handshake(e.to_string()))?;
-    wire.send(Bytes::from(bytes)).await?;
-    let proof: Proof = codec::decode(&next(wire).await?).map_err(|e| TcpError::Handshake(e.to_string()))?;
-    answer(secret, role.peer(), peer.site, &own, &peer.challenge)
-        .verify_slice(&proof.mac)
-        .map_err(|_| TcpError::Unauthenticated { peer: peer.site })?;
-    // Authenticated: replication frames may be as large as the wire allows.
-    wire.codec_mut().set_max_frame_length(limits::WIRE_FRAME_BYTES_MAX);
-    Ok(peer.site)
-}
-
 /// Runs the listening side's handshake over any byte stream: what the handshake fuzz
 /// target feeds a peer's bytes to. Not part of the API.
 ///
@@ -228,16 +147,19 @@ async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
 pub async fn handshake_over<T: AsyncRead + AsyncWrite + Unpin>(
     socket: T,
     site: SiteId,
+    key: &LinkKey,
     secret: &[u8],
 ) -> Result<SiteId, TcpError> {
-    handshake(&mut framed(socket), Role::Listener, site, secret).await
+    Ok(noise::handshake(&mut framed(socket), Role::Listener, site, key, secret).await?.peer)
 }
 
-/// Moves frames between an authenticated socket and an endpoint until either side closes,
-/// or no byte arrives for `idle` (a dead peer: a live one says hello every interval, and a
-/// slow link delivering a large frame is sending bytes all along). The receiver resolves
-/// once the socket's reading side has ended.
-fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()>) {
+/// Moves frames between an authenticated socket and an endpoint, opening what comes in
+/// and sealing what goes out, until either side closes, a message does not open, or no
+/// byte arrives for `idle` (a dead peer: a live one says hello every interval, and a slow
+/// link delivering a large frame is sending bytes all along). The receiver resolves once
+/// the socket's reading side has ended.
+fn bridge(wire: Wire, session: Session, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()>) {
+    let Session { peer, mut seal, mut open } = session;
     let last_byte_ms = Arc::clone(&wire.get_ref().last_byte_ms);
     let (closed, on_close) = oneshot::channel::<()>();
     let (to_node, from_socket) = mpsc::channel(limits::LINK_FRAMES_MAX);
@@ -260,20 +182,40 @@ fn bridge(wire: Wire, idle: Option<Duration>) -> (Endpoint, oneshot::Receiver<()
                     }
                 }
             };
-            let Some(Ok(bytes)) = frame else { break };
-            if to_node.send(bytes.to_vec()).await.is_err() {
-                break;
+            let Some(Ok(message)) = frame else { break };
+            match open.open(&message) {
+                Ok(None) => {} // a part of a frame
+                Ok(Some(frame)) => {
+                    if to_node.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "closing the link: a message from the peer did not open");
+                    break;
+                }
             }
         }
     });
     actix::spawn(async move {
         while let Some(frame) = from_node.recv().await {
-            if sink.send(Bytes::from(frame)).await.is_err() {
+            if send_sealed(&mut sink, &mut seal, &frame).await.is_err() {
                 break;
             }
         }
     });
     (Endpoint { sender: to_socket, receiver: from_socket }, on_close)
+}
+
+/// Seals `frame` and sends its messages, flushing once after the last.
+async fn send_sealed<S>(sink: &mut S, seal: &mut Seal, frame: &[u8]) -> Result<(), TcpError>
+where
+    S: futures::Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    for message in seal.seal(frame)? {
+        sink.feed(message).await?;
+    }
+    Ok(sink.flush().await?)
 }
 
 /// Accepts connections on `listener` for `site`, for as long as the site's actix system
@@ -305,16 +247,15 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
                 let mut wire = framed(Watched::new(socket));
-                let handshake = tokio::time::timeout(
-                    limits::HANDSHAKE_TIMEOUT,
-                    handshake(&mut wire, Role::Listener, site.id(), &secret),
-                );
-                let handshake = handshake.await;
+                let key = site.storage().link_key();
+                let handshake = noise::handshake(&mut wire, Role::Listener, site.id(), key, &secret);
+                let handshake = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await;
                 drop(permit);
                 match handshake {
-                    Ok(Ok(peer)) => {
+                    Ok(Ok(session)) => {
+                        let peer = session.peer;
                         tracing::info!(%peer, "peer connected");
-                        let (endpoint, closed) = bridge(wire, idle_limit(&config));
+                        let (endpoint, closed) = bridge(wire, session, idle_limit(&config));
                         connect(&site, endpoint, config);
                         let _ = closed.await;
                         tracing::info!(%peer, "peer disconnected");
@@ -343,10 +284,11 @@ async fn dial_watched(
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(Watched::new(TcpStream::connect(addr).await?));
-    tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake(&mut wire, Role::Dialer, site.id(), secret))
+    let handshake = noise::handshake(&mut wire, Role::Dialer, site.id(), site.storage().link_key(), secret);
+    let session = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
-    let (endpoint, closed) = bridge(wire, idle_limit(&config));
+    let (endpoint, closed) = bridge(wire, session, idle_limit(&config));
     Ok((connect(site, endpoint, config), closed))
 }
 
@@ -376,7 +318,7 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
                     tracing::info!(%addr, "connection to peer lost; dialing again");
                 }
                 // A refused secret will not get better by retrying fast.
-                Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. })) => {
+                Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. } | TcpError::Reflected)) => {
                     tracing::warn!(%addr, %error, "peer refused");
                     backoff = Duration::from_secs(10);
                 }
