@@ -9,9 +9,24 @@ use crate::id::{EventId, Lane, Seq};
 use serde::{Deserialize, Serialize};
 
 /// One event of one lane, as stored on disk and sent between sites.
+///
+/// # Examples
+/// ```
+/// use gundb::{Event, Lane, Seq, SiteId, StreamId, VectorClock};
+///
+/// let lane = Lane::new(SiteId::random(), StreamId::random());
+/// let clock: VectorClock = [(lane, Seq(1))].into_iter().collect();
+/// let mut event = Event::new(lane, Seq(1), clock, 1, 0, "doc.counter".into(), vec![1]);
+/// assert_eq!(event.id, event.content_id(), "the id is the content's");
+/// event.payload = vec![2];
+/// assert_ne!(event.id, event.content_id(), "an altered event no longer matches its id");
+/// ```
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Event {
-    /// The event's identity; copies of it share this id.
+    /// The event's identity, a hash of everything else ([`Event::content_id`]): copies of
+    /// it share this id, and no two different events can (short of a hash collision), so
+    /// an event cannot borrow another's place in canonical order, nor be altered and keep
+    /// its id.
     pub id: EventId,
     /// The site and stream that wrote it.
     pub lane: Lane,
@@ -70,6 +85,52 @@ impl OrderKey {
 }
 
 impl Event {
+    /// An event with this content, and the id that commits to it.
+    #[allow(clippy::too_many_arguments)] // an event's fields, each named at the call
+    pub fn new(
+        lane: Lane,
+        seq: Seq,
+        clock: VectorClock,
+        lamport: u64,
+        timestamp_ms: u64,
+        stream_type: String,
+        payload: Vec<u8>,
+    ) -> Self {
+        let mut event =
+            Event { id: EventId::from_u128(0), lane, seq, clock, lamport, timestamp_ms, stream_type, payload };
+        event.id = event.content_id();
+        event
+    }
+
+    /// The id an event with this content has: the first 128 bits of a BLAKE3 hash (in
+    /// key-derivation mode, under a context string of its own) of every other field. The
+    /// fields are fed to the hash one by one, each fixed-size or prefixed by its length,
+    /// rather than through [`crate::codec`]: ids must not change when the codec does.
+    pub fn content_id(&self) -> EventId {
+        let mut hash = blake3::Hasher::new_derive_key("gundb 2026-11 event id");
+        let lane = |hash: &mut blake3::Hasher, lane: Lane| {
+            hash.update(lane.site.as_uuid().as_bytes());
+            hash.update(lane.stream.as_uuid().as_bytes());
+        };
+        let length = |len: usize| u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes();
+        lane(&mut hash, self.lane);
+        hash.update(&self.seq.0.to_be_bytes());
+        hash.update(&length(self.clock.len()));
+        for (named, seq) in self.clock.iter() {
+            lane(&mut hash, named);
+            hash.update(&seq.0.to_be_bytes());
+        }
+        hash.update(&self.lamport.to_be_bytes());
+        hash.update(&self.timestamp_ms.to_be_bytes());
+        hash.update(&length(self.stream_type.len()));
+        hash.update(self.stream_type.as_bytes());
+        hash.update(&length(self.payload.len()));
+        hash.update(&self.payload);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hash.finalize().as_bytes()[..16]);
+        EventId(uuid::Uuid::from_bytes(id))
+    }
+
     /// The event's position in canonical order.
     pub fn order_key(&self) -> OrderKey {
         OrderKey { lamport: self.lamport, timestamp_ms: self.timestamp_ms, id: self.id }

@@ -398,6 +398,7 @@ async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
         ("dropped_on_overflow", "Events dropped on a full router buffer", m.dropped_on_overflow),
         ("dropped_unread", "Events dropped because storage could not be read for a lane", m.dropped_unread),
         ("own_lane_claims", "Events refused for claiming this site's own lane", m.own_lane_claims),
+        ("altered", "Events refused because their id is not their content's (altered or forged)", m.altered),
         ("refused", "Deliveries a stream refused for now", m.refused),
         ("batches_sent", "Batches sent to peers", m.batches_sent),
         ("batches_received", "Batches received from peers", m.batches_received),

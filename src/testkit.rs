@@ -47,7 +47,9 @@ impl Rng {
 }
 
 /// One event of `lane` at `seq` whose clock names `deps` besides its own lane, with an
-/// empty payload: for hand-written cases in tests.
+/// empty payload and the id `id`: for hand-written cases in tests of the pure core
+/// (ordering, buffering), where ties are broken by chosen ids. Its id is not its content's
+/// ([`Event::content_id`]), so a site refuses it: set `id` to that to send it to one.
 pub fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64, timestamp_ms: u64) -> Event {
     let mut clock: VectorClock = deps.iter().map(|&(l, s)| (l, Seq(s))).collect();
     clock.set(lane, Seq(seq));
@@ -61,6 +63,13 @@ pub fn event(id: u128, lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64,
         stream_type: "testkit".to_owned(),
         payload: Vec::new(),
     }
+}
+
+/// [`event`] as a site writes it: with the id of its content, so a site takes it.
+pub fn written_event(lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64, timestamp_ms: u64) -> Event {
+    let mut written = event(0, lane, seq, deps, lamport, timestamp_ms);
+    written.id = written.content_id();
+    written
 }
 
 /// The shape of a generated history.
@@ -102,23 +111,16 @@ pub fn history(shape: HistoryShape, rng: &mut Rng) -> Vec<Event> {
         let (clock, lamport) = &mut known[writer];
         let seq = clock.increment(lane);
         *lamport += 1;
-        events.push(Event {
-            id: EventId::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())),
-            lane,
-            seq,
-            clock: clock.clone(),
-            lamport: *lamport,
-            // Site clocks are skewed by up to 5 ms, so time alone does not order events.
-            timestamp_ms: now_ms + rng.below(5),
-            stream_type: "testkit".to_owned(),
-            payload: Vec::new(),
-        });
+        // Site clocks are skewed by up to 5 ms, so time alone does not order events.
+        let timestamp_ms = now_ms + rng.below(5);
+        events.push(Event::new(lane, seq, clock.clone(), *lamport, timestamp_ms, "testkit".to_owned(), Vec::new()));
     }
     events
 }
 
 /// The events of `history` (full clocks, in the order written) with the clocks a writer
 /// gives them: each names its own lane and only what rose since its lane's previous event.
+/// The clock is part of the content, so each gets the id of its new content.
 pub fn with_delta_clocks(history: &[Event]) -> Vec<Event> {
     let mut previous: HashMap<Lane, &VectorClock> = HashMap::new();
     history
@@ -130,7 +132,8 @@ pub fn with_delta_clocks(history: &[Event]) -> Vec<Event> {
                 .iter()
                 .filter(|&(lane, seq)| lane == event.lane || before.is_none_or(|b| b.get(lane) < seq))
                 .collect();
-            Event { clock, ..event.clone() }
+            let Event { lane, seq, lamport, timestamp_ms, .. } = *event;
+            Event::new(lane, seq, clock, lamport, timestamp_ms, event.stream_type.clone(), event.payload.clone())
         })
         .collect()
 }

@@ -13,8 +13,14 @@ use std::sync::Arc;
 
 type Mangle = fn(&mut Event, StreamId);
 
-/// One scenario: how the event is spoiled, and the error it must get.
+/// One scenario: how the event is spoiled, and the error it must get. The event then gets
+/// the id of its new content, as a forger would give it: each check below must hold on its
+/// own, not only because the id no longer matches (see `an_altered_event_is_refused`).
 fn check(name: &'static str, mangle: Mangle, expected: fn(&StreamError) -> bool) {
+    check_as(name, mangle, true, expected);
+}
+
+fn check_as(name: &'static str, mangle: Mangle, new_id: bool, expected: fn(&StreamError) -> bool) {
     run_site(move || async move {
         let stream = StreamId::from_u128(7);
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
@@ -26,6 +32,9 @@ fn check(name: &'static str, mangle: Mangle, expected: fn(&StreamError) -> bool)
 
         let mut bad = remote_event(lane, 2, 2, 20);
         mangle(&mut bad, stream);
+        if new_id {
+            bad.id = bad.content_id();
+        }
         let error = actor.send(Deliver(bad)).await.unwrap().unwrap_err();
         assert!(expected(&error), "{name}: unexpected error {error:?}");
         assert!(!error.to_string().is_empty());
@@ -41,6 +50,29 @@ async fn state(actor: &Addr<StreamActor<TrailStream>>) -> (Vec<u64>, gundb::Vect
     let view = actor.send(GetView::new()).await.unwrap().unwrap();
     let history = actor.send(History { after: None, limit: 100 }).await.unwrap().unwrap();
     (view.view.0, view.frontier, history.events)
+}
+
+/// An event changed on the way but keeping its id, and one that claims the order key of an
+/// event of another lane (same counter, time and id, so it would take its place in
+/// canonical order): neither id is its content's, so both are refused as altered.
+#[test]
+fn an_altered_event_is_refused() {
+    check_as(
+        "altered payload",
+        |e, _| e.payload = codec::encode(&21u64).unwrap(),
+        false,
+        |e| matches!(e, StreamError::IdMismatch { .. }),
+    );
+    check_as(
+        "colliding key",
+        |e, stream| {
+            let other = remote_event(remote_lane(3, stream), 1, 2, 30);
+            e.id = other.id;
+            e.timestamp_ms = other.timestamp_ms;
+        },
+        false,
+        |e| matches!(e, StreamError::IdMismatch { .. }),
+    );
 }
 
 #[test]
@@ -125,8 +157,9 @@ fn a_copy_of_a_delivered_event_is_a_duplicate() {
 }
 
 /// Only this site writes its own lane: an event claiming it from elsewhere is refused. A
-/// copy of a delivered event with its id but another time is a forgery of it, refused as
-/// an equivocation rather than taken for a harmless copy. Nothing stored changes.
+/// copy of a delivered event with its id but another time is a forgery of it: refused as
+/// altered, and with the id of its content as an equivocation, rather than taken for a
+/// harmless copy. Nothing stored changes.
 #[test]
 fn a_forged_own_lane_and_a_forged_copy_are_refused() {
     run_site(|| async {
@@ -145,7 +178,10 @@ fn a_forged_own_lane_and_a_forged_copy_are_refused() {
 
         let copy = actor.send(Deliver(remote.clone())).await.unwrap().unwrap();
         assert_eq!(copy, Delivered::Duplicate, "a true copy is a copy");
-        let forged_copy = Event { timestamp_ms: remote.timestamp_ms + 1, ..remote };
+        let mut forged_copy = Event { timestamp_ms: remote.timestamp_ms + 1, ..remote };
+        let error = actor.send(Deliver(forged_copy.clone())).await.unwrap().unwrap_err();
+        assert!(matches!(error, StreamError::IdMismatch { .. }), "its id is not its content's: {error:?}");
+        forged_copy.id = forged_copy.content_id();
         let error = actor.send(Deliver(forged_copy)).await.unwrap().unwrap_err();
         assert!(matches!(error, StreamError::Equivocation { seq: Seq(1), .. }), "{error:?}");
         assert_eq!(state(&actor).await, before, "nothing stored changed");

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{run_site, TrailStream};
-use gundb::testkit::event;
+use gundb::testkit::written_event;
 use gundb::{limits, Emit, GetView, Lane, Site, SiteId, StreamId, VectorClock};
 
 const FRAME: u64 = 500;
@@ -48,7 +48,7 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
             let events = (frame * FRAME..(frame + 1) * FRAME)
                 .map(|n| {
                     let lane = Lane::new(SiteId::from_u128(u128::from(n % 1_000) + 1), stream);
-                    event(u128::from(n) + 1, lane, n / 1_000 + 2, &[], n / 1_000 + 2, n)
+                    written_event(lane, n / 1_000 + 2, &[], n / 1_000 + 2, n)
                 })
                 .collect();
             site.receive(events).await.unwrap();
@@ -64,7 +64,7 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
 
         // One event delivered, then 1,000,000 copies of it and 100,000 equivocations.
         let lane = Lane::new(SiteId::from_u128(0xD0_0000), stream); // not one of the orphans' lanes
-        let original = event(0xD0_0001, lane, 1, &[], 1, 1);
+        let original = written_event(lane, 1, &[], 1, 1);
         site.receive(vec![original.clone()]).await.unwrap();
         let delivered: VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
         site.wait_for(&delivered).await.unwrap();
@@ -76,7 +76,8 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
             }
         }
         for frame in 0..100_000 / FRAME {
-            let forged = (0..FRAME).map(|n| event(u128::from(frame * FRAME + n) << 32, lane, 1, &[], 1, 1)).collect();
+            // Another time each: another event, with the id of its content, at (lane, 1).
+            let forged = (0..FRAME).map(|n| written_event(lane, 1, &[], 1, frame * FRAME + n + 2)).collect();
             site.receive(forged).await.unwrap();
         }
         still_serving(&site, 20_000).await;

@@ -76,6 +76,7 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
         let actor = StreamActor::<TrailStream>::open(shared, stream).unwrap().start();
         let mut early = remote_event(remote_lane(2, stream), 1, 1, 1);
         early.timestamp_ms = 2_000;
+        early.id = early.content_id();
         let early = actor.send(Deliver(early));
         settle(&actor).await;
         storage.release();
@@ -83,6 +84,7 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
         // Concurrent and written earlier: sorts before the event above, which is sent.
         let mut late = remote_event(remote_lane(3, stream), 1, 1, 2);
         late.timestamp_ms = 1_000;
+        late.id = late.content_id();
         let late = actor.send(Deliver(late));
         let (sender, mut receiver) = mpsc::channel(8);
         actor.send(Subscribe { seen: VectorClock::new(), sender }).await.unwrap().unwrap();

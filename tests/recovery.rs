@@ -113,6 +113,7 @@ fn a_commutative_stream_drops_stale_snapshots_and_recovers_late_events() {
         for seq in 1..=3 {
             let mut late = remote_event(remote, seq, seq, 100);
             late.stream_type = Adder::TYPE_NAME.into();
+            late.id = late.content_id();
             actor.send(Deliver(late)).await.unwrap().unwrap();
         }
         assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view, Sum(321));

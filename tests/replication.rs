@@ -335,6 +335,7 @@ fn an_event_refused_for_good_is_not_fetched_again_and_again() {
         let (bad_lane, good_lane) = (common::remote_lane(66, stream), common::remote_lane(77, stream));
         let mut poison = common::remote_event(bad_lane, 1, 1, 0);
         poison.payload = vec![gundb::codec::FORMAT_VERSION, 0xFF, 0xFF, 0xFF];
+        poison.id = poison.content_id();
         relay.receive(vec![poison, common::remote_event(good_lane, 1, 1, 5)]).await.unwrap();
         let (l, r) = in_process(4);
         connect(&relay, l, quiet());

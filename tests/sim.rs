@@ -217,7 +217,7 @@ impl SimSite {
     /// A local write; with `depend_on`, it also depends on everything that other stream
     /// has delivered here (a cross-stream dependency). Shown to the router (and so to
     /// peers) only once durable.
-    fn write(&mut self, stream: StreamId, number: u64, id: EventId, now_ms: u64, depend_on: Option<StreamId>) {
+    fn write(&mut self, stream: StreamId, number: u64, now_ms: u64, depend_on: Option<StreamId>) {
         let mut past = self.ledger(stream).frontier().clone();
         let extra = match depend_on {
             Some(other) if other != stream => {
@@ -229,7 +229,7 @@ impl SimSite {
         let payload = codec::encode(&number).unwrap();
         self.ledger(stream);
         let index = &self.index;
-        let stamps = std::iter::once((id, now_ms, payload));
+        let stamps = std::iter::once((now_ms, payload));
         let event =
             self.ledgers[&stream].stamp_all(&extra, stamps, |l, s| Ok(index.get(&(l, s)).copied())).unwrap().remove(0);
         self.pasts.borrow_mut().insert(event.id, past);
@@ -624,11 +624,10 @@ impl Sim {
         match self.rng.below(100) {
             0..=19 => {
                 let stream = self.streams[self.rng.index(self.streams.len())];
-                let id = EventId::from_u128(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
                 self.next_number += 1;
                 let skew = self.rng.below(5);
                 let depend_on = self.rng.chance(30).then(|| self.streams[self.rng.index(self.streams.len())]);
-                self.sites[site].write(stream, self.next_number, id, self.now_ms + skew, depend_on);
+                self.sites[site].write(stream, self.next_number, self.now_ms + skew, depend_on);
             }
             20..=29 => {
                 let acked = self.sites[site].flush();

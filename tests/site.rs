@@ -22,6 +22,7 @@ fn multi_stream_history(seed: u64, events: usize) -> Vec<Event> {
         .map(|(n, mut e)| {
             e.stream_type = "test.trail".into();
             e.payload = codec::encode(&(n as u64)).unwrap();
+            e.id = e.content_id();
             e
         })
         .collect()
@@ -160,11 +161,16 @@ fn equivocations_are_refused_and_reported_with_both_ids() {
         let all = multi_stream_history(5, 3);
         let first = all[0].clone();
         let mut forged = first.clone();
-        forged.id = gundb::EventId::from_u128(0xBAD);
         forged.payload = codec::encode(&999u64).unwrap();
         site.receive(vec![first.clone()]).await.unwrap();
         let target: VectorClock = [(first.lane, first.seq)].into_iter().collect();
         until_covers(&site, &target).await;
+        // With the first event's id, it is an altered copy: refused and counted as such.
+        site.receive(vec![forged.clone()]).await.unwrap();
+        assert_eq!(site.metrics().await.unwrap().altered, 1);
+        assert!(site.equivocations().await.unwrap().is_empty());
+        // With the id of its content, another event at the same (lane, seq).
+        forged.id = forged.content_id();
         site.receive(vec![forged.clone()]).await.unwrap();
         let reports = site.equivocations().await.unwrap();
         assert_eq!(reports.len(), 1);

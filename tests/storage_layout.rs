@@ -8,7 +8,7 @@ mod common;
 
 use actix::Actor;
 use common::{run_site, TrailStream};
-use gundb::storage::{Replicated, SledStorage, Storage, StorageError, STORAGE_FORMAT, STORAGE_FORMAT_UPGRADED};
+use gundb::storage::{Replicated, SledStorage, Storage, StorageError, STORAGE_FORMAT};
 use gundb::{Emit, LogPos, StreamActor, StreamId};
 use std::sync::Arc;
 
@@ -54,36 +54,20 @@ fn a_database_of_a_newer_format_is_refused() {
     assert!(matches!(refused, StorageError::Format { found, .. } if found == STORAGE_FORMAT + 1), "{refused:?}");
 }
 
-/// A database of format 3 (events with full clocks, which format 4 reads as they are) is
-/// opened, keeps its events, takes writes, and records format 4 durably, so a build that
-/// reads format 3 only refuses it from then on.
+/// A database of format 4 (events with random ids, which no peer of this build accepts) is
+/// refused with both formats named, like any other format.
 #[test]
-fn a_database_of_format_3_is_upgraded_in_place() {
+fn a_database_of_format_4_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let stream = StreamId::from_u128(3);
-    let open_and_emit = move |number: u64| {
-        let path = path.clone();
-        run_site(move || async move {
-            let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&path).unwrap());
-            let actor = StreamActor::<TrailStream>::open(storage, stream).unwrap().start();
-            actor.send(Emit::new(number)).await.unwrap().unwrap();
-            actor.send(gundb::GetView::new()).await.unwrap().unwrap().view.0
-        })
-    };
-    assert_eq!(open_and_emit(1), vec![1]);
-    let format_of = |path: &std::path::Path| {
-        let config = sled::Config::new().path(path).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
-        gundb::storage::open_waiting_for_lock(&config).unwrap()
-    };
+    drop(SledStorage::open(dir.path()).unwrap());
     {
-        let db = format_of(dir.path());
-        db.insert(b"gundb.format", &STORAGE_FORMAT_UPGRADED.to_be_bytes()).unwrap();
+        let config = sled::Config::new().path(dir.path()).segment_size(gundb::limits::SLED_SEGMENT_BYTES);
+        let db = gundb::storage::open_waiting_for_lock(&config).unwrap();
+        db.insert(b"gundb.format", &4u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    assert_eq!(open_and_emit(2), vec![1, 2], "the events of format 3 are read as they are");
-    let recorded = format_of(dir.path()).get(b"gundb.format").unwrap().unwrap();
-    assert_eq!(recorded.as_ref(), STORAGE_FORMAT.to_be_bytes());
+    let refused = SledStorage::open(dir.path()).expect_err("a format-4 database is refused");
+    assert!(matches!(refused, StorageError::Format { found: 4, supported: 5, .. }), "{refused:?}");
 }
 
 /// 300 streams, each written once: the database still has its two trees (sled's default

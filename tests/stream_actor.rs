@@ -192,6 +192,7 @@ fn a_stream_that_thousands_of_sites_wrote_stays_writable_after_a_reopen() {
             let mut event = remote_event(lane(site), 1, site, site);
             if site > 1 {
                 event.clock.set(lane(site - 1), Seq(1));
+                event.id = event.content_id();
             }
             event
         })

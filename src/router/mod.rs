@@ -80,7 +80,7 @@ pub struct RouterMetrics {
     /// Different events on one (lane, seq), refused.
     pub equivocations: u64,
     /// Malformed events refused (a clock without its own lane, a counter out of range, a
-    /// claim on this site's own lane).
+    /// claim on this site's own lane, an id that is not its content's).
     pub malformed: u64,
     /// Events held now, waiting for a dependency.
     pub pending: u64,
@@ -93,6 +93,10 @@ pub struct RouterMetrics {
     pub dropped_unread: u64,
     /// Events refused because they claim this site's own lane (also in `malformed`).
     pub own_lane_claims: u64,
+    /// Events refused because their id is not their content's ([`Event::content_id`]):
+    /// altered on the way, or forged to collide with another event's order key (also in
+    /// `malformed`).
+    pub altered: u64,
     /// Deliveries a stream refused for now (catch-up fetches them again).
     pub refused: u64,
     /// Stream actors alive now (passivating ones included).
@@ -269,6 +273,16 @@ impl Router {
         self.metrics.received += 1;
         if !well_formed(&event) {
             self.metrics.malformed += 1;
+            return;
+        }
+        if event.id != event.content_id() {
+            // Logged at the 1st, 2nd, 4th… as below.
+            self.metrics.malformed += 1;
+            self.metrics.altered += 1;
+            if self.metrics.altered.is_power_of_two() {
+                tracing::warn!(event = %event.id, lane = %event.lane, seq = event.seq.0, refused = self.metrics.altered,
+                    "refused an event whose id does not match its content (altered or forged)");
+            }
             return;
         }
         if event.lane.site == self.storage.site_id() {

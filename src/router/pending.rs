@@ -714,7 +714,8 @@ mod tests {
             let full = history(HistoryShape { sites, streams, events, sync_percent: 30 }, &mut rng);
             // Delta clocks name less; what is delivered first must still be the whole past.
             let all = if delta { with_delta_clocks(&full) } else { full.clone() };
-            let full_clock: HashMap<EventId, VectorClock> = full.iter().map(|e| (e.id, e.clock.clone())).collect();
+            // By lane and seq: a delta clock makes another id.
+            let full_clock: HashMap<(Lane, Seq), VectorClock> = full.iter().map(|e| ((e.lane, e.seq), e.clock.clone())).collect();
             let mut arrivals = causal_shuffle(&all, &mut rng);
             for i in (1..arrivals.len()).rev() {
                 arrivals.swap(i, rng.index(i + 1)); // any order, not only causal ones
@@ -752,7 +753,7 @@ mod tests {
             prop_assert!(p.is_empty());
             let mut seen = VectorClock::new();
             for e in &delivered {
-                for (l, s) in full_clock[&e.id].iter() {
+                for (l, s) in full_clock[&(e.lane, e.seq)].iter() {
                     let needed = if l == e.lane { Seq(s.0 - 1) } else { s };
                     prop_assert!(seen.get(l) >= needed, "{:?} delivered before its dependency on {:?}", e.id, l);
                 }

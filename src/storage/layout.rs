@@ -43,13 +43,11 @@ use super::{Replicated, StorageError};
 /// one tree with a record per event and another per index entry; version 3 is this
 /// module, with a block per lane per group commit, and events with full vector clocks;
 /// version 4 is the same layout with events whose clocks name only what their lane's
-/// previous event does not imply ([`Event::clock`]). A build that reads version 3 only
-/// would take those for full clocks, so the version changes.
-pub const STORAGE_FORMAT: u32 = 4;
-
-/// The earlier format this build opens and upgrades in place: a full clock is a valid
-/// clock of version 4 (it names more than it needs to), so only the version record changes.
-pub const STORAGE_FORMAT_UPGRADED: u32 = 3;
+/// previous event does not imply ([`Event::clock`]); version 5 is the same layout with
+/// events whose ids are hashes of their content ([`Event::content_id`]). Events of
+/// earlier versions have random ids, which every peer of protocol 8 refuses, so they
+/// cannot be kept: such a database is refused, not upgraded.
+pub const STORAGE_FORMAT: u32 = 5;
 
 /// Key of the format version in sled's default tree, beside the site id.
 pub(super) const FORMAT_KEY: &[u8] = b"gundb.format";

@@ -15,7 +15,7 @@ mod layout;
 mod memory;
 mod sled;
 
-pub use self::layout::{STORAGE_FORMAT, STORAGE_FORMAT_UPGRADED};
+pub use self::layout::STORAGE_FORMAT;
 pub use self::memory::MemoryStorage;
 #[cfg(feature = "failpoints")]
 pub use self::sled::failpoints::{Failpoints, Fault};
@@ -49,7 +49,6 @@ pub enum StorageError {
     /// read or changed.
     #[error(
         "the database in {path:?} has storage format {found}, and this build of gundb reads format {supported} only \
-         (and upgrades format 3 in place): \
          open it with the gundb release that wrote it, or move the folder aside and start this site from an \
          empty one (its peers send it everything again on catch-up)"
     )]

@@ -17,7 +17,7 @@
 //! recover what was durable.
 
 use super::blocks::Blocks;
-use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT, STORAGE_FORMAT_UPGRADED};
+use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
 use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
@@ -550,12 +550,7 @@ fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageErro
             u32::from_be_bytes(bytes)
         }
     };
-    if found == STORAGE_FORMAT_UPGRADED {
-        // Its events are valid as they are (full clocks): only the record moves on, and
-        // durably, before a write of the new format can be made.
-        db.insert(FORMAT_KEY, &STORAGE_FORMAT.to_be_bytes())?;
-        db.flush()?;
-    } else if found != STORAGE_FORMAT {
+    if found != STORAGE_FORMAT {
         return Err(StorageError::Format { path: path.to_path_buf(), found, supported: STORAGE_FORMAT });
     }
     let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;

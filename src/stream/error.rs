@@ -26,6 +26,16 @@ pub enum StreamError {
         /// The seq it claims.
         seq: Seq,
     },
+    /// The event's id is not the hash of its content ([`crate::Event::content_id`]): it
+    /// was altered on the way, or forged to take another event's place in canonical
+    /// order. Refused for good.
+    #[error("event {event} does not match its content (whose id is {content}): altered or forged")]
+    IdMismatch {
+        /// The id the event claims.
+        event: EventId,
+        /// The id its content has.
+        content: EventId,
+    },
     /// The event was written by another stream type.
     #[error("event of stream type {got:?} delivered to a stream of type {expected:?}")]
     WrongStreamType {

@@ -107,7 +107,7 @@ impl<S: Stream> Ledger<S> {
     pub fn stamp_all<F>(
         &self,
         extra: &Dependencies,
-        stamps: impl ExactSizeIterator<Item = (EventId, u64, Vec<u8>)>,
+        stamps: impl ExactSizeIterator<Item = (u64, Vec<u8>)>,
         key_at: F,
     ) -> Result<Vec<Event>, StreamError>
     where
@@ -150,19 +150,11 @@ impl<S: Stream> Ledger<S> {
         }
         let mut events = Vec::with_capacity(stamps.len());
         // Each event depends on the one before it, so each gets the next counter.
-        for (lamport, (id, timestamp_ms, payload)) in (lamport + 1..).zip(stamps) {
+        for (lamport, (timestamp_ms, payload)) in (lamport + 1..).zip(stamps) {
             debug_assert!(payload.len() <= limits::PAYLOAD_BYTES_MAX, "payloads are checked when encoded");
             let seq = clock.increment(lane);
-            events.push(Event {
-                id,
-                lane,
-                seq,
-                clock: std::mem::replace(&mut clock, [(lane, seq)].into_iter().collect()),
-                lamport,
-                timestamp_ms,
-                stream_type: S::TYPE_NAME.to_owned(),
-                payload,
-            });
+            let clock = std::mem::replace(&mut clock, [(lane, seq)].into_iter().collect());
+            events.push(Event::new(lane, seq, clock, lamport, timestamp_ms, S::TYPE_NAME.to_owned(), payload));
         }
         Ok(events)
     }
@@ -236,6 +228,10 @@ impl<S: Stream> Ledger<S> {
     }
 
     fn check_shape(&self, event: &Event) -> Result<(), StreamError> {
+        let content = event.content_id();
+        if event.id != content {
+            return Err(StreamError::IdMismatch { event: event.id, content });
+        }
         if event.lane.stream != self.stream {
             return Err(StreamError::WrongStream { expected: self.stream, got: event.lane.stream });
         }
@@ -300,8 +296,8 @@ mod tests {
         }
     }
 
-    fn write_one(ledger: &Ledger<TrailStream>, id: u128) -> Event {
-        let stamps = std::iter::once((EventId::from_u128(id), 0, codec::encode(&1u64).unwrap()));
+    fn write_one(ledger: &Ledger<TrailStream>) -> Event {
+        let stamps = std::iter::once((0, codec::encode(&1u64).unwrap()));
         ledger.stamp_all(&Dependencies::none(), stamps, |_, _| Ok(None)).unwrap().remove(0)
     }
 
@@ -323,7 +319,7 @@ mod tests {
         record_all(&mut here, &events);
         assert!(here.frontier().len() > limits::CLOCK_LANES_MAX, "a full clock could not be written");
         assert_eq!(here.heads(), &[(lane(writers), Seq(1))].into_iter().collect::<VectorClock>());
-        let written = write_one(&here, 1 << 100);
+        let written = write_one(&here);
         assert_eq!(written.clock.len(), 2, "its own lane and the head: {:?}", written.clock);
 
         // Reopened from storage: the heads come from the lanes' last events.
@@ -337,7 +333,7 @@ mod tests {
             here.lamport(),
             Fold::new(8),
         );
-        assert_eq!(write_one(&reopened, 1 << 101).clock, written.clock);
+        assert_eq!(write_one(&reopened).clock, written.clock);
     }
 
     /// A local batch: the first event names the heads, the later ones only their own lane.
@@ -347,8 +343,7 @@ mod tests {
         let other = Lane::new(SiteId::from_u128(2), stream);
         let mut here = ledger(1, stream);
         record_all(&mut here, &[crate::testkit::event(1, other, 1, &[], 1, 0)]);
-        let stamps =
-            (0..3u32).map(|n| (EventId::from_u128(10 + u128::from(n)), 0, codec::encode(&u64::from(n)).unwrap()));
+        let stamps = (0..3u32).map(|n| (0, codec::encode(&u64::from(n)).unwrap()));
         let events = here.stamp_all(&Dependencies::none(), stamps, |_, _| Ok(None)).unwrap();
         let own = here.own_lane();
         assert_eq!(events[0].clock, [(own, Seq(1)), (other, Seq(1))].into_iter().collect::<VectorClock>());
@@ -367,13 +362,15 @@ mod tests {
         let key = OrderKey { lamport: 40, timestamp_ms: 0, id: EventId::from_u128(99) };
         let stored = |lane: Lane, seq: Seq| Ok((lane == other && seq == Seq(3)).then_some(key));
         let extra = Dependencies { clock: [(other, Seq(3))].into_iter().collect(), lamport: 1_000 };
-        let stamps = std::iter::once((EventId::from_u128(1), 0, codec::encode(&1u64).unwrap()));
+        let stamps = std::iter::once((0, codec::encode(&1u64).unwrap()));
         let written = ledger(1, stream).stamp_all(&extra, stamps, stored).unwrap().remove(0);
         assert_eq!(written.lamport, 41, "the named event's counter, not the claimed 1,000");
         let there = ledger(2, stream);
         assert!(matches!(there.check(&written, stored), Ok(Check::New(1))));
         for lamport in [40, 42, 1_001] {
-            let forged = Event { lamport, ..written.clone() };
+            // A forger gives its event the id of its content: only the counter is wrong.
+            let mut forged = Event { lamport, ..written.clone() };
+            forged.id = forged.content_id();
             let refused = there.check(&forged, stored);
             assert!(matches!(refused, Err(StreamError::LamportNotNext { expected: 41, .. })), "{lamport}: {refused:?}");
         }

@@ -32,7 +32,7 @@ pub use self::passivate::Passivate;
 use self::subscribe::Subscriber;
 use crate::codec::{self, CodecError};
 use crate::event::{Dependencies, Event, OrderKey};
-use crate::id::{EventId, Lane, Seq, SiteId, StreamId};
+use crate::id::{Lane, Seq, SiteId, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::view::{Fold, Folded, Stream};
@@ -201,11 +201,10 @@ impl<S: Stream> StreamActor<S> {
         ctx: &mut Context<Self>,
     ) -> Result<Vec<Event>, StreamError> {
         let now = now_ms();
-        let stamped = self.ledger.stamp_all(
-            extra,
-            payloads.into_iter().map(|payload| (EventId::random(), now, payload)),
-            |lane, seq| self.key_at(lane, seq),
-        )?;
+        let stamped =
+            self.ledger.stamp_all(extra, payloads.into_iter().map(|payload| (now, payload)), |lane, seq| {
+                self.key_at(lane, seq)
+            })?;
         self.write(&stamped, events, ctx)?;
         Ok(stamped)
     }

@@ -41,6 +41,7 @@ pub fn remote_history(seed: u64, sites: u32, events: usize) -> (StreamId, Vec<Ev
         .map(|(n, mut event)| {
             event.stream_type = TrailStream::TYPE_NAME.to_owned();
             event.payload = codec::encode(&(n as u64)).unwrap();
+            event.id = event.content_id();
             event
         })
         .collect();
@@ -49,16 +50,9 @@ pub fn remote_history(seed: u64, sites: u32, events: usize) -> (StreamId, Vec<Ev
 
 /// A well-formed event of `lane` at `seq` with no other dependencies.
 pub fn remote_event(lane: Lane, seq: u64, lamport: u64, number: u64) -> Event {
-    Event {
-        id: gundb::EventId::random(),
-        lane,
-        seq: Seq(seq),
-        clock: [(lane, Seq(seq))].into_iter().collect(),
-        lamport,
-        timestamp_ms: 1_000 + seq,
-        stream_type: TrailStream::TYPE_NAME.to_owned(),
-        payload: codec::encode(&number).unwrap(),
-    }
+    let clock = [(lane, Seq(seq))].into_iter().collect();
+    let payload = codec::encode(&number).unwrap();
+    Event::new(lane, Seq(seq), clock, lamport, 1_000 + seq, TrailStream::TYPE_NAME.to_owned(), payload)
 }
 
 /// A lane of a site other than the storage's own.

@@ -55,6 +55,7 @@ pub fn run(data: PathBuf, acks: PathBuf) -> Result<()> {
                 event.stream_type = TrailStream::TYPE_NAME.to_owned();
                 let Ok(payload) = gundb::codec::encode(&(seq << 32)) else { return };
                 event.payload = payload;
+                event.id = event.content_id();
                 if !matches!(delivering.send(Deliver(event)).await, Ok(Ok(_))) {
                     return;
                 }

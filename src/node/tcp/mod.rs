@@ -32,10 +32,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use noise::NOISE_MESSAGE_BYTES_MAX;
 use noise::{Role, Seal, Session};
 
-/// The wire protocol version this build speaks. Version 7 encrypts links with Noise
-/// ([`noise`]); version 6 sent events whose clocks name only what their lane's previous
-/// event does not imply ([`crate::Event::clock`]).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// The wire protocol version this build speaks. Version 8 sends events whose ids are
+/// hashes of their content ([`crate::Event::content_id`]), which a version-7 peer would
+/// not check; version 7 encrypted links with Noise ([`noise`]); version 6 sent events
+/// whose clocks name only what their lane's previous event does not imply.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]
