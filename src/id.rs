@@ -47,10 +47,23 @@ macro_rules! uuid_newtype {
 }
 
 uuid_newtype!(
-    /// One replica: a process or in-process instance with its own database. Created once
-    /// and stored in that database, so it survives restarts.
+    /// One replica: a process or in-process instance with its own database. Derived from
+    /// the site's public signing key ([`SiteId::of_key`], [`crate::keys::SiteKeys`]) and
+    /// stored in its database, so it survives restarts and anyone can check that a key is
+    /// the site's.
     SiteId
 );
+
+impl SiteId {
+    /// The id of the site whose public ed25519 signing key is `key`: the first 128 bits of
+    /// its BLAKE3 hash in key-derivation mode, under a context string of its own.
+    pub fn of_key(key: &[u8; 32]) -> SiteId {
+        let hash = blake3::derive_key("gundb 2026-11 site id", key);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hash[..16]);
+        SiteId(Uuid::from_bytes(id))
+    }
+}
 uuid_newtype!(
     /// A sequence of related events, of one stream type.
     StreamId

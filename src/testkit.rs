@@ -72,6 +72,12 @@ pub fn written_event(lane: Lane, seq: u64, deps: &[(Lane, u64)], lamport: u64, t
     written
 }
 
+/// The keys of test site `n`: the same `n` is the same site (its signing key comes from
+/// `n`), with a fresh link key.
+pub fn site_keys(n: u64) -> crate::keys::SiteKeys {
+    crate::keys::SiteKeys::with_signing_seed(blake3::hash(&n.to_be_bytes()).as_bytes())
+}
+
 /// The shape of a generated history.
 #[derive(Clone, Copy, Debug)]
 pub struct HistoryShape {

@@ -10,7 +10,7 @@ use actix::Actor;
 use common::{fold, remote_history, run_site, shared, Trail, TrailStream};
 use gundb::storage::{MemoryStorage, SledStorage, Storage};
 use gundb::testkit::{causal_shuffle, Rng};
-use gundb::{sort_events, Deliver, Event, GetView, History, SiteId, StreamActor, StreamConfig, StreamId};
+use gundb::{sort_events, Deliver, Event, GetView, History, StreamActor, StreamConfig, StreamId};
 use std::sync::Arc;
 
 const ORDERS: u64 = 60;
@@ -60,7 +60,7 @@ fn check(seed: u64, storage: Arc<dyn Storage>, planted_bug: bool) -> Result<(), 
 #[test]
 fn every_causal_delivery_order_ends_in_the_canonical_view() {
     for seed in 0..ORDERS {
-        let storage = shared(MemoryStorage::new(SiteId::from_u128(1_000)));
+        let storage = shared(MemoryStorage::new(gundb::testkit::site_keys(1_000)));
         if let Err(failure) = check(seed, storage, false) {
             panic!("{failure} (replay: this seed)");
         }
@@ -80,7 +80,7 @@ fn every_causal_delivery_order_ends_in_the_canonical_view_on_sled() {
 #[test]
 fn without_the_rollback_the_check_fails() {
     let caught: u64 = (0..ORDERS)
-        .filter(|&seed| check(seed, shared(MemoryStorage::new(SiteId::from_u128(1_000))), true).is_err())
+        .filter(|&seed| check(seed, shared(MemoryStorage::new(gundb::testkit::site_keys(1_000))), true).is_err())
         .count()
         .try_into()
         .unwrap();

@@ -9,9 +9,7 @@ mod common;
 use actix::{Actor, Addr};
 use common::{remote_event, remote_lane, run_site, TrailStream};
 use gundb::storage::{MemoryStorage, Storage};
-use gundb::{
-    Decide, DecideError, Deliver, Emit, GetView, History, SiteId, StreamActor, StreamId, Subscribe, VectorClock,
-};
+use gundb::{Decide, DecideError, Deliver, Emit, GetView, History, StreamActor, StreamId, Subscribe, VectorClock};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -41,7 +39,7 @@ async fn within<T>(future: impl Future<Output = T>) -> T {
 #[test]
 fn a_write_is_not_acknowledged_or_shown_until_durable() {
     run_site(|| async {
-        let storage = Arc::new(MemoryStorage::deferred(SiteId::from_u128(1)));
+        let storage = Arc::new(MemoryStorage::deferred(gundb::testkit::site_keys(1)));
         let shared: Arc<dyn Storage> = storage.clone();
         let actor = StreamActor::<TrailStream>::open(shared, StreamId::from_u128(9)).unwrap().start();
         let (sender, mut receiver) = mpsc::channel(8);
@@ -70,7 +68,7 @@ fn a_write_is_not_acknowledged_or_shown_until_durable() {
 #[test]
 fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
     run_site(|| async {
-        let storage = Arc::new(MemoryStorage::deferred(SiteId::from_u128(1)));
+        let storage = Arc::new(MemoryStorage::deferred(gundb::testkit::site_keys(1)));
         let shared: Arc<dyn Storage> = storage.clone();
         let stream = StreamId::from_u128(9);
         let actor = StreamActor::<TrailStream>::open(shared, stream).unwrap().start();
@@ -103,7 +101,7 @@ fn a_late_event_in_flight_is_not_skipped_by_a_new_subscriber() {
 #[test]
 fn a_rejection_waits_for_the_writes_it_saw() {
     run_site(|| async {
-        let storage = Arc::new(MemoryStorage::deferred(SiteId::from_u128(1)));
+        let storage = Arc::new(MemoryStorage::deferred(gundb::testkit::site_keys(1)));
         let shared: Arc<dyn Storage> = storage.clone();
         let actor = StreamActor::<TrailStream>::open(shared, StreamId::from_u128(9)).unwrap().start();
         let emitted = actor.send(Emit::new(1));

@@ -122,7 +122,7 @@ fn blocks_read_back_like_the_reference_store() {
         let mut rng = Rng::new(seed);
         let events = history(HistoryShape { sites: 4, streams: 3, events: 400, sync_percent: 30 }, &mut rng);
         let sled = SledStorage::temporary().unwrap();
-        let memory = MemoryStorage::new(sled.site_id());
+        let memory = MemoryStorage::new(sled.keys().clone());
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let streams: Vec<StreamId> = {
             let mut streams: Vec<StreamId> = events.iter().map(|e| e.lane.stream).collect();

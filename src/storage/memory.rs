@@ -10,7 +10,7 @@ use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, 
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
-use crate::keys::LinkKey;
+use crate::keys::SiteKeys;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub struct MemoryStorage {
     site: SiteId,
-    link_key: LinkKey,
+    keys: SiteKeys,
     streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
     /// The site's log: every event as it was applied (position = index + 1).
     log: Mutex<Vec<Event>>,
@@ -99,11 +99,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryStorage {
-    /// Empty storage of site `site`, durable at once.
-    pub fn new(site: SiteId) -> Self {
+    /// Empty storage of the site `keys` are, durable at once.
+    pub fn new(keys: SiteKeys) -> Self {
         Self {
-            site,
-            link_key: LinkKey::generate(),
+            site: keys.site_id(),
+            keys,
             streams: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
             replicated: Mutex::new(HashMap::new()),
@@ -114,9 +114,10 @@ impl MemoryStorage {
         }
     }
 
-    /// Empty storage of site `site` that holds every write back until [`Self::release`].
-    pub fn deferred(site: SiteId) -> Self {
-        Self { held: Some(Mutex::new(Vec::new())), ..Self::new(site) }
+    /// Empty storage of the site `keys` are that holds every write back until
+    /// [`Self::release`].
+    pub fn deferred(keys: SiteKeys) -> Self {
+        Self { held: Some(Mutex::new(Vec::new())), ..Self::new(keys) }
     }
 
     /// Applies every held write in order and acknowledges them, as one flush would.
@@ -160,8 +161,8 @@ impl Storage for MemoryStorage {
         self.site
     }
 
-    fn link_key(&self) -> &LinkKey {
-        &self.link_key
+    fn keys(&self) -> &SiteKeys {
+        &self.keys
     }
 
     fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {

@@ -97,7 +97,7 @@ pub enum StorageError {
     /// A fault injected by the `failpoints` feature.
     #[error("injected fault: {0}")]
     Injected(&'static str),
-    /// The site's link key beside the database could not be read or made
+    /// The site's keys beside the database could not be read or made
     /// ([`crate::keys::KeyError`], as text).
     #[error("{0}")]
     Key(String),
@@ -160,9 +160,9 @@ pub trait Storage: Send + Sync + 'static {
     /// The site this database belongs to, created once and stored.
     fn site_id(&self) -> SiteId;
 
-    /// The site's link key: made once and kept beside a database on disk
-    /// ([`crate::keys::LinkKey::load_or_create`]), made anew for one in memory.
-    fn link_key(&self) -> &crate::keys::LinkKey;
+    /// The site's keys, whose signing key its id is derived from: made once and kept
+    /// beside a database on disk ([`crate::keys::SiteKeys::load_or_create`]).
+    fn keys(&self) -> &crate::keys::SiteKeys;
 
     /// Claims `stream` for one stream actor until [`Storage::release_stream`].
     ///

@@ -22,7 +22,7 @@ use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, 
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
-use crate::keys::LinkKey;
+use crate::keys::SiteKeys;
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -90,7 +90,7 @@ pub struct SledStorage {
     /// Every stream's records, as key prefixes.
     data: sled::Tree,
     site: SiteId,
-    link_key: LinkKey,
+    keys: SiteKeys,
     /// Streams opened whose type is not stored yet: it is written with their first event,
     /// by the writer, rather than by the opening actor (a sled write waits for a running
     /// flush). An entry lives from `open_stream` to that stream's first append or release.
@@ -310,8 +310,7 @@ impl SledStorage {
                 .flush_every_ms(None)
                 .segment_size(limits::SLED_SEGMENT_BYTES),
         )?;
-        let site = load_or_create_site(&db, &path)?;
-        let link_key = LinkKey::load_or_create(&path)?;
+        let (site, keys) = load_or_create_site(&db, &path)?;
         let data = db.open_tree(DATA_TREE)?;
         let mut fsync = match config.durability {
             Durability::Fsync => Some(Fsync::new(&path)?),
@@ -355,7 +354,7 @@ impl SledStorage {
         Ok(Self {
             data,
             site,
-            link_key,
+            keys,
             new_types: Mutex::new(HashMap::new()),
             ops,
             writer: Some(writer),
@@ -522,22 +521,26 @@ impl Fsync {
     }
 }
 
-/// Reads the site id of an existing database after checking its storage format, or
-/// creates both for an empty one.
-fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageError> {
+/// The site id and keys of the database in `path`: for an existing database, after checking
+/// its storage format (a refused database is left as it was, no key made) and that the keys
+/// beside it are the ones its id was derived from; for an empty one, the keys are made
+/// first, then the format and the id derived from them are recorded, durably.
+fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<(SiteId, SiteKeys), StorageError> {
     let format = db.get(FORMAT_KEY)?;
     let Some(bytes) = db.get(SITE_ID_KEY)? else {
         if format.is_some() {
             return Err(StorageError::Corrupt("a storage format is recorded but no site id".into()));
         }
-        let site = SiteId::random();
+        // Keys before the id: a crash between leaves keys that the next open derives from.
+        let keys = SiteKeys::load_or_create(path)?;
+        let site = keys.site_id();
         let mut batch = sled::Batch::default();
         batch.insert(FORMAT_KEY, &STORAGE_FORMAT.to_be_bytes());
         batch.insert(SITE_ID_KEY, site.as_uuid().as_bytes());
         db.apply_batch(batch)?;
         // A site id is created once: make it durable before anything can depend on it.
         db.flush()?;
-        return Ok(site);
+        return Ok((site, keys));
     };
     // Version 1 recorded no format: a site id without one is a version-1 database.
     let found = match format {
@@ -554,7 +557,16 @@ fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<SiteId, StorageErro
         return Err(StorageError::Format { path: path.to_path_buf(), found, supported: STORAGE_FORMAT });
     }
     let uuid = uuid::Uuid::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("site id: {e}")))?;
-    Ok(SiteId(uuid))
+    let keys = SiteKeys::load_or_create(path)?;
+    if keys.site_id() != SiteId(uuid) {
+        return Err(StorageError::Corrupt(format!(
+            "the signing key in {path:?} is site {}'s, not this database's site {uuid}: put back the key file \
+             {} this database was made with",
+            keys.site_id(),
+            crate::keys::SIGNING_KEY_FILE
+        )));
+    }
+    Ok((SiteId(uuid), keys))
 }
 
 /// Opens `config`'s database, waiting up to [`limits::SLED_LOCK_WAIT`] for its file lock.
@@ -613,8 +625,8 @@ impl Storage for SledStorage {
         self.site
     }
 
-    fn link_key(&self) -> &LinkKey {
-        &self.link_key
+    fn keys(&self) -> &SiteKeys {
+        &self.keys
     }
 
     fn claim_stream(&self, stream: StreamId) -> Result<(), StorageError> {
@@ -1086,12 +1098,24 @@ mod tests {
     fn the_site_id_and_link_key_are_created_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let first = SledStorage::open(dir.path()).unwrap();
-        let (site, key) = (first.site_id(), *first.link_key().public());
+        let (site, key) = (first.site_id(), *first.keys().link().public());
+        assert_eq!(site, first.keys().site_id(), "the site id is its signing key's");
         drop(first);
         let again = SledStorage::open(dir.path()).unwrap();
-        assert_eq!((again.site_id(), *again.link_key().public()), (site, key));
+        assert_eq!((again.site_id(), *again.keys().link().public()), (site, key));
         let other = SledStorage::temporary().unwrap();
         assert_ne!(other.site_id(), site);
-        assert_ne!(*other.link_key().public(), key);
+        assert_ne!(*other.keys().link().public(), key);
+    }
+
+    /// A database opened with another site's signing key beside it (a key file copied
+    /// over, or lost and made anew) is refused: it would sign as a site it is not.
+    #[test]
+    fn a_database_with_another_sites_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStorage::open(dir.path()).unwrap());
+        std::fs::remove_file(dir.path().join(crate::keys::SIGNING_KEY_FILE)).unwrap();
+        let refused = SledStorage::open(dir.path()).err().unwrap();
+        assert!(matches!(&refused, StorageError::Corrupt(why) if why.contains("signing key")), "{refused}");
     }
 }

@@ -248,7 +248,7 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
                 let mut wire = framed(Watched::new(socket));
-                let key = site.storage().link_key();
+                let key = site.storage().keys().link();
                 let handshake = noise::handshake(&mut wire, Role::Listener, site.id(), key, &secret);
                 let handshake = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await;
                 drop(permit);
@@ -285,7 +285,7 @@ async fn dial_watched(
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(Watched::new(TcpStream::connect(addr).await?));
-    let handshake = noise::handshake(&mut wire, Role::Dialer, site.id(), site.storage().link_key(), secret);
+    let handshake = noise::handshake(&mut wire, Role::Dialer, site.id(), site.storage().keys().link(), secret);
     let session = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
