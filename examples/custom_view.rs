@@ -6,9 +6,7 @@
 
 use actix::Actor;
 use gundb::storage::SledStorage;
-use gundb::{
-    codec, Deliver, Emit, Event, EventId, EventMeta, GetView, Lane, Seq, SiteId, Stream, StreamActor, StreamId, View,
-};
+use gundb::{codec, Deliver, Emit, Event, EventMeta, GetView, Lane, Seq, SiteId, Stream, StreamActor, StreamId, View};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -43,16 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Written at another site at the same time as our first line (lamport 1, earlier
     // timestamp), delivered only now: it sorts first, so the view is rebuilt.
     let remote = Lane::new(SiteId::from_u128(0xB), stream);
-    let late = Event {
-        id: EventId::random(),
-        lane: remote,
-        seq: Seq(1),
-        clock: [(remote, Seq(1))].into_iter().collect(),
-        lamport: 1,
-        timestamp_ms: 0,
-        stream_type: Chat::TYPE_NAME.into(),
-        payload: codec::encode(&Said("remote: hi from site B".into()))?,
-    };
+    let clock = [(remote, Seq(1))].into_iter().collect();
+    let payload = codec::encode(&Said("remote: hi from site B".into()))?;
+    let late = Event::new(remote, Seq(1), clock, 1, 0, Chat::TYPE_NAME.into(), payload);
     chat.send(Deliver(late)).await??;
 
     for line in chat.send(GetView::new()).await??.view.0 {

@@ -143,6 +143,16 @@ pub fn encode_run_item<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Code
     Ok(out)
 }
 
+/// Appends `value`'s encoding to a run being built (as [`encode_run_item`] would encode it,
+/// without the allocation): for a run whose items are written in parts.
+///
+/// # Errors
+/// As [`encode_run_item`].
+pub fn push_run_item<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(())
+}
+
 /// A run: the version byte, then items from [`encode_run_item`] one after another.
 pub fn join_run<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];

@@ -48,6 +48,10 @@ pub struct Event {
     pub stream_type: String,
     /// The application's event, encoded by [`crate::codec`].
     pub payload: Vec<u8>,
+    /// The number of its site's [`crate::attest::Attestation`] that covers it: 0 until its
+    /// site's storage writes it and signs. Not part of its content: where it is signed,
+    /// not what.
+    pub attestation: u64,
 }
 
 /// Where an event sorts in its stream's canonical order. Field order is sort order.
@@ -96,14 +100,24 @@ impl Event {
         stream_type: String,
         payload: Vec<u8>,
     ) -> Self {
-        let mut event =
-            Event { id: EventId::from_u128(0), lane, seq, clock, lamport, timestamp_ms, stream_type, payload };
+        let mut event = Event {
+            id: EventId::from_u128(0),
+            lane,
+            seq,
+            clock,
+            lamport,
+            timestamp_ms,
+            stream_type,
+            payload,
+            attestation: 0,
+        };
         event.id = event.content_id();
         event
     }
 
     /// The id an event with this content has: the first 128 bits of a BLAKE3 hash (in
-    /// key-derivation mode, under a context string of its own) of every other field. The
+    /// key-derivation mode, under a context string of its own) of every other field but
+    /// [`Event::attestation`]. The
     /// fields are fed to the hash one by one, each fixed-size or prefixed by its length,
     /// rather than through [`crate::codec`]: ids must not change when the codec does.
     pub fn content_id(&self) -> EventId {

@@ -9,6 +9,7 @@
 //! site's link key). [`limits`] holds every bound; [`testkit`] generates
 //! seeded histories for tests and benchmarks.
 
+pub mod attest;
 pub mod clock;
 pub mod codec;
 pub mod doc;
@@ -28,6 +29,7 @@ pub mod stream;
 pub mod testkit;
 pub mod view;
 
+pub use attest::Attestation;
 pub use clock::{Causality, VectorClock};
 pub use error::Error;
 pub use event::{Dependencies, Event, EventMeta, OrderKey};

@@ -154,6 +154,11 @@ pub const REPLAY_PAGE_MAX: usize = 4_096;
 /// router's memory does not grow with the lanes stored.
 pub const ROUTER_LANES_CACHED: usize = 65_536;
 
+/// Attestations the router keeps checked, per generation (two are kept): those of the
+/// recent group commits of every site it hears from. Each is up to a few KiB (16 bytes per
+/// event it covers); an event whose attestation is not kept is checked against storage.
+pub const ROUTER_ATTESTATIONS_CACHED: usize = 1_024;
+
 /// Events the router holds while their dependencies are missing. Past it, arrivals are
 /// dropped and counted; catch-up fetches them again, so a partitioned peer cannot run us
 /// out of memory.

@@ -66,12 +66,11 @@ pub enum OrderError {
 ///
 /// # Examples
 /// ```
-/// use gundb::{sort_events, Event, EventId, Lane, Seq, SiteId, StreamId, VectorClock};
+/// use gundb::{sort_events, Event, Lane, Seq, SiteId, StreamId, VectorClock};
 /// let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
 /// let event = |n: u64| {
 ///     let clock: VectorClock = [(lane, Seq(n))].into_iter().collect();
-///     Event { id: EventId::from_u128(n.into()), lane, seq: Seq(n), clock, lamport: n,
-///             timestamp_ms: 0, stream_type: "demo".into(), payload: vec![] }
+///     Event::new(lane, Seq(n), clock, n, 0, "demo".into(), vec![])
 /// };
 /// let sorted = sort_events(vec![event(2), event(1), event(3)])?;
 /// assert_eq!(sorted.iter().map(|e| e.seq.0).collect::<Vec<_>>(), [1, 2, 3]);

@@ -4,6 +4,7 @@
 //! A thin handle: every operation is a message to the router actor, so a `Site` must be
 //! opened inside a running actix `System`, and clones of it share one router.
 
+use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::handle::StreamHandle;
@@ -182,13 +183,15 @@ impl Site {
         Ok(self.router.send(GetMetrics).await?)
     }
 
-    /// Takes events from another site: each is delivered once everything it depends on
-    /// is, whatever order they come in.
+    /// Takes events from other sites, with the attestations that cover them (their
+    /// sites' signatures, [`crate::attest`]): each event an attestation of its lane's site
+    /// vouches for is delivered once everything it depends on is, whatever order they come
+    /// in; the others are refused and counted ([`RouterMetrics::unattested`]).
     ///
     /// # Errors
     /// The router is gone.
-    pub async fn receive(&self, events: Vec<Event>) -> Result<(), SiteError> {
-        Ok(self.router.send(Receive(events)).await?)
+    pub async fn receive(&self, events: Vec<Event>, attestations: Vec<Attestation>) -> Result<(), SiteError> {
+        Ok(self.router.send(Receive { events, attestations }).await?)
     }
 
     /// The peers with a live direct link to this site.

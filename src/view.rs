@@ -290,6 +290,7 @@ mod tests {
             timestamp_ms: 0,
             stream_type: "t".into(),
             payload: codec::encode(&0u32).unwrap(),
+            attestation: 0,
         };
         let mut fold = Fold::<TrailStream>::new(1);
         let first = event(1, 2);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{run_site, TrailStream};
-use gundb::testkit::written_event;
+use gundb::testkit::{self, written_event};
 use gundb::{limits, Emit, GetView, Lane, Site, SiteId, StreamId, VectorClock};
 
 const FRAME: u64 = 500;
@@ -42,16 +42,21 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
         site.register::<TrailStream>().await.unwrap();
         let stream = StreamId::named("flood");
 
-        // 1,000,000 events on 1,000 lanes whose first event never comes.
+        // 1,000,000 events on 1,000 lanes (10 sites, 100 streams) whose first event never
+        // comes, each frame signed by the sites that wrote it.
         let orphans = 1_000_000u64;
+        let writers: Vec<SiteId> = (1..=10).map(testkit::site).collect();
+        let lanes: Vec<Lane> = (0..1_000u64)
+            .map(|l| Lane::new(writers[usize::try_from(l % 10).unwrap()], StreamId::from_u128(u128::from(l / 10) + 1)))
+            .collect();
         for frame in 0..orphans / FRAME {
-            let events = (frame * FRAME..(frame + 1) * FRAME)
+            let mut events: Vec<_> = (frame * FRAME..(frame + 1) * FRAME)
                 .map(|n| {
-                    let lane = Lane::new(SiteId::from_u128(u128::from(n % 1_000) + 1), stream);
-                    written_event(lane, n / 1_000 + 2, &[], n / 1_000 + 2, n)
+                    written_event(lanes[usize::try_from(n % 1_000).unwrap()], n / 1_000 + 2, &[], n / 1_000 + 2, n)
                 })
                 .collect();
-            site.receive(events).await.unwrap();
+            let attestations = testkit::attest(&mut events);
+            site.receive(events, attestations).await.unwrap();
             if frame % 256 == 0 {
                 still_serving(&site, frame).await;
             }
@@ -63,22 +68,26 @@ fn a_flood_of_orphans_copies_and_equivocations_stays_within_bounds() {
         assert_eq!(metrics.dropped_on_overflow, orphans - limits::PENDING_EVENTS_MAX as u64, "the rest was dropped");
 
         // One event delivered, then 1,000,000 copies of it and 100,000 equivocations.
-        let lane = Lane::new(SiteId::from_u128(0xD0_0000), stream); // not one of the orphans' lanes
-        let original = written_event(lane, 1, &[], 1, 1);
-        site.receive(vec![original.clone()]).await.unwrap();
+        let lane = Lane::new(testkit::site(11), stream); // not one of the orphans' lanes
+        let mut original = written_event(lane, 1, &[], 1, 1);
+        let attestations = testkit::attest(std::slice::from_mut(&mut original));
+        site.receive(vec![original.clone()], attestations).await.unwrap();
         let delivered: VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
         site.wait_for(&delivered).await.unwrap();
         let before = site.metrics().await.unwrap();
         for frame in 0..1_000_000 / FRAME {
-            site.receive(vec![original.clone(); usize::try_from(FRAME).unwrap()]).await.unwrap();
+            site.receive(vec![original.clone(); usize::try_from(FRAME).unwrap()], Vec::new()).await.unwrap();
             if frame % 256 == 0 {
                 still_serving(&site, 10_000 + frame).await;
             }
         }
         for frame in 0..100_000 / FRAME {
-            // Another time each: another event, with the id of its content, at (lane, 1).
-            let forged = (0..FRAME).map(|n| written_event(lane, 1, &[], 1, frame * FRAME + n + 2)).collect();
-            site.receive(forged).await.unwrap();
+            // Another time each: another event, with the id of its content, at (lane, 1),
+            // signed by the lane's site (one that equivocates).
+            let mut forged: Vec<_> =
+                (0..FRAME).map(|n| written_event(lane, 1, &[], 1, frame * FRAME + n + 2)).collect();
+            let attestations = testkit::attest(&mut forged);
+            site.receive(forged, attestations).await.unwrap();
         }
         still_serving(&site, 20_000).await;
         let after = site.metrics().await.unwrap();

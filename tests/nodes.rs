@@ -243,6 +243,7 @@ fn hostile_bytes_close_their_connection_and_the_node_keeps_serving() {
         after: gundb::LogPos(0),
         last: gundb::LogPos(1),
         events: vec![event],
+        attestations: Vec::new(),
     })
     .unwrap();
     let mut unauthenticated = u32::try_from(frame.len()).unwrap().to_be_bytes().to_vec();

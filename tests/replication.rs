@@ -309,7 +309,8 @@ fn an_overflowing_buffer_is_refilled_by_catch_up() {
             actor.send(gundb::History { after: None, limit: 100 }).await.unwrap().unwrap().events
         };
         events.reverse();
-        small.receive(events).await.unwrap();
+        let attestations = common::stored_attestations(&source, &events);
+        small.receive(events, attestations).await.unwrap();
         let metrics = small.metrics().await.unwrap();
         // 40..=37 wait in the buffer, 36..=2 find it full, and 1 is deliverable at once.
         assert_eq!(metrics.dropped_on_overflow, 35, "{metrics:?}");
@@ -336,14 +337,18 @@ fn an_event_refused_for_good_is_not_fetched_again_and_again() {
         let mut poison = common::remote_event(bad_lane, 1, 1, 0);
         poison.payload = vec![gundb::codec::FORMAT_VERSION, 0xFF, 0xFF, 0xFF];
         poison.id = poison.content_id();
-        relay.receive(vec![poison, common::remote_event(good_lane, 1, 1, 5)]).await.unwrap();
+        let mut first = vec![poison, common::remote_event(good_lane, 1, 1, 5)];
+        let attestations = gundb::testkit::attest(&mut first);
+        relay.receive(first, attestations).await.unwrap();
         let (l, r) = in_process(4);
         connect(&relay, l, quiet());
         connect(&reader, r, quiet());
         let good: VectorClock = [(good_lane, gundb::Seq(1))].into_iter().collect();
         until_covers(&reader, &good).await;
         // Another round trip, during which a retry loop would refuse the poison many times.
-        relay.receive(vec![common::remote_event(good_lane, 2, 2, 6)]).await.unwrap();
+        let mut second = vec![common::remote_event(good_lane, 2, 2, 6)];
+        let attestations = gundb::testkit::attest(&mut second);
+        relay.receive(second, attestations).await.unwrap();
         let good: VectorClock = [(good_lane, gundb::Seq(2))].into_iter().collect();
         until_covers(&reader, &good).await;
         assert_eq!(reader.metrics().await.unwrap().refused, 1);

@@ -6,17 +6,17 @@
 
 mod common;
 
-use common::{fold, run_site, Trail, TrailStream};
-use gundb::testkit::{history, HistoryShape, Rng};
-use gundb::{codec, sort_events, Emit, Event, GetView, Site, StreamId, VectorClock};
+use common::{fold, run_site, stored_attestations, Trail, TrailStream};
+use gundb::testkit::{attest, history, HistoryShape, Rng};
+use gundb::{codec, sort_events, Attestation, Emit, Event, GetView, Site, StreamId, VectorClock};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// A history over several streams (with cross-stream dependencies), as `TrailStream`
-/// events numbered in write order.
-fn multi_stream_history(seed: u64, events: usize) -> Vec<Event> {
+/// events numbered in write order, with their sites' attestations.
+fn multi_stream_history(seed: u64, events: usize) -> (Vec<Event>, Vec<Attestation>) {
     let mut rng = Rng::new(seed);
-    history(HistoryShape { sites: 3, streams: 3, events, sync_percent: 30 }, &mut rng)
+    let mut all: Vec<Event> = history(HistoryShape { sites: 3, streams: 3, events, sync_percent: 30 }, &mut rng)
         .into_iter()
         .enumerate()
         .map(|(n, mut e)| {
@@ -25,7 +25,9 @@ fn multi_stream_history(seed: u64, events: usize) -> Vec<Event> {
             e.id = e.content_id();
             e
         })
-        .collect()
+        .collect();
+    let attestations = attest(&mut all);
+    (all, attestations)
 }
 
 /// Every stored event of every stream of a site, read straight from its storage: what a
@@ -62,7 +64,7 @@ async fn until_covers(site: &Site, target: &VectorClock) {
 fn a_site_delivers_any_arrival_order_causally() {
     for seed in 0..10u64 {
         run_site(move || async move {
-            let all = multi_stream_history(seed, 150);
+            let (all, attestations) = multi_stream_history(seed, 150);
             let site = Site::temporary().unwrap();
             site.register::<TrailStream>().await.unwrap();
             let mut rng = Rng::new(seed);
@@ -72,7 +74,7 @@ fn a_site_delivers_any_arrival_order_causally() {
                 arrivals.swap(i, rng.index(i + 1));
             }
             for chunk in arrivals.chunks(7) {
-                site.receive(chunk.to_vec()).await.unwrap();
+                site.receive(chunk.to_vec(), attestations.clone()).await.unwrap();
             }
             let target: VectorClock = all.iter().map(|e| (e.lane, e.seq)).collect();
             until_covers(&site, &target).await;
@@ -97,9 +99,9 @@ fn a_site_delivers_any_arrival_order_causally() {
 #[test]
 fn unregistered_types_are_stored_and_folded_once_registered() {
     run_site(|| async {
-        let all = multi_stream_history(3, 60);
+        let (all, attestations) = multi_stream_history(3, 60);
         let relay = Site::temporary().unwrap();
-        relay.receive(all.clone()).await.unwrap();
+        relay.receive(all.clone(), attestations).await.unwrap();
         let target: VectorClock = all.iter().map(|e| (e.lane, e.seq)).collect();
         until_covers(&relay, &target).await;
         assert_eq!(stored_events(&relay).len(), all.len());
@@ -107,7 +109,8 @@ fn unregistered_types_are_stored_and_folded_once_registered() {
         // A third site learns everything from the relay alone.
         let reader = Site::temporary().unwrap();
         reader.register::<TrailStream>().await.unwrap();
-        reader.receive(stored_events(&relay)).await.unwrap();
+        let relayed = stored_events(&relay);
+        reader.receive(relayed.clone(), stored_attestations(&relay, &relayed)).await.unwrap();
         until_covers(&reader, &target).await;
         let stream = all[0].lane.stream;
         let events: Vec<Event> = all.iter().filter(|e| e.lane.stream == stream).cloned().collect();
@@ -132,11 +135,13 @@ fn three_sites_converge_after_swapping_their_events() {
         }
         let mut rng = Rng::new(9);
         let mut everything: Vec<Event> = sites.iter().flat_map(stored_events).collect();
+        let attestations: Vec<Attestation> =
+            sites.iter().flat_map(|site| stored_attestations(site, &stored_events(site))).collect();
         for i in (1..everything.len()).rev() {
             everything.swap(i, rng.index(i + 1));
         }
         for site in &sites {
-            site.receive(everything.clone()).await.unwrap();
+            site.receive(everything.clone(), attestations.clone()).await.unwrap();
         }
         let target: VectorClock = everything.iter().map(|e| (e.lane, e.seq)).collect();
         for site in &sites {
@@ -158,20 +163,22 @@ fn equivocations_are_refused_and_reported_with_both_ids() {
     run_site(|| async {
         let site = Site::temporary().unwrap();
         site.register::<TrailStream>().await.unwrap();
-        let all = multi_stream_history(5, 3);
+        let (all, attestations) = multi_stream_history(5, 3);
         let first = all[0].clone();
         let mut forged = first.clone();
         forged.payload = codec::encode(&999u64).unwrap();
-        site.receive(vec![first.clone()]).await.unwrap();
+        site.receive(vec![first.clone()], attestations).await.unwrap();
         let target: VectorClock = [(first.lane, first.seq)].into_iter().collect();
         until_covers(&site, &target).await;
         // With the first event's id, it is an altered copy: refused and counted as such.
-        site.receive(vec![forged.clone()]).await.unwrap();
+        site.receive(vec![forged.clone()], Vec::new()).await.unwrap();
         assert_eq!(site.metrics().await.unwrap().altered, 1);
         assert!(site.equivocations().await.unwrap().is_empty());
-        // With the id of its content, another event at the same (lane, seq).
+        // With the id of its content and signed by the lane's site (one that equivocates),
+        // another event at the same (lane, seq).
         forged.id = forged.content_id();
-        site.receive(vec![forged.clone()]).await.unwrap();
+        let signed = attest(std::slice::from_mut(&mut forged));
+        site.receive(vec![forged.clone()], signed).await.unwrap();
         let reports = site.equivocations().await.unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].kept, reports[0].rejected), (first.id, forged.id));
@@ -192,7 +199,7 @@ fn an_event_claiming_this_sites_own_lane_is_refused() {
         let own = gundb::Lane::new(site.id(), stream);
         let handle = site.stream::<TrailStream>(stream).await.unwrap();
         handle.send(Emit::new(1)).await.unwrap().unwrap();
-        site.receive(vec![common::remote_event(own, 2, 2, 666)]).await.unwrap();
+        site.receive(vec![common::remote_event(own, 2, 2, 666)], Vec::new()).await.unwrap();
         let metrics = site.metrics().await.unwrap();
         assert_eq!((metrics.malformed, metrics.own_lane_claims), (1, 1));
         let next = handle.send(Emit::new(2)).await.unwrap().unwrap();

@@ -54,8 +54,8 @@ fn a_database_of_a_newer_format_is_refused() {
     assert!(matches!(refused, StorageError::Format { found, .. } if found == STORAGE_FORMAT + 1), "{refused:?}");
 }
 
-/// A database of format 4 (events with random ids, which no peer of this build accepts) is
-/// refused with both formats named, like any other format.
+/// A database of format 4 (events with random ids and unsigned, which no peer of this build
+/// accepts) is refused with both formats named, like any other format.
 #[test]
 fn a_database_of_format_4_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +67,7 @@ fn a_database_of_format_4_is_refused() {
         db.flush().unwrap();
     }
     let refused = SledStorage::open(dir.path()).expect_err("a format-4 database is refused");
-    assert!(matches!(refused, StorageError::Format { found: 4, supported: 5, .. }), "{refused:?}");
+    assert!(matches!(refused, StorageError::Format { found: 4, supported: 6, .. }), "{refused:?}");
 }
 
 /// 300 streams, each written once: the database still has its two trees (sled's default

@@ -34,6 +34,7 @@ pub mod transport;
 pub use self::sink::{HoldsPeerLog, SinkNode};
 pub use self::source::SourceNode;
 
+use crate::attest::Attestation;
 use crate::event::Event;
 use crate::id::{LogPos, SiteId};
 use crate::router::{FrontierAdvanced, Listen};
@@ -83,6 +84,8 @@ pub enum Frame {
         last: LogPos,
         /// The events.
         events: Vec<Event>,
+        /// The attestations covering them: their sites' signatures, each once.
+        attestations: Vec<Attestation>,
     },
     /// The receiver's log is durable at the sender up to `upto`.
     Ack {

@@ -278,7 +278,7 @@ impl Handler<Got> for SinkNode {
     type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, Got(frame): Got, _: &mut Context<Self>) -> Self::Result {
-        let (events, id) = match frame {
+        let ((events, attestations), id) = match frame {
             Frame::Hello { site, heard, head } => return Box::pin(fut::ready(self.hello(site, heard, head))),
             Frame::Want { epoch, after, filter } => {
                 self.source.do_send(FromPeer::Want { epoch, after, filter });
@@ -288,15 +288,15 @@ impl Handler<Got> for SinkNode {
                 self.source.do_send(FromPeer::Ack(upto));
                 return Box::pin(fut::ready(true));
             }
-            Frame::Events { epoch, after, last, events } => match self.events(epoch, after, last) {
-                Ok(Some(id)) => (events, id),
+            Frame::Events { epoch, after, last, events, attestations } => match self.events(epoch, after, last) {
+                Ok(Some(id)) => ((events, attestations), id),
                 Ok(None) => return Box::pin(fut::ready(true)),
                 Err(()) => return Box::pin(fut::ready(false)),
             },
         };
         let target = durable_target(&events);
         let (site, router) = (self.site.clone(), self.site.router().clone());
-        let handed = async move { site.receive(events).await.is_ok() };
+        let handed = async move { site.receive(events, attestations).await.is_ok() };
         Box::pin(handed.into_actor(self).map(move |handed, sink, ctx| {
             if handed {
                 let durable = router.send(WaitFor(target));

@@ -11,8 +11,11 @@ use crate::id::{LogPos, SiteId};
 use crate::limits;
 use crate::router::{BatchSent, FrontierAdvanced};
 use crate::site::Site;
+use crate::storage::StorageError;
 use crate::stream::clock_ms;
 use actix::prelude::*;
+use std::collections::HashSet;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Sends to one peer.
@@ -83,13 +86,42 @@ impl SourceNode {
                 return;
             }
         };
-        let (events, last) = fill_frame(page.events, after, |event, pos| {
-            Some(event.lane.site) != self.peer && self.filter.sends(event.lane.site, pos)
+        let storage = Arc::clone(self.site.storage());
+        let mut attestations = Vec::new();
+        let mut carried = HashSet::new();
+        let mut unread = None;
+        let sends = |event: &Event, pos| Some(event.lane.site) != self.peer && self.filter.sends(event.lane.site, pos);
+        let (events, last) = fill_frame(page.events, after, sends, |event| {
+            if unread.is_some() || !carried.insert((event.lane.site, event.attestation)) {
+                return 0;
+            }
+            match storage.attestation(event.lane.site, event.attestation) {
+                Ok(Some(attestation)) => {
+                    let size = attestation.size();
+                    attestations.push(attestation);
+                    size
+                }
+                Ok(None) => {
+                    unread.get_or_insert(StorageError::Corrupt(format!(
+                        "event {} of {} names attestation {} of its site, which is not stored",
+                        event.id, event.lane, event.attestation
+                    )));
+                    0
+                }
+                Err(error) => {
+                    unread.get_or_insert(error);
+                    0
+                }
+            }
         });
+        if let Some(error) = unread {
+            tracing::error!(%error, %after, "reading the attestations of a frame failed; trying again later");
+            return;
+        }
         if last == after {
             return; // nothing new: the router's next notice says when there is
         }
-        let frame = Frame::Events { epoch: self.epoch, after, last, events };
+        let frame = Frame::Events { epoch: self.epoch, after, last, events, attestations };
         let bytes = match codec::encode_frame(&frame) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -130,17 +162,23 @@ impl SourceNode {
 }
 
 /// The frame that follows `after`: the page's events that `sends` lets through (given
-/// each event and its position), cut at [`limits::CATCHUP_BATCH_BYTES`] of payload (after
-/// the event that fills it). Returns the events kept and the position of the last event
-/// covered.
-fn fill_frame(page: Vec<Event>, after: LogPos, sends: impl Fn(&Event, LogPos) -> bool) -> (Vec<Event>, LogPos) {
+/// each event and its position), cut at [`limits::CATCHUP_BATCH_BYTES`] of payload and
+/// attestations (after the event that fills it; `attestation` gives the bytes of an event's
+/// attestation when the frame does not carry it yet, else 0). Returns the events kept and
+/// the position of the last event covered.
+fn fill_frame(
+    page: Vec<Event>,
+    after: LogPos,
+    sends: impl Fn(&Event, LogPos) -> bool,
+    mut attestation: impl FnMut(&Event) -> usize,
+) -> (Vec<Event>, LogPos) {
     let mut events = Vec::new();
     let mut bytes = 0;
     let mut last = after;
     for event in page {
         last = LogPos(last.0 + 1);
         if sends(&event, last) {
-            bytes += event.payload.len() + event.clock.len() * 48 + 128;
+            bytes += event.payload.len() + event.clock.len() * 48 + 128 + attestation(&event);
             events.push(event);
         }
         if bytes >= limits::CATCHUP_BATCH_BYTES {
@@ -262,7 +300,7 @@ mod tests {
             .into_iter()
             .map(|(site, seq)| crate::testkit::event(u128::from(seq), Lane::new(site, stream), seq, &[], seq, 0))
             .collect();
-        let (events, last) = fill_frame(page, LogPos(10), |event, _| event.lane.site != theirs);
+        let (events, last) = fill_frame(page, LogPos(10), |event, _| event.lane.site != theirs, |_| 0);
         assert_eq!(last, LogPos(13), "three positions covered");
         assert_eq!(
             events.iter().map(|e| (e.lane.site, e.seq)).collect::<Vec<_>>(),

@@ -1,6 +1,7 @@
 //! The router's messages and their handlers.
 
 use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics, Waiter};
+use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
@@ -105,10 +106,16 @@ impl Router {
     }
 }
 
-/// Events from another site (a sink node's delivery). Answered once the router's backlog
-/// (events held, or queued for their streams) is back within its bound: a sink that waits
-/// for the answer before reading its next frame passes the backpressure to the peer.
-pub struct Receive(pub Vec<Event>);
+/// Events from another site (a sink node's delivery), with the attestations that cover
+/// them. Answered once the router's backlog (events held, or queued for their streams) is
+/// back within its bound: a sink that waits for the answer before reading its next frame
+/// passes the backpressure to the peer.
+pub struct Receive {
+    /// The events.
+    pub events: Vec<Event>,
+    /// Their sites' attestations.
+    pub attestations: Vec<Attestation>,
+}
 
 impl Message for Receive {
     type Result = ();
@@ -117,8 +124,9 @@ impl Message for Receive {
 impl Handler<Receive> for Router {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, Receive(events): Receive, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Receive { events, attestations }: Receive, ctx: &mut Context<Self>) -> Self::Result {
         self.metrics.batches_received += 1;
+        self.check_attestations(attestations);
         for event in events {
             self.receive(event);
             // Delivered one by one, so that the next event of a lane finds its predecessor

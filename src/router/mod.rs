@@ -7,12 +7,14 @@
 //! [`Pending`] is its pure core, the causal buffer; the [`Router`] actor is a thin shell
 //! that feeds it and routes what it releases.
 
+mod attested;
 mod lanes;
 mod live;
 mod messages;
 mod outbox;
 mod pending;
 
+use self::attested::{Attested, Refused};
 use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
@@ -23,6 +25,7 @@ pub use self::messages::{
 };
 pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats, Stored};
 
+use crate::attest::Attestation;
 use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
@@ -97,6 +100,15 @@ pub struct RouterMetrics {
     /// altered on the way, or forged to collide with another event's order key (also in
     /// `malformed`).
     pub altered: u64,
+    /// Events refused because no attestation of their lane's site covers them: a lane
+    /// written by a site other than its own, or an event its site never signed (also in
+    /// `malformed`).
+    pub unattested: u64,
+    /// Attestations refused: their signature does not verify, or their site signed
+    /// another under the same number (logged with both).
+    pub attestations_refused: u64,
+    /// Nanoseconds spent verifying attestations' signatures.
+    pub verify_ns: u64,
     /// Deliveries a stream refused for now (catch-up fetches them again).
     pub refused: u64,
     /// Stream actors alive now (passivating ones included).
@@ -179,6 +191,8 @@ pub struct Router {
     /// `OpenStream` requests waiting for room (or for their stream's actor to stop).
     room_waiters: Vec<oneshot::Sender<()>>,
     passivation: Passivation,
+    /// The attestations checked lately.
+    attested: Attested,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -229,7 +243,37 @@ impl Router {
             awaiting: VecDeque::new(),
             room_waiters: Vec::new(),
             passivation,
+            attested: Attested::default(),
         }
+    }
+
+    /// Checks the attestations a batch of events came with; those refused are counted and
+    /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
+    fn check_attestations(&mut self, attestations: Vec<Attestation>) {
+        for attestation in attestations {
+            let (site, number) = (attestation.site(), attestation.number);
+            match self.attested.check(attestation, self.storage.as_ref()) {
+                Ok(Ok(())) => {}
+                Ok(Err(refused)) => {
+                    self.metrics.attestations_refused += 1;
+                    match refused {
+                        Refused::Conflict { stored, received } => tracing::error!(
+                            %site, number, stored_ids = stored.ids.len(), received_ids = received.ids.len(),
+                            "site {site} signed two different attestations numbered {number}: it equivocates \
+                             (the stored one is kept); stored {stored:?}, received {received:?}"
+                        ),
+                        Refused::Invalid(error) if self.metrics.attestations_refused.is_power_of_two() => {
+                            tracing::warn!(%error, refused = self.metrics.attestations_refused, "refused an attestation");
+                        }
+                        Refused::Invalid(_) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%site, number, %error, "storing an attestation failed; its events are fetched again");
+                }
+            }
+        }
+        self.metrics.verify_ns = self.attested.verify_ns;
     }
 
     /// The actor of `stream`, opening it when its type is registered and there is room
@@ -295,6 +339,24 @@ impl Router {
                     "refused an event claiming this site's own lane");
             }
             return;
+        }
+        match self.attested.covers(&event, self.storage.as_ref()) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Logged at the 1st, 2nd, 4th… as above.
+                self.metrics.malformed += 1;
+                self.metrics.unattested += 1;
+                if self.metrics.unattested.is_power_of_two() {
+                    tracing::warn!(event = %event.id, lane = %event.lane, seq = event.seq.0, refused = self.metrics.unattested,
+                        "refused an event that no attestation of its lane's site covers");
+                }
+                return;
+            }
+            Err(error) => {
+                self.metrics.dropped_unread += 1;
+                tracing::error!(event = %event.id, %error, "reading an attestation failed; the event is fetched again");
+                return;
+            }
         }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
         if seq <= self.pending.delivered_seq(lane) {

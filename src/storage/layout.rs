@@ -16,6 +16,7 @@
 //! | `s` stream order-key | a view snapshot taken after the event at that key |
 //! | `l` position | a log entry: how many events one sled batch wrote and the keys of their blocks, whose events are the site's log from that position on, in canonical order |
 //! | `r` site | how far that peer's log is durable here (a big-endian position) |
+//! | `a` site number | an [`Attestation`] of that site: its signature over the ids of events it wrote |
 //!
 //! Seqs are big-endian and order keys are 32 bytes that sort like [`OrderKey`], so a prefix
 //! scan of `b` stream site is the lane in seq order, and the block holding seq n is the
@@ -30,6 +31,7 @@
 //! One record per lane per group commit, not one per event and another for an index: sled
 //! copies a leaf on every write, so its cost grows with the records written.
 
+use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::codec;
 use crate::event::{Event, OrderKey};
@@ -44,10 +46,12 @@ use super::{Replicated, StorageError};
 /// module, with a block per lane per group commit, and events with full vector clocks;
 /// version 4 is the same layout with events whose clocks name only what their lane's
 /// previous event does not imply ([`Event::clock`]); version 5 is the same layout with
-/// events whose ids are hashes of their content ([`Event::content_id`]). Events of
-/// earlier versions have random ids, which every peer of protocol 8 refuses, so they
-/// cannot be kept: such a database is refused, not upgraded.
-pub const STORAGE_FORMAT: u32 = 5;
+/// events whose ids are hashes of their content ([`Event::content_id`]); version 6 adds
+/// attestations (`a` records) and the number of the attestation covering each event in its
+/// block. Events of earlier versions are not signed (nor, before 5, content-addressed),
+/// which every peer of protocol 9 refuses, so they cannot be kept: such a database is
+/// refused, not upgraded.
+pub const STORAGE_FORMAT: u32 = 6;
 
 /// Key of the format version in sled's default tree, beside the site id.
 pub(super) const FORMAT_KEY: &[u8] = b"gundb.format";
@@ -64,6 +68,7 @@ const BLOCK: u8 = b'b';
 const SNAPSHOT: u8 = b's';
 const LOG: u8 = b'l';
 const REPLICATED: u8 = b'r';
+const ATTESTATION: u8 = b'a';
 
 /// Length of a block key.
 pub(super) const BLOCK_KEY_LEN: usize = 41;
@@ -108,12 +113,32 @@ pub(super) fn split_log_entry(value: &[u8]) -> Result<(u64, std::slice::ChunksEx
     Ok((u64::from(u32::from_be_bytes(*count)), blocks.chunks_exact(BLOCK_KEY_LEN)))
 }
 
+/// `a` site number: attestation `number` of `site`.
+pub(super) fn attestation_key(site: SiteId, number: u64) -> [u8; 25] {
+    let mut out = [0u8; 25];
+    out[0] = ATTESTATION;
+    out[1..17].copy_from_slice(site.as_uuid().as_bytes());
+    out[17..].copy_from_slice(&number.to_be_bytes());
+    out
+}
+
 /// `r` site: how far `peer`'s log is durable here.
 pub(super) fn replicated_key(peer: SiteId) -> [u8; 17] {
     let mut out = [0u8; 17];
     out[0] = REPLICATED;
     out[1..].copy_from_slice(peer.as_uuid().as_bytes());
     out
+}
+
+/// An `a` record: the attestation, encoded.
+pub(super) fn encode_attestation(attestation: &Attestation) -> Result<Vec<u8>, StorageError> {
+    Ok(codec::encode(attestation)?)
+}
+
+/// Reads an `a` record written by [`encode_attestation`]. From this site's own disk, where
+/// only verified attestations are written: not verified again.
+pub(super) fn decode_attestation(bytes: &[u8]) -> Result<Attestation, StorageError> {
+    Ok(codec::decode(bytes)?)
 }
 
 /// A `r` record: the common position as 8 big-endian bytes, then the origins held less
@@ -284,9 +309,25 @@ pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, StorageError> {
     Ok(codec::encode_run_item(&stored)?)
 }
 
-/// A block of `lane`'s events, each from [`encode_event`].
-pub(super) fn join_block<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    codec::join_run(events)
+/// A block of `lane`'s events: for each, the number of the attestation covering it, then
+/// its bytes from [`encode_event`].
+///
+/// # Errors
+/// A number does not encode (it always does).
+pub(super) fn join_block<'a>(events: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Vec<u8>, StorageError> {
+    let mut out = codec::join_run(std::iter::empty());
+    for (attestation, bytes) in events {
+        codec::push_run_item(&mut out, &attestation)?;
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// One item of a block, as [`join_block`] wrote it.
+#[derive(Deserialize)]
+struct BlockItem {
+    attestation: u64,
+    event: StoredEvent<Vec<u8>>,
 }
 
 /// The events of `lane`'s block `bytes`, whose stream has type `stream_type`, in seq order.
@@ -295,16 +336,23 @@ pub(super) fn join_block<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<
 /// The bytes do not decode, decode to an event whose clock names its own lane twice, or
 /// the block's seqs are not consecutive.
 pub(super) fn decode_block(lane: Lane, stream_type: &str, bytes: &[u8]) -> Result<Vec<Event>, StorageError> {
-    let stored: Vec<StoredEvent<Vec<u8>>> = codec::decode_run(bytes)?;
-    let events =
-        stored.into_iter().map(|stored| decode_event(lane, stream_type, stored)).collect::<Result<Vec<_>, _>>()?;
+    let stored: Vec<BlockItem> = codec::decode_run(bytes)?;
+    let events = stored
+        .into_iter()
+        .map(|item| decode_event(lane, stream_type, item.event, item.attestation))
+        .collect::<Result<Vec<_>, _>>()?;
     if events.windows(2).any(|pair| pair[1].seq != pair[0].seq.next()) {
         return Err(StorageError::Corrupt(format!("a block of {lane} with seqs out of order")));
     }
     Ok(events)
 }
 
-fn decode_event(lane: Lane, stream_type: &str, stored: StoredEvent<Vec<u8>>) -> Result<Event, StorageError> {
+fn decode_event(
+    lane: Lane,
+    stream_type: &str,
+    stored: StoredEvent<Vec<u8>>,
+    attestation: u64,
+) -> Result<Event, StorageError> {
     let stream = lane.stream;
     let site_lane = |site: [u8; 16]| Lane::new(SiteId(uuid::Uuid::from_bytes(site)), stream);
     let clock: VectorClock = std::iter::once((lane, Seq(stored.seq)))
@@ -322,6 +370,7 @@ fn decode_event(lane: Lane, stream_type: &str, stored: StoredEvent<Vec<u8>>) -> 
         timestamp_ms: stored.timestamp_ms,
         stream_type: stream_type.to_owned(),
         payload: stored.payload,
+        attestation,
     };
     if !event.clock_names_own_lane() {
         return Err(StorageError::Corrupt(format!("stored event {} names its own lane twice", event.id)));
@@ -359,10 +408,11 @@ mod tests {
                     .collect();
                 let mut event = testkit::event(u128::from(seq), lane, seq, &deps, lamport, timestamp_ms);
                 event.payload = payload;
+                event.attestation = lamport;
                 event
             }).collect();
             let encoded: Vec<Vec<u8>> = events.iter().map(|e| encode_event(e).unwrap()).collect();
-            let block = join_block(encoded.iter().map(Vec::as_slice));
+            let block = join_block(events.iter().zip(&encoded).map(|(e, bytes)| (e.attestation, bytes.as_slice()))).unwrap();
             prop_assert_eq!(decode_block(lane, "testkit", &block).unwrap(), events);
         }
     }
@@ -372,7 +422,7 @@ mod tests {
         let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
         let (one, three) = (testkit::event(1, lane, 1, &[], 1, 0), testkit::event(3, lane, 3, &[], 3, 0));
         let encoded = [encode_event(&one).unwrap(), encode_event(&three).unwrap()];
-        let block = join_block(encoded.iter().map(Vec::as_slice));
+        let block = join_block(encoded.iter().map(|bytes| (0, bytes.as_slice()))).unwrap();
         assert!(matches!(decode_block(lane, "testkit", &block), Err(StorageError::Corrupt(_))));
     }
 

@@ -21,6 +21,7 @@ pub use self::memory::MemoryStorage;
 pub use self::sled::failpoints::{Failpoints, Fault};
 pub use self::sled::{open_waiting_for_lock, Durability, SledConfig, SledStorage};
 
+use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::codec::CodecError;
 use crate::event::{Event, OrderKey};
@@ -289,6 +290,20 @@ pub trait Storage: Send + Sync + 'static {
     /// A read failure.
     fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError>;
 
+    /// Stores `attestation`, which the caller has verified, behind the writes queued
+    /// before it: it is durable no later than events appended after it.
+    ///
+    /// # Errors
+    /// The storage has failed or is closed, or the attestation does not encode.
+    fn put_attestation(&self, attestation: &Attestation) -> Result<(), StorageError>;
+
+    /// Attestation `number` of `site`, if this site stores it: its own (made as it wrote
+    /// its events) or a peer's (stored with the peer's events it covers).
+    ///
+    /// # Errors
+    /// A read failure, or a record that does not decode.
+    fn attestation(&self, site: SiteId, number: u64) -> Result<Option<Attestation>, StorageError>;
+
     /// Flush counters.
     fn stats(&self) -> StorageStats;
 }
@@ -320,6 +335,8 @@ pub struct StorageStats {
     pub commits: u64,
     /// Flushes done; commits per flush is the group-commit factor.
     pub flushes: u64,
+    /// Nanoseconds the writer spent signing this site's events.
+    pub signing_ns: u64,
 }
 
 /// A pending append: resolves once it (and everything written before it) is durable.

@@ -19,9 +19,10 @@
 use super::blocks::Blocks;
 use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
 use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
+use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::event::{heads_of, Event, OrderKey};
-use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
+use crate::id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};
 use crate::keys::SiteKeys;
 use crate::limits;
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -91,6 +92,8 @@ pub struct SledStorage {
     data: sled::Tree,
     site: SiteId,
     keys: SiteKeys,
+    /// Nanoseconds the writer spent signing ([`StorageStats::signing_ns`]).
+    signing_ns: Arc<AtomicU64>,
     /// Streams opened whose type is not stored yet: it is written with their first event,
     /// by the writer, rather than by the opening actor (a sled write waits for a running
     /// flush). An entry lives from `open_stream` to that stream's first append or release.
@@ -145,7 +148,19 @@ type Ack = oneshot::Sender<Result<(), StorageError>>;
 struct Encoded {
     lane: Lane,
     seq: Seq,
+    id: EventId,
+    /// The attestation covering it: the peer's, for a peer's event; set by the writer
+    /// for this site's own.
+    attestation: u64,
     bytes: Vec<u8>,
+}
+
+/// What the writer signs this site's own events with.
+struct Signer {
+    site: SiteId,
+    keys: Arc<SiteKeys>,
+    /// Nanoseconds spent signing, for [`StorageStats::signing_ns`].
+    spent_ns: Arc<AtomicU64>,
 }
 
 /// One key written or removed.
@@ -160,7 +175,11 @@ enum Write {
 /// holds `limits::SLED_BATCH_WRITES_MAX` writes, between two operations, so every
 /// operation stays atomic.
 #[derive(Default)]
-struct Group {
+struct Group<'a> {
+    /// Signs this site's own events of each batch (none in tests of the writer alone).
+    signer: Option<&'a Signer>,
+    /// A failure while closing a batch: the group is not applied.
+    error: Option<StorageError>,
     /// The log position of the last event written (0: none yet).
     log_last: u64,
     /// Batches closed, in order.
@@ -173,7 +192,7 @@ struct Group {
     ops: usize,
 }
 
-impl Group {
+impl Group<'_> {
     fn add(&mut self, op: Op) {
         self.ops += 1;
         self.acks.extend(op.ack);
@@ -194,6 +213,28 @@ impl Group {
             return;
         }
         let mut batch = sled::Batch::default();
+        // This site's own events of the batch are signed together, under the number of the
+        // batch's first log position (unique: positions are never reused).
+        let number = self.log_last + 1;
+        if let Some(signer) = self.signer {
+            let mut own = Vec::new();
+            for event in self.lanes.iter_mut().filter(|(lane, _)| lane.site == signer.site).flat_map(|(_, e)| e) {
+                event.attestation = number;
+                own.push(event.id);
+            }
+            if !own.is_empty() {
+                let started = std::time::Instant::now();
+                let attestation = Attestation::sign(&signer.keys, number, own);
+                let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                signer.spent_ns.fetch_add(spent, Ordering::Relaxed);
+                match layout::encode_attestation(&attestation) {
+                    Ok(bytes) => batch.insert(&layout::attestation_key(signer.site, number)[..], bytes),
+                    Err(error) => {
+                        self.error.get_or_insert(error);
+                    }
+                }
+            }
+        }
         let mut blocks = Vec::new();
         let mut count: u32 = 0;
         for (lane, events) in std::mem::take(&mut self.lanes) {
@@ -208,10 +249,17 @@ impl Group {
                     next.seq != event.seq.next() || bytes >= limits::BLOCK_BYTES_MAX
                 });
                 if last {
-                    let block = layout::join_block(events[start..=index].iter().map(|e| e.bytes.as_slice()));
-                    let key = layout::block_key(lane, event.seq);
-                    batch.insert(&key[..], block);
-                    blocks.push(key);
+                    let items = events[start..=index].iter().map(|e| (e.attestation, e.bytes.as_slice()));
+                    match layout::join_block(items) {
+                        Ok(block) => {
+                            let key = layout::block_key(lane, event.seq);
+                            batch.insert(&key[..], block);
+                            blocks.push(key);
+                        }
+                        Err(error) => {
+                            self.error.get_or_insert(error);
+                        }
+                    }
                     start = index + 1;
                     bytes = 0;
                 }
@@ -323,8 +371,10 @@ impl SledStorage {
         stats.log_durable.store(log_last.0, Ordering::Relaxed);
         #[cfg(feature = "failpoints")]
         let failpoints = Arc::new(failpoints::Failpoints::default());
+        let signing_ns = Arc::new(AtomicU64::new(0));
         let writer = {
             let (db, data, stats) = (db.clone(), data.clone(), Arc::clone(&stats));
+            let signer = Signer { site, keys: Arc::new(keys.clone()), spent_ns: Arc::clone(&signing_ns) };
             #[cfg(feature = "failpoints")]
             let failpoints = Arc::clone(&failpoints);
             std::thread::Builder::new()
@@ -333,6 +383,7 @@ impl SledStorage {
                     write_loop(
                         &queue,
                         &stats,
+                        Some(&signer),
                         |batch| {
                             #[cfg(feature = "failpoints")]
                             failpoints.check(failpoints::Fault::Batch)?;
@@ -355,6 +406,7 @@ impl SledStorage {
             data,
             site,
             keys,
+            signing_ns,
             new_types: Mutex::new(HashMap::new()),
             ops,
             writer: Some(writer),
@@ -422,15 +474,16 @@ impl Drop for SledStorage {
     }
 }
 
-/// The writer thread: applies queued writes in order and acknowledges commits in groups.
-fn write_loop<A, F>(queue: &Receiver<Op>, stats: &Counters, mut apply: A, mut flush: F)
+/// The writer thread: applies queued writes in order and acknowledges commits in groups,
+/// each batch's own events signed by `signer`.
+fn write_loop<A, F>(queue: &Receiver<Op>, stats: &Counters, signer: Option<&Signer>, mut apply: A, mut flush: F)
 where
     A: FnMut(sled::Batch) -> Result<(), StorageError>,
     F: FnMut() -> Result<(), StorageError>,
 {
     let mut failed: Option<StorageError> = None;
     while let Ok(first) = queue.recv() {
-        let mut group = Group { log_last: stats.log_last.load(Ordering::Acquire), ..Group::default() };
+        let mut group = Group { signer, log_last: stats.log_last.load(Ordering::Acquire), ..Group::default() };
         group.add(first);
         while group.ops < limits::GROUP_OPS_MAX {
             match queue.try_recv() {
@@ -438,7 +491,11 @@ where
                 Err(_) => break,
             }
         }
-        for batch in group.batches() {
+        let batches = group.batches();
+        if let Some(error) = group.error.take() {
+            failed.get_or_insert(error);
+        }
+        for batch in batches {
             if failed.is_none() {
                 failed = apply(batch).err();
             }
@@ -675,7 +732,13 @@ impl Storage for SledStorage {
             .iter()
             .map(|event| {
                 debug_assert_eq!(event.lane.stream, stream, "an event of another stream");
-                Ok(Encoded { lane: event.lane, seq: event.seq, bytes: layout::encode_event(event)? })
+                Ok(Encoded {
+                    lane: event.lane,
+                    seq: event.seq,
+                    id: event.id,
+                    attestation: event.attestation,
+                    bytes: layout::encode_event(event)?,
+                })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let mut writes = Vec::with_capacity(append.stale_snapshots.len() + 1);
@@ -853,10 +916,27 @@ impl Storage for SledStorage {
             .collect()
     }
 
+    fn put_attestation(&self, attestation: &Attestation) -> Result<(), StorageError> {
+        self.check(Access::Write)?;
+        let key = layout::attestation_key(attestation.site(), attestation.number);
+        let writes = vec![Write::Put(key.to_vec(), layout::encode_attestation(attestation)?)];
+        // Queued before the events it covers: no crash keeps them without it.
+        self.send(Op { events: Vec::new(), writes, ack: None })
+    }
+
+    fn attestation(&self, site: SiteId, number: u64) -> Result<Option<Attestation>, StorageError> {
+        self.check(Access::Read)?;
+        self.data
+            .get(layout::attestation_key(site, number))?
+            .map(|bytes| layout::decode_attestation(&bytes))
+            .transpose()
+    }
+
     fn stats(&self) -> StorageStats {
         StorageStats {
             commits: self.stats.commits.load(Ordering::Relaxed),
             flushes: self.stats.flushes.load(Ordering::Relaxed),
+            signing_ns: self.signing_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -992,6 +1072,7 @@ mod tests {
         write_loop(
             &queue,
             &stats,
+            None,
             |batch| {
                 assert!(!flushed.load(Ordering::SeqCst), "every write of the group precedes its flush");
                 applied.fetch_add(1, Ordering::SeqCst);
@@ -1040,7 +1121,7 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Err(StorageError::Injected("append"))
             };
-            write_loop(&queue, &Counters::default(), fail, || Ok(()));
+            write_loop(&queue, &Counters::default(), None, fail, || Ok(()));
         });
         // One group at a time: the second append is queued after the first was answered.
         for n in 1..=2 {
@@ -1057,7 +1138,7 @@ mod tests {
     fn a_failed_flush_fails_every_append_it_carried() {
         let (op, mut done) = write(1);
         let queue = queue_of(vec![op]);
-        write_loop(&queue, &Counters::default(), |_| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
+        write_loop(&queue, &Counters::default(), None, |_| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
         assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
     }
 
@@ -1080,6 +1161,7 @@ mod tests {
                     timestamp_ms: 0,
                     stream_type: "t".into(),
                     payload: Vec::new(),
+                    attestation: 0,
                 });
             }
         }

@@ -3,7 +3,7 @@
 
 use gundb::storage::Storage;
 use gundb::testkit::{history, HistoryShape, Rng};
-use gundb::{codec, Event, Lane, Seq, SiteId, Stream, StreamId, View};
+use gundb::{codec, Event, Lane, Seq, Stream, StreamId, View};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -55,9 +55,20 @@ pub fn remote_event(lane: Lane, seq: u64, lamport: u64, number: u64) -> Event {
     Event::new(lane, Seq(seq), clock, lamport, 1_000 + seq, TrailStream::TYPE_NAME.to_owned(), payload)
 }
 
-/// A lane of a site other than the storage's own.
+/// A lane of test site `site` (one [`gundb::testkit::attest`] signs for), not the storage's own.
 pub fn remote_lane(site: u128, stream: StreamId) -> Lane {
-    Lane::new(SiteId::from_u128(site), stream)
+    Lane::new(gundb::testkit::site(u64::try_from(site).unwrap()), stream)
+}
+
+/// The attestations `site` stores for `events` (its own and its peers'), each once: what a
+/// frame of them would carry.
+pub fn stored_attestations(site: &gundb::Site, events: &[Event]) -> Vec<gundb::Attestation> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|event| seen.insert((event.lane.site, event.attestation)))
+        .map(|event| site.storage().attestation(event.lane.site, event.attestation).unwrap().expect("stored"))
+        .collect()
 }
 
 /// Storage as the actors take it.

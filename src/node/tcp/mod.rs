@@ -32,11 +32,12 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use noise::NOISE_MESSAGE_BYTES_MAX;
 use noise::{Role, Seal, Session};
 
-/// The wire protocol version this build speaks. Version 8 sends events whose ids are
-/// hashes of their content ([`crate::Event::content_id`]), which a version-7 peer would
-/// not check; version 7 encrypted links with Noise ([`noise`]); version 6 sent events
-/// whose clocks name only what their lane's previous event does not imply.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// The wire protocol version this build speaks. Version 9 sends events with the
+/// attestations that sign them ([`crate::attest`]); version 8 sent events whose ids are
+/// hashes of their content ([`crate::Event::content_id`]); version 7 encrypted links with
+/// Noise ([`noise`]); version 6 sent events whose clocks name only what their lane's
+/// previous event does not imply.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]

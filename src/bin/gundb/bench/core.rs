@@ -70,7 +70,9 @@ pub fn pending(arrivals: &[Event]) -> Result<f64> {
 /// received in frames of 512 until every event is durable. The events' type is not
 /// registered, so they are stored unfolded, as a relay stores them.
 pub fn router_actor(arrivals: &[Event]) -> Result<f64> {
-    let arrivals = arrivals.to_vec();
+    let mut arrivals = arrivals.to_vec();
+    // Signed as their sites would: one attestation per site, sent with the first frame.
+    let mut attestations = gundb::testkit::attest(&mut arrivals);
     actix::System::new().block_on(async move {
         let config = SiteConfig {
             pending: PendingLimits { events_max: arrivals.len() + 1, bytes_max: u64::MAX, ..PendingLimits::default() },
@@ -81,7 +83,7 @@ pub fn router_actor(arrivals: &[Event]) -> Result<f64> {
         let all: VectorClock = arrivals.iter().map(|e| (e.lane, e.seq)).collect();
         let started = Instant::now();
         for frame in arrivals.chunks(512) {
-            site.receive(frame.to_vec()).await?;
+            site.receive(frame.to_vec(), std::mem::take(&mut attestations)).await?;
         }
         tokio::time::timeout(Duration::from_secs(600), site.wait_for(&all)).await??;
         Ok(arrivals.len() as f64 / started.elapsed().as_secs_f64())

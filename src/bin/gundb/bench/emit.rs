@@ -18,6 +18,8 @@ pub struct Run {
     pub rate: f64,
     /// Write latencies in microseconds.
     pub latency: Histogram<u64>,
+    /// The share of the run the storage writer spent signing (0 for raw sled).
+    pub signing: f64,
 }
 
 pub fn histogram() -> Histogram<u64> {
@@ -62,6 +64,7 @@ pub fn gundb(
             progress.say(format!("{streams} streams, {count} writers"));
             let stop = Arc::new(AtomicBool::new(false));
             let done = Arc::new(AtomicU64::new(0));
+            let signing_before = storage.stats().signing_ns;
             let started = Instant::now();
             let tasks: Vec<_> = (0..count)
                 .map(|writer| {
@@ -87,8 +90,10 @@ pub fn gundb(
             for task in tasks {
                 latency.add(task.await.context("writer task")??)?;
             }
-            let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-            runs.push(Run { rate, latency });
+            let elapsed = started.elapsed();
+            let rate = done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+            let signing = (storage.stats().signing_ns - signing_before) as f64 / elapsed.as_nanos() as f64;
+            runs.push(Run { rate, latency, signing });
         }
         Ok(runs)
     })
@@ -139,7 +144,7 @@ pub fn raw_sled(writers: &[u64], bytes: &[u8], duration: Duration, progress: &Pr
             done += n;
             latency.add(writer_latency)?;
         }
-        runs.push(Run { rate: done as f64 / elapsed, latency });
+        runs.push(Run { rate: done as f64 / elapsed, latency, signing: 0.0 });
     }
     Ok(runs)
 }

@@ -159,6 +159,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .against("raw sled, same bytes, flush + fsync", raw.rate);
                 if streams == 1 && writers == 64 {
                     row = row.target("≥ 100k events/s at 64 writers", run.rate >= 100_000.0);
+                    // Signing runs on the storage writer, between a group's batch and its
+                    // fsync: its share of the run is what it costs the throughput at most.
+                    let share = run.signing * 100.0;
+                    latencies.push(
+                        Row::new(
+                            "durable emit",
+                            "signing, share of the run (1 stream, 64 writers)",
+                            share,
+                            "%",
+                            Better::Lower,
+                        )
+                        .target("≤ 15%", share <= 15.0),
+                    );
                 }
                 if streams == 1 && writers == 16 {
                     let met = row.ratio.unwrap_or(0.0) >= 2.0;
@@ -235,6 +248,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     .against("raw sled, batches of 256", raw);
                 // The rate target is for 3 sites; each further site stores every event too.
                 rows.push(if sites == 3 { row.target("≥ 50k events/s", mesh.rate >= 50_000.0) } else { row });
+                if sites == 3 {
+                    // Each receiving router verifies on its own thread: the busiest one's
+                    // share of the catch-up is what verifying costs the throughput at most.
+                    let share = mesh.verifying * 100.0;
+                    rows.push(
+                        Row::new(
+                            "replication",
+                            format!("{scenario}: verifying, share of the catch-up"),
+                            share,
+                            "%",
+                            Better::Lower,
+                        )
+                        .target("≤ 15%", share <= 15.0),
+                    );
+                }
                 rows.push(
                     Row::new(
                         "replication",

@@ -20,6 +20,9 @@ pub struct Mesh {
     /// Events received ÷ events delivered, over the receiving sites: 1 when nothing
     /// arrives twice.
     pub copies: f64,
+    /// The largest share of the catch-up a receiving site's router spent verifying
+    /// attestations.
+    pub verifying: f64,
 }
 
 /// The site `open` opens, its actors running on an arbiter (a thread) of its own, as each
@@ -87,15 +90,18 @@ pub fn in_process_sites(sites: usize, events: u64, payload: usize, progress: &Pr
         for site in &sites[1..] {
             tokio::time::timeout(Duration::from_secs(600), site.wait_for(&target)).await.context("catching up")??;
         }
-        let rate = events as f64 / started.elapsed().as_secs_f64();
-        let (mut received, mut delivered) = (0, 0);
+        let elapsed = started.elapsed();
+        let rate = events as f64 / elapsed.as_secs_f64();
+        let (mut received, mut delivered, mut verify_ns) = (0, 0, 0);
         for site in &sites[1..] {
             let metrics = site.metrics().await?;
             (received, delivered) = (received + metrics.received, delivered + metrics.delivered);
+            verify_ns = verify_ns.max(metrics.verify_ns);
         }
         drop(sites);
         stop_threads(arbiters).await;
-        Ok(Mesh { rate, copies: received as f64 / delivered.max(1) as f64 })
+        let verifying = verify_ns as f64 / elapsed.as_nanos() as f64;
+        Ok(Mesh { rate, copies: received as f64 / delivered.max(1) as f64, verifying })
     })
 }
 

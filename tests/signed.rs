@@ -1,0 +1,84 @@
+//! Signed lanes through `Site::receive`, the door of every replicated event: an event is
+//! held only when an attestation of its lane's site covers it. An event with no
+//! attestation, one covered only by another site's, one whose attestation's signature is
+//! broken, and one covered by a second attestation its site signed under a used number
+//! are each refused and counted; nothing of them is stored, and the stream stays writable
+//! and takes the genuine event afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{remote_event, remote_lane, run_site, TrailStream};
+use gundb::testkit::site_keys;
+use gundb::{Attestation, Emit, GetView, Site, StreamId, VectorClock};
+
+#[test]
+fn forged_lanes_and_broken_attestations_are_refused() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let stream = StreamId::from_u128(41);
+        let lane = remote_lane(1, stream);
+        let event = remote_event(lane, 1, 1, 10);
+
+        // No attestation at all.
+        site.receive(vec![event.clone()], Vec::new()).await.unwrap();
+        assert_eq!(site.metrics().await.unwrap().unattested, 1);
+
+        // Signed by site 2, for an event of site 1's lane: a forged lane.
+        let mut forged = event.clone();
+        forged.attestation = 5;
+        let by_another = Attestation::sign(&site_keys(2), 5, vec![forged.id]);
+        site.receive(vec![forged], vec![by_another]).await.unwrap();
+        assert_eq!(site.metrics().await.unwrap().unattested, 2);
+
+        // Site 1's attestation with a signature of other content.
+        let mut broken = Attestation::sign(&site_keys(1), 6, vec![event.id]);
+        broken.signature = Attestation::sign(&site_keys(1), 6, vec![gundb::EventId::from_u128(1)]).signature;
+        let mut unsigned = event.clone();
+        unsigned.attestation = 6;
+        site.receive(vec![unsigned], vec![broken]).await.unwrap();
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.attestations_refused, metrics.unattested), (1, 3), "{metrics:?}");
+        assert_eq!(metrics.delivered, 0);
+        assert!(site.frontier().await.unwrap().is_empty(), "nothing was stored");
+
+        // The stream stays writable, and takes the genuine event.
+        let local = site.stream::<TrailStream>(stream).await.unwrap();
+        local.send(Emit::new(1)).await.unwrap().unwrap();
+        let mut genuine = event;
+        genuine.attestation = 7;
+        let signed = Attestation::sign(&site_keys(1), 7, vec![genuine.id]);
+        site.receive(vec![genuine], vec![signed]).await.unwrap();
+        let target: VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
+        tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target)).await.unwrap().unwrap();
+        let mut view = local.send(GetView::new()).await.unwrap().unwrap().view.0;
+        view.sort_unstable();
+        assert_eq!(view, vec![1, 10]);
+    });
+}
+
+/// A site that signs two different attestations under one number equivocates: the second
+/// is refused and counted (and logged with both), and its events find no attestation.
+#[test]
+fn a_second_attestation_under_a_used_number_is_refused() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let stream = StreamId::from_u128(42);
+        let (mut first, mut second) =
+            (remote_event(remote_lane(1, stream), 1, 1, 10), remote_event(remote_lane(1, stream), 2, 2, 20));
+        first.attestation = 9;
+        second.attestation = 9;
+        let keys = site_keys(1);
+        site.receive(vec![first.clone()], vec![Attestation::sign(&keys, 9, vec![first.id])]).await.unwrap();
+        site.receive(vec![second], vec![Attestation::sign(&keys, 9, vec![gundb::EventId::from_u128(3)])])
+            .await
+            .unwrap();
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.attestations_refused, metrics.unattested), (1, 1), "{metrics:?}");
+        let target: VectorClock = [(first.lane, gundb::Seq(1))].into_iter().collect();
+        tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target)).await.unwrap().unwrap();
+        assert_eq!(site.frontier().await.unwrap(), target, "the first is kept, the second never held");
+    });
+}
