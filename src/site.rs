@@ -191,7 +191,7 @@ impl Site {
     /// # Errors
     /// The router is gone.
     pub async fn receive(&self, events: Vec<Event>, attestations: Vec<Attestation>) -> Result<(), SiteError> {
-        Ok(self.router.send(Receive { events, attestations }).await?)
+        Ok(self.router.send(Receive { events, attestations, verified: None }).await?)
     }
 
     /// The peers with a live direct link to this site.

@@ -12,7 +12,7 @@ use crate::codec;
 use crate::event::Event;
 use crate::id::{Lane, LogPos, Seq, SiteId};
 use crate::limits;
-use crate::router::{FrontierAdvanced, WaitFor};
+use crate::router::{FrontierAdvanced, Receive, Verified, WaitFor};
 use crate::site::Site;
 use crate::storage::StorageError;
 use crate::stream::clock_ms;
@@ -295,8 +295,22 @@ impl Handler<Got> for SinkNode {
             },
         };
         let target = durable_target(&events);
-        let (site, router) = (self.site.clone(), self.site.router().clone());
-        let handed = async move { site.receive(events, attestations).await.is_ok() };
+        let router = self.site.router().clone();
+        // The signatures are verified on a blocking thread, so that the router's thread
+        // (which every frame from every peer goes through) does not pay for them.
+        let handed = {
+            let router = router.clone();
+            async move {
+                let (attestations, verified) = tokio::task::spawn_blocking(move || {
+                    let verified = Verified::of(&attestations);
+                    (attestations, verified)
+                })
+                .await
+                .ok()?;
+                router.send(Receive { events, attestations, verified: Some(verified) }).await.ok()
+            }
+        };
+        let handed = async move { handed.await.is_some() };
         Box::pin(handed.into_actor(self).map(move |handed, sink, ctx| {
             if handed {
                 let durable = router.send(WaitFor(target));

@@ -19,6 +19,7 @@ use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
 use self::live::{Open, Passivating};
+pub(crate) use self::messages::Verified;
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, LiveStream,
     OpenStream, Receive, Register, WaitFor,
@@ -249,10 +250,13 @@ impl Router {
 
     /// Checks the attestations a batch of events came with; those refused are counted and
     /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
-    fn check_attestations(&mut self, attestations: Vec<Attestation>) {
-        for attestation in attestations {
+    fn check_attestations(&mut self, attestations: Vec<Attestation>, verified: Option<Verified>) {
+        let valid = verified.as_ref().map(|verified| verified.valid.as_slice()).unwrap_or_default();
+        self.attested.verify_ns += verified.as_ref().map_or(0, |verified| verified.spent_ns);
+        for (index, attestation) in attestations.into_iter().enumerate() {
             let (site, number) = (attestation.site(), attestation.number);
-            match self.attested.check(attestation, self.storage.as_ref()) {
+            let verified = valid.get(index).copied().unwrap_or(false);
+            match self.attested.check(attestation, verified, self.storage.as_ref()) {
                 Ok(Ok(())) => {}
                 Ok(Err(refused)) => {
                     self.metrics.attestations_refused += 1;
