@@ -65,10 +65,11 @@ impl Attested {
     ) -> Result<Result<(), Refused>, StorageError> {
         let key = (attestation.site(), attestation.number);
         if let Some(known) = self.get(&key) {
-            return Ok(match **known == attestation {
-                true => Ok(()),
-                false => self.conflict(known.as_ref().clone(), attestation),
-            });
+            if **known == attestation {
+                return Ok(Ok(()));
+            }
+            let known = known.as_ref().clone();
+            return Ok(self.conflict(known, attestation));
         }
         if let Some(stored) = storage.attestation(key.0, key.1)? {
             let matches = stored == attestation;

@@ -324,37 +324,22 @@ impl Router {
             return;
         }
         if event.id != event.content_id() {
-            // Logged at the 1st, 2nd, 4th… as below.
             self.metrics.malformed += 1;
             self.metrics.altered += 1;
-            if self.metrics.altered.is_power_of_two() {
-                tracing::warn!(event = %event.id, lane = %event.lane, seq = event.seq.0, refused = self.metrics.altered,
-                    "refused an event whose id does not match its content (altered or forged)");
-            }
-            return;
+            return log_refusal(self.metrics.altered, &event, "its id does not match its content (altered or forged)");
         }
         if event.lane.site == self.storage.site_id() {
             // Only this site writes its lane, and peers never send a site its own events.
-            // Logged at the 1st, 2nd, 4th, 8th… so that a peer repeating it cannot flood the log.
             self.metrics.malformed += 1;
             self.metrics.own_lane_claims += 1;
-            if self.metrics.own_lane_claims.is_power_of_two() {
-                tracing::warn!(event = %event.id, seq = event.seq.0, refused = self.metrics.own_lane_claims,
-                    "refused an event claiming this site's own lane");
-            }
-            return;
+            return log_refusal(self.metrics.own_lane_claims, &event, "it claims this site's own lane");
         }
         match self.attested.covers(&event, self.storage.as_ref()) {
             Ok(true) => {}
             Ok(false) => {
-                // Logged at the 1st, 2nd, 4th… as above.
                 self.metrics.malformed += 1;
                 self.metrics.unattested += 1;
-                if self.metrics.unattested.is_power_of_two() {
-                    tracing::warn!(event = %event.id, lane = %event.lane, seq = event.seq.0, refused = self.metrics.unattested,
-                        "refused an event that no attestation of its lane's site covers");
-                }
-                return;
+                return log_refusal(self.metrics.unattested, &event, "no attestation of its lane's site covers it");
             }
             Err(error) => {
                 self.metrics.dropped_unread += 1;
@@ -666,6 +651,15 @@ fn stored(storage: Arc<dyn Storage>) -> Stored {
             None
         }
     })
+}
+
+/// Logs an event refused for `why`, at the 1st, 2nd, 4th, 8th… refusal of its kind
+/// (`refused` of them so far, this one counted), so that a peer repeating it cannot flood
+/// the log.
+fn log_refusal(refused: u64, event: &Event, why: &str) {
+    if refused.is_power_of_two() {
+        tracing::warn!(event = %event.id, lane = %event.lane, seq = event.seq.0, refused, "refused an event: {why}");
+    }
 }
 
 /// The checks the router makes before buffering: the rest is the stream's job.

@@ -1,4 +1,4 @@
-//! TCP transport: a Noise handshake ([`noise`]) that checks the protocol version and
+//! TCP transport: a Noise handshake (module `noise`) that checks the protocol version and
 //! authenticates both sides by their link keys and the cluster's shared secret, then
 //! sealed frames over the socket.
 //!
@@ -35,7 +35,7 @@ use noise::{Role, Seal, Session};
 /// The wire protocol version this build speaks. Version 9 sends events with the
 /// attestations that sign them ([`crate::attest`]); version 8 sent events whose ids are
 /// hashes of their content ([`crate::Event::content_id`]); version 7 encrypted links with
-/// Noise ([`noise`]); version 6 sent events whose clocks name only what their lane's
+/// Noise; version 6 sent events whose clocks name only what their lane's
 /// previous event does not imply.
 pub const PROTOCOL_VERSION: u32 = 9;
 
