@@ -154,3 +154,25 @@ fn the_nth_storage_operation_fails_and_nothing_acknowledged_is_lost() {
         assert!(fired >= 5, "{fault:?}: the fault fired in only {fired} of 50 runs");
     }
 }
+
+/// An attestation that cannot be read or stored (here a failed read) does not make its
+/// events look forged: they are dropped and counted in `dropped_unread`, not refused as
+/// unattested, and taken when they come again.
+#[test]
+fn events_whose_attestation_cannot_be_read_are_dropped_not_refused() {
+    run_site(|| async {
+        let storage = Arc::new(SledStorage::temporary().unwrap());
+        let site = gundb::Site::with_storage(storage.clone(), gundb::SiteConfig::default()).unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let lane = common::remote_lane(1, StreamId::from_u128(5));
+        let mut events = vec![common::remote_event(lane, 1, 1, 10)];
+        let attestations = gundb::testkit::attest(&mut events);
+        storage.failpoints().fail_nth(Fault::Read, 1);
+        site.receive(events.clone(), attestations.clone()).await.unwrap();
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.unattested, metrics.malformed, metrics.dropped_unread), (0, 0, 1), "{metrics:?}");
+        site.receive(events, attestations).await.unwrap();
+        let target: gundb::VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
+        tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target)).await.unwrap().unwrap();
+    });
+}

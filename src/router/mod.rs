@@ -92,8 +92,8 @@ pub struct RouterMetrics {
     pub held_back: u64,
     /// Events dropped because the buffer was full (catch-up fetches them again).
     pub dropped_on_overflow: u64,
-    /// Events dropped because storage could not say how far a lane they need is stored
-    /// (logged; catch-up fetches them again).
+    /// Events dropped because storage could not say how far a lane they need is stored,
+    /// or could not read or store their attestation (logged; catch-up fetches them again).
     pub dropped_unread: u64,
     /// Events refused because they claim this site's own lane (also in `malformed`).
     pub own_lane_claims: u64,
@@ -194,6 +194,12 @@ pub struct Router {
     passivation: Passivation,
     /// The attestations checked lately.
     attested: Attested,
+    /// Attestations of the batch being received that verified but could not be stored:
+    /// their events are dropped (and fetched again), not refused.
+    unstored: HashSet<(crate::id::SiteId, u64)>,
+    /// Events dropped because their attestation could not be read or stored (part of
+    /// `RouterMetrics::dropped_unread`).
+    attestations_unread: u64,
 }
 
 /// An event the router held back because a dependency had not arrived.
@@ -245,12 +251,15 @@ impl Router {
             room_waiters: Vec::new(),
             passivation,
             attested: Attested::default(),
+            unstored: HashSet::new(),
+            attestations_unread: 0,
         }
     }
 
     /// Checks the attestations a batch of events came with; those refused are counted and
     /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
     fn check_attestations(&mut self, attestations: Vec<Attestation>, verified: Option<Verified>) {
+        self.unstored.clear();
         let valid = verified.as_ref().map(|verified| verified.valid.as_slice()).unwrap_or_default();
         self.attested.verify_ns += verified.as_ref().map_or(0, |verified| verified.spent_ns);
         for (index, attestation) in attestations.into_iter().enumerate() {
@@ -273,7 +282,9 @@ impl Router {
                     }
                 }
                 Err(error) => {
+                    // Not kept: its events are dropped, not refused, and asked for again.
                     tracing::error!(%site, number, %error, "storing an attestation failed; its events are fetched again");
+                    self.unstored.insert((site, number));
                 }
             }
         }
@@ -334,6 +345,13 @@ impl Router {
             self.metrics.own_lane_claims += 1;
             return log_refusal(self.metrics.own_lane_claims, &event, "it claims this site's own lane");
         }
+        if self.unstored.contains(&(event.lane.site, event.attestation)) {
+            // Its attestation could not be stored (storage busy or failing): the peer
+            // sends it again once told we do not hold it.
+            self.attestations_unread += 1;
+            self.rewound = true;
+            return;
+        }
         match self.attested.covers(&event, self.storage.as_ref()) {
             Ok(true) => {}
             Ok(false) => {
@@ -342,7 +360,8 @@ impl Router {
                 return log_refusal(self.metrics.unattested, &event, "no attestation of its lane's site covers it");
             }
             Err(error) => {
-                self.metrics.dropped_unread += 1;
+                self.attestations_unread += 1;
+                self.rewound = true;
                 tracing::error!(event = %event.id, %error, "reading an attestation failed; the event is fetched again");
                 return;
             }
@@ -399,7 +418,7 @@ impl Router {
         }
         self.metrics.pending = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
         self.metrics.held_back = self.pending.stats().buffered;
-        self.metrics.dropped_unread = self.pending.stats().unread;
+        self.metrics.dropped_unread = self.pending.stats().unread + self.attestations_unread;
         if self.backlog() <= self.backlog_max {
             for waiter in self.receive_waiters.drain(..) {
                 let _ = waiter.send(()); // a sink that went away needs no answer
