@@ -159,6 +159,10 @@ pub const ROUTER_LANES_CACHED: usize = 65_536;
 /// event it covers); an event whose attestation is not kept is checked against storage.
 pub const ROUTER_ATTESTATIONS_CACHED: usize = 1_024;
 
+/// Bytes of attestations the router keeps checked, per generation: the byte bound beside
+/// [`ROUTER_ATTESTATIONS_CACHED`] (an attestation may list up to a frame's worth of ids).
+pub const ROUTER_ATTESTATION_BYTES_CACHED: usize = 8 << 20;
+
 /// Events the router holds while their dependencies are missing. Past it, arrivals are
 /// dropped and counted; catch-up fetches them again, so a partitioned peer cannot run us
 /// out of memory.

@@ -82,3 +82,20 @@ fn a_second_attestation_under_a_used_number_is_refused() {
         assert_eq!(site.frontier().await.unwrap(), target, "the first is kept, the second never held");
     });
 }
+
+/// An attestation that no event of its batch names vouches for nothing: it is neither
+/// verified nor stored, whatever it holds, so a peer cannot fill a site's disk with them.
+#[test]
+fn an_attestation_no_event_names_is_ignored() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        let keys = site_keys(3);
+        let mut broken = Attestation::sign(&keys, 11, vec![gundb::EventId::from_u128(5)]);
+        broken.signature = Attestation::sign(&keys, 12, Vec::new()).signature;
+        let good = Attestation::sign(&keys, 13, vec![gundb::EventId::from_u128(6)]);
+        site.receive(Vec::new(), vec![broken, good]).await.unwrap();
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.attestations_refused, metrics.verify_ns), (0, 0), "nothing was verified: {metrics:?}");
+        assert_eq!(site.storage().attestation(keys.site_id(), 13).unwrap(), None, "nothing was stored");
+    });
+}

@@ -301,7 +301,11 @@ impl Handler<Got> for SinkNode {
         let handed = {
             let router = router.clone();
             async move {
+                // Only those the frame's events name are worth a signature check.
+                let named: std::collections::HashSet<_> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
                 let (attestations, verified) = tokio::task::spawn_blocking(move || {
+                    let mut attestations = attestations;
+                    attestations.retain(|a| named.contains(&(a.site(), a.number)));
                     let verified = Verified::of(&attestations);
                     (attestations, verified)
                 })

@@ -5,8 +5,9 @@
 //! A frame carries the attestations of its events. Each new one is looked up in storage
 //! first (stored ones were verified when stored: the disk is trusted), and otherwise
 //! verified and stored, queued before the events it covers. The checked ones are kept in
-//! two generations of at most [`limits::ROUTER_ATTESTATIONS_CACHED`] each, so memory is
-//! bounded whatever the number of sites or commits; an event whose attestation fell out
+//! two generations of at most [`limits::ROUTER_ATTESTATIONS_CACHED`] and
+//! [`limits::ROUTER_ATTESTATION_BYTES_CACHED`] each, so memory is bounded whatever the
+//! number of sites or commits; an event whose attestation fell out
 //! is checked against storage.
 
 use crate::attest::Attestation;
@@ -34,6 +35,8 @@ pub(crate) enum Refused {
 pub(crate) struct Attested {
     recent: HashMap<Key, Arc<Attestation>>,
     older: HashMap<Key, Arc<Attestation>>,
+    /// Bytes of the attestations in `recent`.
+    recent_bytes: usize,
     /// Nanoseconds spent verifying signatures.
     pub verify_ns: u64,
 }
@@ -44,9 +47,15 @@ impl Attested {
     }
 
     fn keep(&mut self, key: Key, attestation: Arc<Attestation>) {
-        if self.recent.len() >= limits::ROUTER_ATTESTATIONS_CACHED {
+        // Bounded in count and in bytes: a site can sign an attestation of up to a frame's
+        // worth of ids, so a count alone would let a few peers' sites fill memory.
+        if self.recent.len() >= limits::ROUTER_ATTESTATIONS_CACHED
+            || self.recent_bytes >= limits::ROUTER_ATTESTATION_BYTES_CACHED
+        {
             self.older = std::mem::take(&mut self.recent);
+            self.recent_bytes = 0;
         }
+        self.recent_bytes += attestation.size();
         self.recent.insert(key, attestation);
     }
 

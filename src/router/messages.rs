@@ -147,7 +147,7 @@ impl Handler<Receive> for Router {
 
     fn handle(&mut self, Receive { events, attestations, verified }: Receive, ctx: &mut Context<Self>) -> Self::Result {
         self.metrics.batches_received += 1;
-        self.check_attestations(attestations, verified);
+        self.check_attestations(&events, attestations, verified);
         for event in events {
             self.receive(event);
             // Delivered one by one, so that the next event of a lane finds its predecessor

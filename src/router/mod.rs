@@ -258,12 +258,18 @@ impl Router {
 
     /// Checks the attestations a batch of events came with; those refused are counted and
     /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
-    fn check_attestations(&mut self, attestations: Vec<Attestation>, verified: Option<Verified>) {
+    /// Attestations no event of the batch names are ignored: neither verified nor
+    /// stored, so a peer cannot make this site keep signatures that vouch for nothing.
+    fn check_attestations(&mut self, events: &[Event], attestations: Vec<Attestation>, verified: Option<Verified>) {
         self.unstored.clear();
         let valid = verified.as_ref().map(|verified| verified.valid.as_slice()).unwrap_or_default();
         self.attested.verify_ns += verified.as_ref().map_or(0, |verified| verified.spent_ns);
+        let named: HashSet<(crate::id::SiteId, u64)> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
         for (index, attestation) in attestations.into_iter().enumerate() {
             let (site, number) = (attestation.site(), attestation.number);
+            if !named.contains(&(site, number)) {
+                continue;
+            }
             let verified = valid.get(index).copied().unwrap_or(false);
             match self.attested.check(attestation, verified, self.storage.as_ref()) {
                 Ok(Ok(())) => {}
