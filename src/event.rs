@@ -121,7 +121,10 @@ impl Event {
     /// fields are fed to the hash one by one, each fixed-size or prefixed by its length,
     /// rather than through [`crate::codec`]: ids must not change when the codec does.
     pub fn content_id(&self) -> EventId {
-        let mut hash = blake3::Hasher::new_derive_key("gundb 2026-11 event id");
+        // Deriving the key from the context string costs a compression per id: once.
+        static KEYED: std::sync::LazyLock<blake3::Hasher> =
+            std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("gundb 2026-11 event id"));
+        let mut hash = KEYED.clone();
         let lane = |hash: &mut blake3::Hasher, lane: Lane| {
             hash.update(lane.site.as_uuid().as_bytes());
             hash.update(lane.stream.as_uuid().as_bytes());

@@ -114,6 +114,11 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// again.
 pub const UNACKED_FRAMES_MAX: usize = 16;
 
+/// Frames a sink node opens (decodes and verifies, on blocking threads) ahead of the one
+/// its router is taking: enough that the router never waits for a signature check, each
+/// at most [`WIRE_FRAME_BYTES_MAX`] bytes.
+pub const SINK_FRAMES_AHEAD: usize = 2;
+
 /// Bytes of frames a source node sends its peer before the first of them is acknowledged
 /// (one frame goes whatever its size): with `UNACKED_FRAMES_MAX`, the memory a connection
 /// holds in flight, whatever the number of streams.

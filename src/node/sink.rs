@@ -17,7 +17,8 @@ use crate::site::Site;
 use crate::storage::StorageError;
 use crate::stream::clock_ms;
 use actix::prelude::*;
-use std::collections::{BTreeSet, HashMap};
+use futures::StreamExt as _;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
 /// Receives from one peer.
@@ -224,22 +225,33 @@ impl Actor for SinkNode {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(mut receiver) = self.receiver.take() else { return };
+        let Some(receiver) = self.receiver.take() else { return };
         let me = ctx.address();
-        // One frame at a time: the router answers `Receive` once its backlog is within its
-        // bound, and only then is the next frame read, so a fast peer fills the link and
-        // then waits (backpressure). A frame that does not decode ends the connection: a
-        // peer that sends garbage is not one to trust with the rest of the stream.
+        // Frames are opened (decoded, their signatures verified) on blocking threads, up to
+        // `SINK_FRAMES_AHEAD` ahead of the one the router is taking, and handed on in
+        // order: the router's thread, which every frame from every peer goes through,
+        // neither decodes nor verifies, and does not wait for either. One frame at a time
+        // goes to the router, which answers once its backlog is within its bound; only
+        // then is the next one read, so a fast peer fills the link and then waits
+        // (backpressure). A frame that does not decode ends the connection: a peer that
+        // sends garbage is not one to trust with the rest of the stream.
+        let frames = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|bytes| (bytes, receiver))
+        })
+        .map(|bytes| tokio::task::spawn_blocking(move || Got::open(&bytes)))
+        .buffered(limits::SINK_FRAMES_AHEAD);
         let read = async move {
-            while let Some(bytes) = receiver.recv().await {
-                let frame = match codec::decode_frame::<Frame>(&bytes) {
-                    Ok(frame) => frame,
-                    Err(error) => {
+            futures::pin_mut!(frames);
+            while let Some(opened) = frames.next().await {
+                let got = match opened {
+                    Ok(Ok(got)) => got,
+                    Ok(Err(error)) => {
                         tracing::warn!(%error, "closing a connection on a frame that does not decode");
                         break;
                     }
+                    Err(_) => break, // the runtime is shutting down
                 };
-                if !matches!(me.send(Got(frame)).await, Ok(true)) {
+                if !matches!(me.send(got).await, Ok(true)) {
                     break;
                 }
             }
@@ -267,8 +279,30 @@ impl Actor for SinkNode {
     }
 }
 
-/// A frame from the peer; answered false when the connection should close.
-struct Got(Frame);
+/// A frame from the peer, opened; answered false when the connection should close.
+struct Got {
+    frame: Frame,
+    /// For an `Events` frame, which of its events' ids and attestations hold.
+    verified: Option<Verified>,
+}
+
+impl Got {
+    /// Decodes `bytes` and, for an `Events` frame, checks its events' ids and verifies
+    /// the attestations they name (only those are worth a signature check; the rest are
+    /// dropped). Runs on a blocking thread.
+    fn open(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+        let mut frame = codec::decode_frame::<Frame>(bytes)?;
+        let verified = match &mut frame {
+            Frame::Events { events, attestations, .. } => {
+                let named: HashSet<_> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
+                attestations.retain(|a| named.contains(&(a.site(), a.number)));
+                Some(Verified::of(events, attestations))
+            }
+            _ => None,
+        };
+        Ok(Self { frame, verified })
+    }
+}
 
 impl Message for Got {
     type Result = bool;
@@ -277,7 +311,7 @@ impl Message for Got {
 impl Handler<Got> for SinkNode {
     type Result = ResponseActFuture<Self, bool>;
 
-    fn handle(&mut self, Got(frame): Got, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Got { frame, verified }: Got, _: &mut Context<Self>) -> Self::Result {
         let ((events, attestations), id) = match frame {
             Frame::Hello { site, heard, head } => return Box::pin(fut::ready(self.hello(site, heard, head))),
             Frame::Want { epoch, after, filter } => {
@@ -296,25 +330,8 @@ impl Handler<Got> for SinkNode {
         };
         let target = durable_target(&events);
         let router = self.site.router().clone();
-        // The signatures are verified on a blocking thread, so that the router's thread
-        // (which every frame from every peer goes through) does not pay for them.
-        let handed = {
-            let router = router.clone();
-            async move {
-                // Only those the frame's events name are worth a signature check.
-                let named: std::collections::HashSet<_> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
-                let (attestations, verified) = tokio::task::spawn_blocking(move || {
-                    let mut attestations = attestations;
-                    attestations.retain(|a| named.contains(&(a.site(), a.number)));
-                    let verified = Verified::of(&attestations);
-                    (attestations, verified)
-                })
-                .await
-                .ok()?;
-                router.send(Receive { events, attestations, verified: Some(verified) }).await.ok()
-            }
-        };
-        let handed = async move { handed.await.is_some() };
+        let handed = router.send(Receive { events, attestations, verified });
+        let handed = async move { handed.await.is_ok() };
         Box::pin(handed.into_actor(self).map(move |handed, sink, ctx| {
             if handed {
                 let durable = router.send(WaitFor(target));

@@ -115,26 +115,31 @@ pub struct Receive {
     pub events: Vec<Event>,
     /// Their sites' attestations.
     pub attestations: Vec<Attestation>,
-    /// Which attestations the sender verified already, off the router's thread (a sink
-    /// node does): the router then only checks the rest.
+    /// Which ids and attestations the sender checked already, off the router's thread (a
+    /// sink node does): the router then only checks the rest.
     pub(crate) verified: Option<Verified>,
 }
 
-/// Attestations verified before they reach the router ([`Receive::verified`]).
+/// A frame's events and attestations checked before they reach the router
+/// ([`Receive::verified`]).
 pub(crate) struct Verified {
     /// Whether each attestation's signature verified, in order.
     pub valid: Vec<bool>,
-    /// Nanoseconds the verification took.
+    /// Whether each event's id is its content's ([`Event::content_id`]), in order.
+    pub ids: Vec<bool>,
+    /// Nanoseconds the signature checks took.
     pub spent_ns: u64,
 }
 
 impl Verified {
-    /// Verifies `attestations` (on the calling thread: a sink node runs this on a blocking
-    /// thread, so the router's thread does not pay for the signatures).
-    pub fn of(attestations: &[Attestation]) -> Self {
+    /// Checks `events`' ids and verifies `attestations` on the calling thread: a sink
+    /// node runs this on a blocking thread, so the router's thread pays for neither the
+    /// hashes nor the signatures.
+    pub fn of(events: &[Event], attestations: &[Attestation]) -> Self {
+        let ids = events.iter().map(|event| event.id == event.content_id()).collect();
         let started = std::time::Instant::now();
         let valid = attestations.iter().map(|attestation| attestation.verify().is_ok()).collect();
-        Self { valid, spent_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX) }
+        Self { valid, ids, spent_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX) }
     }
 }
 
@@ -147,9 +152,11 @@ impl Handler<Receive> for Router {
 
     fn handle(&mut self, Receive { events, attestations, verified }: Receive, ctx: &mut Context<Self>) -> Self::Result {
         self.metrics.batches_received += 1;
-        self.check_attestations(&events, attestations, verified);
-        for event in events {
-            self.receive(event);
+        let Verified { valid, ids, spent_ns } =
+            verified.unwrap_or(Verified { valid: vec![], ids: vec![], spent_ns: 0 });
+        self.check_attestations(&events, attestations, &valid, spent_ns);
+        for (index, event) in events.into_iter().enumerate() {
+            self.receive(event, ids.get(index).copied());
             // Delivered one by one, so that the next event of a lane finds its predecessor
             // delivered, rather than waiting in the buffer for the end of the batch.
             self.deliver_ready(ctx);

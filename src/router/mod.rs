@@ -31,7 +31,9 @@ use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
-use crate::stream::{DeliverBatch, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable};
+use crate::stream::{
+    DeliverIdsMatched, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable,
+};
 use crate::view::Stream;
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -126,7 +128,7 @@ type Opener = Box<dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Ope
 /// An open stream actor: how to deliver to it, its gate, and its typed address for the site.
 struct Opened {
     stream_type: &'static str,
-    deliver: Recipient<DeliverBatch>,
+    deliver: Recipient<DeliverIdsMatched>,
     watch: Recipient<WatchDurable>,
     passivate: Recipient<Passivate>,
     gate: Arc<Gate>,
@@ -260,10 +262,9 @@ impl Router {
     /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
     /// Attestations no event of the batch names are ignored: neither verified nor
     /// stored, so a peer cannot make this site keep signatures that vouch for nothing.
-    fn check_attestations(&mut self, events: &[Event], attestations: Vec<Attestation>, verified: Option<Verified>) {
+    fn check_attestations(&mut self, events: &[Event], attestations: Vec<Attestation>, valid: &[bool], spent_ns: u64) {
         self.unstored.clear();
-        let valid = verified.as_ref().map(|verified| verified.valid.as_slice()).unwrap_or_default();
-        self.attested.verify_ns += verified.as_ref().map_or(0, |verified| verified.spent_ns);
+        self.attested.verify_ns += spent_ns;
         let named: HashSet<(crate::id::SiteId, u64)> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
         for (index, attestation) in attestations.into_iter().enumerate() {
             let (site, number) = (attestation.site(), attestation.number);
@@ -333,14 +334,15 @@ impl Router {
         actix::spawn(async move { send.await.ok() });
     }
 
-    /// Takes an event from another site.
-    fn receive(&mut self, event: Event) {
+    /// Takes an event from another site; `id_matches` says whether its id is its
+    /// content's when that was checked before (`None`: check it here).
+    fn receive(&mut self, event: Event, id_matches: Option<bool>) {
         self.metrics.received += 1;
         if !well_formed(&event) {
             self.metrics.malformed += 1;
             return;
         }
-        if event.id != event.content_id() {
+        if !id_matches.unwrap_or_else(|| event.id == event.content_id()) {
             self.metrics.malformed += 1;
             self.metrics.altered += 1;
             return log_refusal(self.metrics.altered, &event, "its id does not match its content (altered or forged)");
@@ -506,7 +508,7 @@ impl Router {
         let Some(deliver) = self.streams.get(&stream).map(|o| o.deliver.clone()) else { return };
         let batch = self.outboxes.take_batch(stream, limits::DELIVER_BATCH_MAX);
         let slots: Vec<(Lane, Seq)> = batch.iter().map(|e| (e.lane, e.seq)).collect();
-        self.then(ctx, deliver.send(DeliverBatch(batch)), move |reply, router, ctx| {
+        self.then(ctx, deliver.send(DeliverIdsMatched(batch)), move |reply, router, ctx| {
             let outcomes = reply.unwrap_or_else(|_| vec![Err(StreamError::Storage(StorageError::Closed)); slots.len()]);
             for ((lane, seq), outcome) in slots.into_iter().zip(outcomes) {
                 router.settle(lane, seq, outcome);

@@ -166,8 +166,24 @@ impl<S: Stream> Ledger<S> {
     /// lane (only this site writes it), a malformed clock, a seq gap, a missing dependency,
     /// a Lamport counter not one above its dependencies', an equivocation (another event
     /// at a used (lane, seq), or the same id with another order key), or a payload that
-    /// does not decode.
+    /// does not decode, or an id that is not the content's.
     pub fn check<F>(&self, event: &Event, key_at: F) -> Result<Check<S::Event>, StreamError>
+    where
+        F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
+    {
+        let content = event.content_id();
+        if event.id != content {
+            return Err(StreamError::IdMismatch { event: event.id, content });
+        }
+        self.check_id_matched(event, key_at)
+    }
+
+    /// [`Ledger::check`] of an event whose id was matched against its content already
+    /// (the router does, before it holds an event): the hash is not paid twice.
+    ///
+    /// # Errors
+    /// As [`Ledger::check`], but for the id.
+    pub(crate) fn check_id_matched<F>(&self, event: &Event, key_at: F) -> Result<Check<S::Event>, StreamError>
     where
         F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
     {
@@ -228,10 +244,6 @@ impl<S: Stream> Ledger<S> {
     }
 
     fn check_shape(&self, event: &Event) -> Result<(), StreamError> {
-        let content = event.content_id();
-        if event.id != content {
-            return Err(StreamError::IdMismatch { event: event.id, content });
-        }
         if event.lane.stream != self.stream {
             return Err(StreamError::WrongStream { expected: self.stream, got: event.lane.stream });
         }

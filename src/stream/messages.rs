@@ -205,6 +205,14 @@ impl Message for DeliverBatch {
     type Result = Vec<Result<Delivered, StreamError>>;
 }
 
+/// A [`DeliverBatch`] from the router, which matched each event's id against its content
+/// before holding it: the stream does not hash them again.
+pub(crate) struct DeliverIdsMatched(pub Vec<Event>);
+
+impl Message for DeliverIdsMatched {
+    type Result = Vec<Result<Delivered, StreamError>>;
+}
+
 /// What a [`Deliver`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -321,9 +329,19 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
 
 impl<S: Stream> StreamActor<S> {
     /// Checks and writes one remote event; durability is the caller's to wait for.
-    fn deliver_one(&mut self, event: Event, ctx: &mut Context<Self>) -> Result<Delivered, StreamError> {
+    /// Judges and writes one remote event; `id_matched` when its id was matched against
+    /// its content already.
+    fn deliver_one(
+        &mut self,
+        event: Event,
+        id_matched: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Delivered, StreamError> {
         self.refusal()?;
-        match self.ledger.check(&event, |lane, seq| self.key_at(lane, seq))? {
+        let key_at = |lane, seq| self.key_at(lane, seq);
+        let check =
+            if id_matched { self.ledger.check_id_matched(&event, key_at) } else { self.ledger.check(&event, key_at) };
+        match check? {
             Check::New(payload) => {
                 self.write(std::slice::from_ref(&event), &[payload], ctx).map(|()| Delivered::Applied)
             }
@@ -336,7 +354,7 @@ impl<S: Stream> Handler<Deliver> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Context<Self>) -> Self::Result {
-        let outcome = self.deliver_one(event, ctx);
+        let outcome = self.deliver_one(event, false, ctx);
         // Even a refusal may concern an event in flight (the original of a copy, the one
         // kept against an equivocation): answer once what was written is durable. Bad
         // input that touched nothing is answered at once.
@@ -353,7 +371,27 @@ impl<S: Stream> Handler<DeliverBatch> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Vec<Result<Delivered, StreamError>>>;
 
     fn handle(&mut self, DeliverBatch(events): DeliverBatch, ctx: &mut Context<Self>) -> Self::Result {
-        let outcomes: Vec<_> = events.into_iter().map(|event| self.deliver_one(event, ctx)).collect();
+        self.deliver_batch(events, false, ctx)
+    }
+}
+
+impl<S: Stream> Handler<DeliverIdsMatched> for StreamActor<S> {
+    type Result = ResponseActFuture<Self, Vec<Result<Delivered, StreamError>>>;
+
+    fn handle(&mut self, DeliverIdsMatched(events): DeliverIdsMatched, ctx: &mut Context<Self>) -> Self::Result {
+        self.deliver_batch(events, true, ctx)
+    }
+}
+
+impl<S: Stream> StreamActor<S> {
+    /// Delivers `events` one by one and answers with each outcome once they are durable.
+    fn deliver_batch(
+        &mut self,
+        events: Vec<Event>,
+        ids_matched: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Vec<Result<Delivered, StreamError>>> {
+        let outcomes: Vec<_> = events.into_iter().map(|event| self.deliver_one(event, ids_matched, ctx)).collect();
         Box::pin(self.durable().map(move |durable, _, _| match durable {
             Ok(()) => outcomes,
             Err(error) => outcomes.into_iter().map(|_| Err(error.clone())).collect(),

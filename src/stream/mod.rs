@@ -23,6 +23,7 @@ pub use self::error::StreamError;
 pub(crate) use self::gate::clock_ms;
 pub use self::gate::{Entry, Gate};
 pub use self::ledger::{Check, Ledger};
+pub(crate) use self::messages::DeliverIdsMatched;
 pub use self::messages::{
     Decide, DecideError, Deliver, DeliverBatch, Delivered, Emit, Emitted, GetView, History, HistoryPage, Subscribe,
     ViewReply,
