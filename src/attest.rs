@@ -10,7 +10,8 @@
 //! checks each event's id against it by binary search. The key travels in the attestation
 //! and the site's id is derived from it ([`SiteId::of_key`]): no directory of keys.
 
-use crate::id::{EventId, SiteId};
+use crate::event::Event;
+use crate::id::{EventId, Lane, Seq, SiteId};
 use crate::keys::SiteKeys;
 use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,9 @@ pub enum AttestError {
         /// The attestation's number.
         number: u64,
     },
+    /// Two signed events that do not show their site equivocating ([`Equivocation::verify`]).
+    #[error("not proof of equivocation: {0}")]
+    NotEquivocation(&'static str),
 }
 
 /// A site's signature over the ids of events it wrote.
@@ -95,6 +99,112 @@ impl Attestation {
     /// Bytes it takes in memory and on the wire, about.
     pub fn size(&self) -> usize {
         32 + 8 + 64 + self.ids.len() * 16
+    }
+}
+
+/// An event with the attestation of its site that covers it: what shows, to anyone, that
+/// the lane's site wrote it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignedEvent {
+    /// The event.
+    pub event: Event,
+    /// Its site's attestation that covers it.
+    pub attestation: Attestation,
+}
+
+impl SignedEvent {
+    /// Checks that the event's id is its content's and that a verified attestation of its
+    /// lane's site covers it.
+    ///
+    /// # Errors
+    /// An [`AttestError`] naming what is wrong.
+    pub fn verify(&self) -> Result<(), AttestError> {
+        let (event, attestation) = (&self.event, &self.attestation);
+        if event.id != event.content_id() {
+            return Err(AttestError::NotEquivocation("an event's id is not its content's"));
+        }
+        if attestation.site() != event.lane.site || attestation.number != event.attestation {
+            return Err(AttestError::NotEquivocation("an attestation is not the one its event names"));
+        }
+        if !attestation.covers(event.id) {
+            return Err(AttestError::NotEquivocation("an attestation does not cover its event"));
+        }
+        attestation.verify()
+    }
+
+    /// Bytes it takes in memory, about.
+    pub fn size(&self) -> usize {
+        self.event.size() + self.attestation.size()
+    }
+}
+
+/// Two different events that one site signed for one (lane, seq) of its lane: proof that
+/// the site (or whoever holds its key) equivocates, telling different sites different
+/// histories. Anyone can check it ([`Equivocation::verify`]) trusting neither that site
+/// nor the one that reports it. A site keeps the event that reached it first and refuses
+/// the other.
+///
+/// ```
+/// use gundb::attest::{Attestation, Equivocation, SignedEvent};
+/// use gundb::testkit::{site_keys, written_event};
+/// use gundb::{Lane, StreamId};
+///
+/// let keys = site_keys(1);
+/// let lane = Lane::new(keys.site_id(), StreamId::from_u128(1));
+/// let signed = |time| {
+///     let mut event = written_event(lane, 1, &[], 1, time);
+///     event.attestation = time;
+///     let attestation = Attestation::sign(&keys, time, vec![event.id]);
+///     SignedEvent { event, attestation }
+/// };
+/// let proof = Equivocation { kept: signed(1), rejected: signed(2) };
+/// assert_eq!(proof.verify(), Ok(()));
+/// assert!(Equivocation { kept: signed(1), rejected: signed(1) }.verify().is_err(), "one event twice");
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Equivocation {
+    /// The event this site kept (the first to reach it).
+    pub kept: SignedEvent,
+    /// The event this site refused.
+    pub rejected: SignedEvent,
+}
+
+impl Equivocation {
+    /// The lane claimed twice.
+    pub fn lane(&self) -> Lane {
+        self.kept.event.lane
+    }
+
+    /// The seq claimed twice.
+    pub fn seq(&self) -> Seq {
+        self.kept.event.seq
+    }
+
+    /// The site that equivocates.
+    pub fn site(&self) -> SiteId {
+        self.lane().site
+    }
+
+    /// Checks the proof: two different events at one (lane, seq), each with its id its
+    /// content's and covered by a verified attestation of the lane's site.
+    ///
+    /// # Errors
+    /// An [`AttestError`] naming what is wrong.
+    pub fn verify(&self) -> Result<(), AttestError> {
+        let (kept, rejected) = (&self.kept.event, &self.rejected.event);
+        if (kept.lane, kept.seq) != (rejected.lane, rejected.seq) {
+            return Err(AttestError::NotEquivocation("the events are at different places"));
+        }
+        if kept.id == rejected.id {
+            return Err(AttestError::NotEquivocation("the events are one event"));
+        }
+        self.kept.verify()?;
+        self.rejected.verify()
+    }
+
+    /// Bytes it takes in memory, about.
+    pub fn size(&self) -> usize {
+        self.kept.size() + self.rejected.size()
     }
 }
 

@@ -148,6 +148,11 @@ impl Event {
         EventId(uuid::Uuid::from_bytes(id))
     }
 
+    /// Bytes it takes in memory, about: what bounds on held events count.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.stream_type.len() + self.clock.len() * 48 + 160
+    }
+
     /// The event's position in canonical order.
     pub fn order_key(&self) -> OrderKey {
         OrderKey { lamport: self.lamport, timestamp_ms: self.timestamp_ms, id: self.id }

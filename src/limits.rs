@@ -183,6 +183,11 @@ pub const DELIVER_BATCH_MAX: usize = 256;
 /// Held-back events a router remembers for inspection (the demo's timeline).
 pub const JOURNAL_MAX: usize = 64;
 
+/// Bytes of the proofs of equivocation a router keeps (two events and two attestations
+/// each): past it, and past [`JOURNAL_MAX`] proofs, equivocations are counted and logged
+/// but their proofs not kept.
+pub const EQUIVOCATION_BYTES_MAX: usize = 16 << 20;
+
 /// Default sled page cache: sled's own default is 1 GiB, too much for an embedded store.
 /// sled counts the cache by its pages' serialized size, and the pages in memory take about
 /// three times that: with 64 MiB a site that read 10⁶ streams peaked at 423 MiB, with 16 MiB

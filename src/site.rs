@@ -166,8 +166,11 @@ impl Site {
         Ok(self.router.send(GetHeldBack).await?)
     }
 
-    /// The latest equivocations refused here: two different events claiming one
-    /// (lane, seq), with both ids. The first one delivered is kept.
+    /// The proofs of equivocation found here: two different events their site signed
+    /// for one (lane, seq), each with the attestation that covers it, checkable by anyone
+    /// ([`Equivocation::verify`]). The first to arrive is kept, the other refused. Only
+    /// the first proof against each site is kept, up to [`crate::limits::JOURNAL_MAX`]
+    /// proofs; every equivocation is counted in [`RouterMetrics::equivocations`].
     ///
     /// # Errors
     /// The router is gone.

@@ -3,14 +3,18 @@
 //! attestation, one covered only by another site's, one whose attestation's signature is
 //! broken, and one covered by a second attestation its site signed under a used number
 //! are each refused and counted; nothing of them is stored, and the stream stays writable
-//! and takes the genuine event afterwards.
+//! and takes the genuine event afterwards. The same over a link, from a peer written by
+//! hand, with an equivocation reported with both events.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{remote_event, remote_lane, run_site, TrailStream};
-use gundb::testkit::site_keys;
-use gundb::{Attestation, Emit, GetView, Site, StreamId, VectorClock};
+use gundb::codec;
+use gundb::node::transport::{in_process, Endpoint};
+use gundb::node::{connect, Frame, NodeConfig};
+use gundb::testkit::{self, site_keys};
+use gundb::{Attestation, Emit, GetView, LogPos, Site, StreamId, VectorClock};
 
 #[test]
 fn forged_lanes_and_broken_attestations_are_refused() {
@@ -97,5 +101,93 @@ fn an_attestation_no_event_names_is_ignored() {
         let metrics = site.metrics().await.unwrap();
         assert_eq!((metrics.attestations_refused, metrics.verify_ns), (0, 0), "nothing was verified: {metrics:?}");
         assert_eq!(site.storage().attestation(keys.site_id(), 13).unwrap(), None, "nothing was stored");
+    });
+}
+
+/// A peer that speaks the link protocol by hand: says hello as `site`, then sends the
+/// `Events` frames it is given, answering the site's `Want`.
+struct HandPeer {
+    to_site: tokio::sync::mpsc::Sender<Vec<u8>>,
+    epoch: u64,
+    sent: LogPos,
+}
+
+impl HandPeer {
+    async fn hello(end: Endpoint, site: gundb::SiteId) -> Self {
+        let Endpoint { sender, mut receiver } = end;
+        let hello = Frame::Hello { site, heard: 0, head: LogPos(1_000) };
+        sender.send(codec::encode_frame(&hello).unwrap()).await.unwrap();
+        loop {
+            let bytes = receiver.recv().await.expect("the site keeps the link open");
+            if let Frame::Want { epoch, after, .. } = codec::decode_frame(&bytes).unwrap() {
+                // What else the site sends (its hello, acks) is read and left.
+                actix::spawn(async move { while receiver.recv().await.is_some() {} });
+                return Self { to_site: sender, epoch, sent: after };
+            }
+        }
+    }
+
+    /// One frame of `events`, taking the next place in the peer's log.
+    async fn send(&mut self, events: Vec<gundb::Event>, attestations: Vec<Attestation>) {
+        let (after, last) = (self.sent, LogPos(self.sent.0 + 1));
+        let frame = Frame::Events { epoch: self.epoch, after, last, events, attestations };
+        self.to_site.send(codec::encode_frame(&frame).unwrap()).await.unwrap();
+        self.sent = last;
+    }
+}
+
+/// Over a real link (the site's own source and sink nodes, on an in-process connection), a
+/// peer's frames go through the sink's checks: an equivocation (another event its site
+/// signed at a held (lane, seq)), a forged lane and an altered copy are each refused and
+/// counted, the equivocation is reported with both events, and the genuine events are
+/// stored while the stream stays writable.
+#[test]
+fn a_hand_written_peer_is_refused_event_by_event_over_a_link() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let (ours, theirs) = in_process(16);
+        let _connection = connect(&site, ours, NodeConfig::default());
+        let mut peer = HandPeer::hello(theirs, testkit::site(1)).await;
+        let stream = StreamId::from_u128(44);
+        let lane = remote_lane(1, stream);
+
+        // The second event first: held until the first comes. Then another event its
+        // site signed at the same place, while the first of the two is held.
+        let mut second = vec![remote_event(lane, 2, 2, 20)];
+        let signed = testkit::attest(&mut second);
+        peer.send(second.clone(), signed).await;
+        let mut other = vec![remote_event(lane, 2, 2, 21)];
+        let signed = testkit::attest(&mut other);
+        peer.send(other.clone(), signed).await;
+        // Site 2's lane, signed by site 1.
+        let mut forged = remote_event(remote_lane(2, stream), 1, 1, 30);
+        forged.attestation = 77;
+        let by_another = Attestation::sign(&site_keys(1), 77, vec![forged.id]);
+        peer.send(vec![forged], vec![by_another]).await;
+        // The held event with other content under its id.
+        let mut altered = second[0].clone();
+        altered.payload = gundb::codec::encode(&99u64).unwrap();
+        peer.send(vec![altered], Vec::new()).await;
+        // The first event: both genuine ones are delivered.
+        let mut first = vec![remote_event(lane, 1, 1, 10)];
+        let signed = testkit::attest(&mut first);
+        peer.send(first.clone(), signed).await;
+
+        let target: VectorClock = [(lane, gundb::Seq(2))].into_iter().collect();
+        tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target)).await.unwrap().unwrap();
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.equivocations, metrics.unattested, metrics.altered), (1, 1, 1), "{metrics:?}");
+        let proofs = site.equivocations().await.unwrap();
+        assert_eq!(proofs.len(), 1);
+        assert_eq!((&proofs[0].kept.event, &proofs[0].rejected.event), (&second[0], &other[0]));
+        assert_eq!(proofs[0].verify(), Ok(()));
+        assert_eq!(site.frontier().await.unwrap(), target, "nothing of site 2's lane was stored");
+
+        let local = site.stream::<TrailStream>(stream).await.unwrap();
+        local.send(Emit::new(1)).await.unwrap().unwrap();
+        let mut view = local.send(GetView::new()).await.unwrap().unwrap().view.0;
+        view.sort_unstable();
+        assert_eq!(view, vec![1, 10, 20], "the genuine events and the local write");
     });
 }

@@ -156,10 +156,9 @@ fn three_sites_converge_after_swapping_their_events() {
 }
 
 /// Two different events claiming one (lane, seq): the first is kept, the second refused,
-/// counted and reported with both ids, whether it arrives while the first is held or
-/// after it was delivered.
+/// counted and reported with both events and their attestations, a proof anyone can check.
 #[test]
-fn equivocations_are_refused_and_reported_with_both_ids() {
+fn equivocations_are_refused_and_reported_with_both_events() {
     run_site(|| async {
         let site = Site::temporary().unwrap();
         site.register::<TrailStream>().await.unwrap();
@@ -178,13 +177,45 @@ fn equivocations_are_refused_and_reported_with_both_ids() {
         // another event at the same (lane, seq).
         forged.id = forged.content_id();
         let signed = attest(std::slice::from_mut(&mut forged));
-        site.receive(vec![forged.clone()], signed).await.unwrap();
+        site.receive(vec![forged.clone()], signed.clone()).await.unwrap();
         let reports = site.equivocations().await.unwrap();
         assert_eq!(reports.len(), 1);
-        assert_eq!((reports[0].kept, reports[0].rejected), (first.id, forged.id));
+        let proof = &reports[0];
+        assert_eq!((&proof.kept.event, &proof.rejected.event), (&first, &forged), "both events");
+        assert_eq!(proof.rejected.attestation, signed[0]);
+        assert!(proof.kept.attestation.covers(first.id));
+        assert_eq!(proof.verify(), Ok(()), "anyone can check the proof");
+        let mut tampered = proof.clone();
+        tampered.rejected.event.payload = first.payload.clone();
+        assert!(tampered.verify().is_err(), "an altered proof does not verify");
         assert_eq!(site.metrics().await.unwrap().equivocations, 1);
         let view = views(&site, &[first.lane.stream]).await;
         assert_eq!(view[&first.lane.stream], fold(&[first]), "the forged event was never applied");
+    });
+}
+
+/// Two events of one (lane, seq) in one batch: the first is on its way to its stream when
+/// the second comes, so the stream judges it; the proof still has both events.
+#[test]
+fn an_equivocation_judged_by_the_stream_is_reported_with_both_events() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let lane = gundb::Lane::new(gundb::testkit::site(2), StreamId::from_u128(32));
+        let event = |n: u64| {
+            let clock = [(lane, gundb::Seq(1))].into_iter().collect();
+            Event::new(lane, gundb::Seq(1), clock, 1, n, "test.trail".into(), codec::encode(&n).unwrap())
+        };
+        let (mut first, mut other) = ([event(1)], [event(2)]);
+        let mut signed = attest(&mut first);
+        signed.extend(attest(&mut other));
+        site.receive(vec![first[0].clone(), other[0].clone()], signed).await.unwrap();
+        let target: VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
+        until_covers(&site, &target).await;
+        let proofs = site.equivocations().await.unwrap();
+        assert_eq!(proofs.len(), 1, "{:?}", site.metrics().await.unwrap());
+        assert_eq!((&proofs[0].kept.event, &proofs[0].rejected.event), (&first[0], &other[0]));
+        assert_eq!(proofs[0].verify(), Ok(()));
     });
 }
 

@@ -120,9 +120,31 @@ impl Attested {
         if let Some(attestation) = self.get(&key) {
             return Ok(attestation.covers(event.id));
         }
-        let Some(stored) = storage.attestation(key.0, key.1)? else { return Ok(false) };
-        let covers = stored.covers(event.id);
-        self.keep(key, Arc::new(stored));
-        Ok(covers)
+        Ok(self.read(key, storage)?.is_some_and(|attestation| attestation.covers(event.id)))
+    }
+
+    /// `site`'s checked attestation `number`, kept here or stored.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn get_or_read(
+        &mut self,
+        site: SiteId,
+        number: u64,
+        storage: &dyn Storage,
+    ) -> Result<Option<Attestation>, StorageError> {
+        let key = (site, number);
+        if let Some(attestation) = self.get(&key) {
+            return Ok(Some(attestation.as_ref().clone()));
+        }
+        Ok(self.read(key, storage)?.map(|attestation| attestation.as_ref().clone()))
+    }
+
+    /// The stored attestation `key`, kept from now on.
+    fn read(&mut self, key: Key, storage: &dyn Storage) -> Result<Option<Arc<Attestation>>, StorageError> {
+        let Some(stored) = storage.attestation(key.0, key.1)? else { return Ok(None) };
+        let stored = Arc::new(stored);
+        self.keep(key, Arc::clone(&stored));
+        Ok(Some(stored))
     }
 }

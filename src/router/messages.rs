@@ -307,8 +307,9 @@ impl Handler<GetHeldBack> for Router {
     }
 }
 
-/// Asks for the latest equivocations refused (at most [`crate::limits::JOURNAL_MAX`]), each
-/// with the event kept and the event refused.
+/// Asks for the proofs of equivocation found: the first against each site (at most
+/// [`crate::limits::JOURNAL_MAX`] of them), each with the event kept, the event refused
+/// and the attestations that cover them.
 pub struct GetEquivocations;
 
 impl Message for GetEquivocations {
@@ -319,7 +320,7 @@ impl Handler<GetEquivocations> for Router {
     type Result = MessageResult<GetEquivocations>;
 
     fn handle(&mut self, _msg: GetEquivocations, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.equivocations.iter().copied().collect())
+        MessageResult(self.equivocations.proofs().to_vec())
     }
 }
 

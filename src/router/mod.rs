@@ -8,6 +8,7 @@
 //! that feeds it and routes what it releases.
 
 mod attested;
+mod equivocations;
 mod lanes;
 mod live;
 mod messages;
@@ -15,6 +16,7 @@ mod outbox;
 mod pending;
 
 use self::attested::{Attested, Refused};
+use self::equivocations::Equivocations;
 use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
@@ -24,11 +26,12 @@ pub use self::messages::{
     BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, LiveStream,
     OpenStream, Receive, Register, WaitFor,
 };
-pub use self::pending::{Equivocation, Insert, Pending, PendingLimits, PendingStats, Stored};
+pub use self::pending::{Contested, Insert, Pending, PendingLimits, PendingStats, Stored};
+pub use crate::attest::Equivocation;
 
 use crate::attest::Attestation;
 use crate::event::Event;
-use crate::id::{Lane, Seq, StreamId};
+use crate::id::{EventId, Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::stream::{
@@ -177,8 +180,8 @@ pub struct Router {
     open_waiters: HashMap<StreamId, Vec<oneshot::Sender<()>>>,
     /// The latest events held back, with the dependency each waited for.
     journal: VecDeque<HeldBack>,
-    /// The latest equivocations refused, with both ids.
-    equivocations: VecDeque<Equivocation>,
+    /// The proofs of equivocation found, and copies streams are judging.
+    equivocations: Equivocations,
     /// Lanes on which a stream refused an event for good: nothing after it is retried.
     poisoned: HashSet<Lane>,
     /// Sink nodes whose last `Receive` waits for the backlog to shrink (backpressure).
@@ -243,7 +246,7 @@ impl Router {
             relaying: HashMap::new(),
             open_waiters: HashMap::new(),
             journal: VecDeque::new(),
-            equivocations: VecDeque::new(),
+            equivocations: Equivocations::default(),
             poisoned: HashSet::new(),
             receive_waiters: Vec::new(),
             backlog_max: limits.events_max,
@@ -394,7 +397,7 @@ impl Router {
             }
             Ok(Insert::Unread) => self.rewound = true, // logged by `stored`
             Ok(Insert::Delivered) => unreachable!("delivered slots are handled above"),
-            Err(equivocation) => self.equivocation(equivocation),
+            Err(Contested { kept, rejected }) => self.equivocation(lane, seq, kept, true, Ok(*rejected)),
         }
     }
 
@@ -402,13 +405,12 @@ impl Router {
     /// holds it. When the one delivered is not stored yet (still in flight to its stream),
     /// the stream, which knows what it has in flight, tells which.
     fn receive_delivered(&mut self, event: Event) {
-        let (lane, seq, id) = (event.lane, event.seq, event.id);
+        let (lane, seq) = (event.lane, event.seq);
         match self.storage.key_at(lane.stream, lane, seq) {
             // The same id with another counter or time is a forgery of the event kept.
-            Ok(Some(kept)) if kept != event.order_key() => {
-                self.equivocation(Equivocation { lane, seq, kept: kept.id, rejected: id });
-            }
+            Ok(Some(kept)) if kept != event.order_key() => self.equivocation(lane, seq, kept.id, false, Ok(event)),
             Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {
+                self.equivocations.judging(&event);
                 self.outboxes.push(event);
             }
             _ => self.metrics.duplicates += 1,
@@ -527,13 +529,15 @@ impl Router {
                 self.advanced = true;
             }
             Ok(Delivered::Duplicate) => {
+                self.equivocations.judged(lane, seq);
                 self.metrics.duplicates += 1;
                 self.pending.mark_durable(lane, seq);
                 self.advanced = true;
             }
             // The stream keeps the event it has on that slot: durable all the same.
             Err(StreamError::Equivocation { kept, rejected, .. }) => {
-                self.equivocation(Equivocation { lane, seq, kept, rejected });
+                let judged = self.equivocations.judged(lane, seq).filter(|event| event.id == rejected);
+                self.equivocation(lane, seq, kept, false, judged.ok_or(rejected));
                 self.pending.mark_durable(lane, seq);
                 self.advanced = true;
             }
@@ -592,13 +596,42 @@ impl Router {
         }
     }
 
-    /// Counts and remembers a refused equivocation.
-    fn equivocation(&mut self, equivocation: Equivocation) {
+    /// Counts, logs and (the first against its site) proves an equivocation: the event
+    /// at (`lane`, `seq`) here is `kept`, held (`held`) or stored; `rejected` is the other,
+    /// or only its id when that event is not at hand.
+    fn equivocation(&mut self, lane: Lane, seq: Seq, kept: EventId, held: bool, rejected: Result<Event, EventId>) {
         self.metrics.equivocations += 1;
-        if self.equivocations.len() == limits::JOURNAL_MAX {
-            self.equivocations.pop_front();
+        let (site, count) = (lane.site, self.metrics.equivocations);
+        let rejected_id = rejected.as_ref().map_or_else(|id| *id, |event| event.id);
+        if self.equivocations.needs_no_proof(site) {
+            if count.is_power_of_two() {
+                tracing::warn!(%site, %lane, seq = seq.0, %kept, rejected = %rejected_id, count, "refused an equivocation");
+            }
+            return;
         }
-        self.equivocations.push_back(equivocation);
+        let proven = match rejected {
+            Ok(rejected) => {
+                let held = if held { self.pending.held(lane, seq).cloned() } else { None };
+                self.equivocations
+                    .prove(held, rejected, &mut self.attested, self.storage.as_ref())
+                    .map_err(|e| e.to_string())
+            }
+            Err(_) => Err("the refused event is no longer at hand".to_owned()),
+        };
+        match proven {
+            Ok(_) => tracing::error!(
+                %site, %lane, seq = seq.0, %kept, rejected = %rejected_id,
+                "site {site} signed two events for seq {} of lane {lane}: it equivocates. The first here is kept, \
+                 the other refused; both, with their attestations, are kept as proof (`Site::equivocations`)",
+                seq.0
+            ),
+            Err(why) => tracing::error!(
+                %site, %lane, seq = seq.0, %kept, rejected = %rejected_id,
+                "site {site} signed two events for seq {} of lane {lane}: it equivocates. The first here is kept, \
+                 the other refused; no proof is kept: {why}",
+                seq.0
+            ),
+        }
     }
 
     /// One relayed append of `stream` is durable (or failed): when none is left, streams

@@ -71,17 +71,14 @@ pub enum Insert {
     Unread,
 }
 
-/// Two different events on one (lane, seq), both seen by the router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Equivocation {
-    /// The lane claimed twice.
-    pub lane: Lane,
-    /// The seq claimed twice.
-    pub seq: Seq,
-    /// The event held (arrived first).
+/// An arriving event refused because another holds its (lane, seq) here
+/// ([`Pending::insert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contested {
+    /// The id of the event held (arrived first): [`Pending::held`] has it.
     pub kept: EventId,
     /// The event refused.
-    pub rejected: EventId,
+    pub rejected: Box<Event>,
 }
 
 /// Counters of the buffer.
@@ -205,11 +202,17 @@ impl Pending {
         self.stats
     }
 
+    /// The event held at (`lane`, `seq`), if one is (and not taken for delivery).
+    pub fn held(&self, lane: Lane, seq: Seq) -> Option<&Event> {
+        let index = self.slots.get(&(lane, seq))?.held?;
+        self.entry(index).event.as_ref()
+    }
+
     /// Takes an arriving event.
     ///
     /// # Errors
-    /// [`Equivocation`] when a different event already holds its (lane, seq) here.
-    pub fn insert(&mut self, event: Event) -> Result<Insert, Equivocation> {
+    /// [`Contested`] when a different event already holds its (lane, seq) here.
+    pub fn insert(&mut self, event: Event) -> Result<Insert, Contested> {
         debug_assert!(event.clock_names_own_lane(), "the router checks the clock before buffering");
         let (lane, slot) = (event.lane, (event.lane, event.seq));
         // Pinned for as long as the event is held; every way out below that does not hold
@@ -230,7 +233,7 @@ impl Pending {
                 return Ok(Insert::Duplicate);
             }
             self.stats.equivocations += 1;
-            return Err(Equivocation { lane, seq: event.seq, kept, rejected: event.id });
+            return Err(Contested { kept, rejected: Box::new(event) });
         }
         let size = size_of(&event);
         let Ok(missing) = first_missing(&mut self.lanes, &event) else {
@@ -517,8 +520,7 @@ struct Held {
 
 /// What an event costs the buffer: its payload, its clock and a fixed overhead.
 fn size_of(event: &Event) -> u64 {
-    let clock = event.clock.len() * 48;
-    u64::try_from(event.payload.len() + event.stream_type.len() + clock + 160).unwrap_or(u64::MAX)
+    u64::try_from(event.size()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -601,10 +603,8 @@ mod tests {
         assert!(matches!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Buffered { .. }));
         assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Duplicate);
         let refused = p.insert(event(9, a, 2, &[])).unwrap_err();
-        assert_eq!(
-            refused,
-            Equivocation { lane: a, seq: Seq(2), kept: EventId::from_u128(2), rejected: EventId::from_u128(9) }
-        );
+        assert_eq!(refused, Contested { kept: EventId::from_u128(2), rejected: Box::new(event(9, a, 2, &[])) });
+        assert_eq!(p.held(a, Seq(2)).map(|e| e.id), Some(EventId::from_u128(2)));
         p.insert(event(1, a, 1, &[])).unwrap();
         assert_eq!(drain(&mut p).len(), 2);
         assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Delivered, "the stream judges delivered slots");
