@@ -114,7 +114,7 @@ struct HandPeer {
 
 impl HandPeer {
     async fn hello(end: Endpoint, site: gundb::SiteId) -> Self {
-        let Endpoint { sender, mut receiver } = end;
+        let Endpoint { sender, mut receiver, .. } = end;
         let hello = Frame::Hello { site, heard: 0, head: LogPos(1_000) };
         sender.send(codec::encode_frame(&hello).unwrap()).await.unwrap();
         loop {

@@ -131,56 +131,149 @@ struct Preface {
     version: u32,
 }
 
-/// A client written from the protocol's description, not from gundb's code: the preface,
-/// the three Noise messages with a pre-shared key derived from `secret`, then the first
-/// sealed frame. Returns the site id the node sent sealed, or what went wrong.
-async fn hand_rolled(addr: std::net::SocketAddr, secret: &[u8]) -> Result<gundb::SiteId, String> {
-    use sha2::Digest;
-    let mut wire = framed(TcpStream::connect(addr).await.unwrap());
-    let preface = gundb::codec::encode(&Preface { version: gundb::node::tcp::PROTOCOL_VERSION }).unwrap();
-    wire.send(Bytes::from(preface)).await.unwrap();
-    let theirs: Preface = gundb::codec::decode(&wire.next().await.unwrap().unwrap()).unwrap();
-    assert_eq!(theirs.version, gundb::node::tcp::PROTOCOL_VERSION);
-    let psk: [u8; 32] =
-        sha2::Sha256::new().chain_update(b"gundb link pre-shared key\0").chain_update(secret).finalize().into();
-    let prologue = format!("gundb link, protocol version {}", gundb::node::tcp::PROTOCOL_VERSION);
-    let builder = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap());
-    let keys = builder.generate_keypair().unwrap();
-    let mut noise = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap())
-        .local_private_key(&keys.private)
-        .unwrap()
-        .psk(3, &psk)
-        .unwrap()
-        .prologue(prologue.as_bytes())
-        .unwrap()
-        .build_initiator()
-        .unwrap();
-    let (mut message, mut payload) = (vec![0u8; 1024], vec![0u8; 1024]);
-    let len = noise.write_message(&[], &mut message).unwrap();
-    wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
-    let second = wire.next().await.ok_or("closed before the second message")?.map_err(|e| e.to_string())?;
-    noise.read_message(&second, &mut payload).map_err(|e| e.to_string())?;
-    let len = noise.write_message(&[], &mut message).unwrap();
-    wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
-    let mut transport = noise.into_transport_mode().unwrap();
-    let sealed = wire.next().await.ok_or("closed after the third message")?.map_err(|e| e.to_string())?;
-    let len = transport.read_message(&sealed, &mut payload).map_err(|e| e.to_string())?;
-    assert_eq!(payload[0], 1, "the site id is one whole frame");
-    gundb::codec::decode(&payload[1..len]).map_err(|e| e.to_string())
+/// The link identity a side sends in its first sealed frame: its site's public signing
+/// key and its signature over its role and the handshake hash.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    key: [u8; 32],
+    signature: ed25519_dalek::Signature,
+}
+
+/// What a side of `role` (0 dialer, 1 listener) signs to name its site.
+fn identity_message(role: u8, handshake_hash: &[u8]) -> [u8; 32] {
+    let mut hash = blake3::Hasher::new_derive_key("gundb 2026-11 link identity");
+    hash.update(&[role]);
+    hash.update(handshake_hash);
+    *hash.finalize().as_bytes()
+}
+
+/// A client written from the protocol's description, not from gundb's code.
+struct HandRolled {
+    wire: Framed<TcpStream, LengthDelimitedCodec>,
+    transport: snow::TransportState,
+    handshake_hash: Vec<u8>,
+    /// The site the node proved it is.
+    node: gundb::SiteId,
+}
+
+impl HandRolled {
+    /// The preface, the three Noise messages with a pre-shared key derived from `secret`,
+    /// then the node's identity frame, checked. What went wrong otherwise.
+    async fn connect(addr: std::net::SocketAddr, secret: &[u8]) -> Result<Self, String> {
+        use sha2::Digest;
+        let mut wire = framed(TcpStream::connect(addr).await.unwrap());
+        let preface = gundb::codec::encode(&Preface { version: gundb::node::tcp::PROTOCOL_VERSION }).unwrap();
+        wire.send(Bytes::from(preface)).await.unwrap();
+        let theirs: Preface = gundb::codec::decode(&wire.next().await.unwrap().unwrap()).unwrap();
+        assert_eq!(theirs.version, gundb::node::tcp::PROTOCOL_VERSION);
+        let psk: [u8; 32] =
+            sha2::Sha256::new().chain_update(b"gundb link pre-shared key\0").chain_update(secret).finalize().into();
+        let prologue = format!("gundb link, protocol version {}", gundb::node::tcp::PROTOCOL_VERSION);
+        let builder = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap());
+        let keys = builder.generate_keypair().unwrap();
+        let mut noise = snow::Builder::new(gundb::keys::NOISE_PARAMS.parse().unwrap())
+            .local_private_key(&keys.private)
+            .unwrap()
+            .psk(3, &psk)
+            .unwrap()
+            .prologue(prologue.as_bytes())
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let (mut message, mut payload) = (vec![0u8; 1024], vec![0u8; 1024]);
+        let len = noise.write_message(&[], &mut message).unwrap();
+        wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
+        let second = wire.next().await.ok_or("closed before the second message")?.map_err(|e| e.to_string())?;
+        noise.read_message(&second, &mut payload).map_err(|e| e.to_string())?;
+        let len = noise.write_message(&[], &mut message).unwrap();
+        wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
+        let handshake_hash = noise.get_handshake_hash().to_vec();
+        let mut transport = noise.into_transport_mode().unwrap();
+        let sealed = wire.next().await.ok_or("closed after the third message")?.map_err(|e| e.to_string())?;
+        let len = transport.read_message(&sealed, &mut payload).map_err(|e| e.to_string())?;
+        assert_eq!(payload[0], 1, "the identity is one whole frame");
+        let identity: Identity = gundb::codec::decode(&payload[1..len]).map_err(|e| e.to_string())?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&identity.key).map_err(|e| e.to_string())?;
+        key.verify_strict(&identity_message(1, &handshake_hash), &identity.signature).map_err(|e| e.to_string())?;
+        let node = gundb::SiteId::of_key(&identity.key);
+        Ok(Self { wire, transport, handshake_hash, node })
+    }
+
+    /// Seals `frame` as one message: its end-of-frame byte, then its bytes.
+    async fn send_sealed(&mut self, frame: &[u8]) {
+        let mut message = vec![0u8; frame.len() + 64];
+        let plain = [&[1u8][..], frame].concat();
+        let len = self.transport.write_message(&plain, &mut message).unwrap();
+        self.wire.send(Bytes::from(message[..len].to_vec())).await.unwrap();
+    }
+
+    /// Names the site of `key`, signing with `signer`'s key.
+    async fn identify(&mut self, key: [u8; 32], signer: &gundb::keys::SiteKeys) {
+        use ed25519_dalek::Signer as _;
+        let signature = signer.signing().sign(&identity_message(0, &self.handshake_hash));
+        self.send_sealed(&gundb::codec::encode(&Identity { key, signature }).unwrap()).await;
+    }
+
+    /// Frames from the node until one is a `Want`, for at most 10 s.
+    async fn wanted(&mut self) -> bool {
+        let mut plain = vec![0u8; 1 << 16];
+        let want = async {
+            while let Some(Ok(message)) = self.wire.next().await {
+                let len = self.transport.read_message(&message, &mut plain).unwrap();
+                let frame = gundb::codec::decode_frame::<gundb::node::Frame>(&plain[1..len]);
+                if matches!(frame, Ok(gundb::node::Frame::Want { .. })) {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(Duration::from_secs(10), want).await.unwrap_or(false)
+    }
 }
 
 /// The hand-rolled client with the cluster's secret gets through, and learns the node's
-/// site id (so it speaks the protocol); with another secret the node closes the link
-/// after the third message, and nothing reaches the router.
+/// site id, signed (so it speaks the protocol); with another secret the node closes the
+/// link after the third message, and nothing reaches the router.
 #[test]
 fn a_hand_rolled_client_needs_the_secret() {
     run_site(|| async {
         let a = Site::temporary().unwrap();
         let addr = listening(&a).await;
-        assert_eq!(hand_rolled(addr, SECRET).await, Ok(a.id()));
-        let refused = hand_rolled(addr, b"a guess").await;
+        assert_eq!(HandRolled::connect(addr, SECRET).await.map(|client| client.node), Ok(a.id()));
+        let refused = HandRolled::connect(addr, b"a guess").await.map(|client| client.node);
         assert_eq!(refused, Err("closed after the third message".to_owned()));
         assert_eq!(a.metrics().await.unwrap().received, 0, "nothing from either reached A's router");
+    });
+}
+
+/// A peer holding the secret names only a site whose signing key it holds, and only that
+/// site in its `Hello`: naming another site's key with a signature of its own, or proving
+/// one site and saying hello as another, gets the connection closed. The same client,
+/// honest, is answered with a `Want` (so the refusals are the checks, not the client).
+#[test]
+fn a_peer_names_only_the_site_whose_key_it_holds() {
+    run_site(|| async {
+        let a = Site::temporary().unwrap();
+        let addr = listening(&a).await;
+        let (ours, victim) = (gundb::testkit::site_keys(3), gundb::testkit::site_keys(4));
+        let hello = |site| {
+            gundb::codec::encode_frame(&gundb::node::Frame::Hello { site, heard: 0, head: gundb::LogPos(0) }).unwrap()
+        };
+
+        let mut impersonator = HandRolled::connect(addr, SECRET).await.unwrap();
+        impersonator.identify(victim.public_key(), &ours).await;
+        assert_eq!(frames_until_closed(&mut impersonator.wire, "another site's key").await, 0);
+
+        let mut two_faced = HandRolled::connect(addr, SECRET).await.unwrap();
+        two_faced.identify(ours.public_key(), &ours).await;
+        two_faced.send_sealed(&hello(victim.site_id())).await;
+        assert!(!two_faced.wanted().await, "a hello naming another site than the proven one is not answered");
+        frames_until_closed(&mut two_faced.wire, "a hello naming another site").await;
+
+        let mut honest = HandRolled::connect(addr, SECRET).await.unwrap();
+        honest.identify(ours.public_key(), &ours).await;
+        honest.send_sealed(&hello(ours.site_id())).await;
+        assert!(honest.wanted().await, "an honest peer is asked for its log");
     });
 }
 

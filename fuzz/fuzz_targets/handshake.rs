@@ -4,14 +4,13 @@
 #![no_main]
 
 use gundb::node::tcp::handshake_over;
-use gundb::keys::LinkKey;
-use gundb::SiteId;
+use gundb::keys::SiteKeys;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 use tokio::io::AsyncWriteExt;
 
-/// The listener's link key: one for the whole run, as a node has.
-static KEY: LazyLock<LinkKey> = LazyLock::new(LinkKey::generate);
+/// The listener's keys: one set for the whole run, as a node has.
+static KEYS: LazyLock<SiteKeys> = LazyLock::new(SiteKeys::generate);
 
 fuzz_target!(|bytes: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
@@ -23,7 +22,7 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = peer.shutdown().await;
             peer // kept open for our writes until the handshake is over
         };
-        let handshake = handshake_over(ours, SiteId::from_u128(1), &KEY, b"the secret");
+        let handshake = handshake_over(ours, &KEYS, b"the secret");
         let (result, _peer) = tokio::join!(handshake, feed);
         assert!(result.is_err(), "random bytes cannot prove the secret");
     });

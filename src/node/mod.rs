@@ -168,9 +168,9 @@ where
 /// Starts the source and sink nodes of `site` on `endpoint`. Call it on both sites with
 /// the two ends of a link; stopping either node closes its half.
 pub fn connect(site: &Site, endpoint: Endpoint, config: NodeConfig) -> Connection {
-    let Endpoint { sender, receiver } = endpoint;
+    let Endpoint { sender, receiver, peer } = endpoint;
     let source = SourceNode::new(site.clone(), sender, config.clone()).start();
-    let sink = SinkNode::new(site.clone(), receiver, source.clone(), config).start();
+    let sink = SinkNode::new(site.clone(), receiver, source.clone(), config).proven_peer(peer).start();
     Connection { source, sink }
 }
 

@@ -29,6 +29,8 @@ pub struct SinkNode {
     config: NodeConfig,
     /// The peer's site, from its `Hello`.
     peer: Option<SiteId>,
+    /// The peer's site as the transport proved it, which its `Hello` must name.
+    proven: Option<SiteId>,
     /// Which frames to take and how far the peer's log is durable here, and what is held
     /// of it per origin: `None` until the peer said hello.
     intake: Option<(Intake, Origins)>,
@@ -56,6 +58,7 @@ impl SinkNode {
             source,
             config,
             peer: None,
+            proven: None,
             intake: None,
             link: None,
             sent: 0,
@@ -65,6 +68,14 @@ impl SinkNode {
             advancing: BTreeSet::new(),
             me: None,
         }
+    }
+
+    /// Requires the peer's `Hello` to name `peer`, the site its transport proved (see
+    /// [`super::transport::Endpoint::peer`]).
+    #[must_use]
+    pub fn proven_peer(mut self, peer: Option<SiteId>) -> Self {
+        self.proven = peer;
+        self
     }
 
     /// Asks the peer for its log after `after`, under the current epoch and filter.
@@ -91,6 +102,10 @@ impl SinkNode {
 
     /// The peer said who it is: ask for its log from where ours of it ends.
     fn hello(&mut self, site: SiteId, heard: u64, head: LogPos) -> bool {
+        if self.proven.is_some_and(|proven| proven != site) {
+            tracing::warn!(proven = ?self.proven, named = %site, "a peer named another site than the one it proved; closing the connection");
+            return false;
+        }
         match self.peer {
             Some(known) if known == site => {
                 // A keepalive. The peer's events are left to this link (other peers are

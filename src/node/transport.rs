@@ -21,13 +21,17 @@ pub struct Endpoint {
     pub sender: mpsc::Sender<Vec<u8>>,
     /// Frames from the peer.
     pub receiver: mpsc::Receiver<Vec<u8>>,
+    /// The peer's site, when the transport proved it (a TCP link does: the peer signs
+    /// the session with its site's key). A `Hello` naming another site closes the
+    /// connection. `None` for transports within one process, which trust both ends.
+    pub peer: Option<crate::id::SiteId>,
 }
 
 /// Two endpoints joined directly, each direction holding at most `capacity` frames.
 pub fn in_process(capacity: usize) -> (Endpoint, Endpoint) {
     let (to_b, from_a) = mpsc::channel(capacity.max(1));
     let (to_a, from_b) = mpsc::channel(capacity.max(1));
-    (Endpoint { sender: to_b, receiver: from_b }, Endpoint { sender: to_a, receiver: from_a })
+    (Endpoint { sender: to_b, receiver: from_b, peer: None }, Endpoint { sender: to_a, receiver: from_a, peer: None })
 }
 
 /// Two endpoints joined by bounded crossbeam channels (`capacity` frames each way), with a
@@ -37,8 +41,8 @@ pub fn in_process(capacity: usize) -> (Endpoint, Endpoint) {
 pub fn crossbeam(capacity: usize) -> (Endpoint, Endpoint) {
     let (a, a_inner) = in_process(capacity);
     let (b_inner, b) = in_process(capacity);
-    let Endpoint { sender: to_b, receiver: from_b } = b_inner;
-    let Endpoint { sender: to_a, receiver: from_a } = a_inner;
+    let Endpoint { sender: to_b, receiver: from_b, .. } = b_inner;
+    let Endpoint { sender: to_a, receiver: from_a, .. } = a_inner;
     bridge(from_a, to_b, capacity);
     bridge(from_b, to_a, capacity);
     (a, b)
@@ -93,8 +97,8 @@ impl Faults {
 pub fn faulty(capacity: usize, faults: Arc<Faults>, seed: u64) -> (Endpoint, Endpoint) {
     let (a, a_inner) = in_process(capacity);
     let (b_inner, b) = in_process(capacity);
-    let Endpoint { sender: to_b, receiver: from_b } = b_inner;
-    let Endpoint { sender: to_a, receiver: from_a } = a_inner;
+    let Endpoint { sender: to_b, receiver: from_b, .. } = b_inner;
+    let Endpoint { sender: to_a, receiver: from_a, .. } = a_inner;
     actix::spawn(relay(from_a, to_b, Arc::clone(&faults), true, Rng::new(seed)));
     actix::spawn(relay(from_b, to_a, faults, false, Rng::new(seed ^ 0x9e37_79b9)));
     (a, b)

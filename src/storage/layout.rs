@@ -49,7 +49,7 @@ use super::{Replicated, StorageError};
 /// events whose ids are hashes of their content ([`Event::content_id`]); version 6 adds
 /// attestations (`a` records) and the number of the attestation covering each event in its
 /// block. Events of earlier versions are not signed (nor, before 5, content-addressed),
-/// which every peer of protocol 9 refuses, so they cannot be kept: such a database is
+/// which every peer of protocol 9 or later refuses, so they cannot be kept: such a database is
 /// refused, not upgraded.
 pub const STORAGE_FORMAT: u32 = 6;
 

@@ -12,7 +12,7 @@ mod noise;
 use super::transport::Endpoint;
 use super::{connect, Connection, NodeConfig};
 use crate::id::SiteId;
-use crate::keys::LinkKey;
+use crate::keys::SiteKeys;
 use crate::limits;
 use crate::site::Site;
 use crate::stream::clock_ms;
@@ -32,12 +32,13 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 pub use noise::NOISE_MESSAGE_BYTES_MAX;
 use noise::{Role, Seal, Session};
 
-/// The wire protocol version this build speaks. Version 9 sends events with the
-/// attestations that sign them ([`crate::attest`]); version 8 sent events whose ids are
+/// The wire protocol version this build speaks. Version 10 names each side's site by its
+/// signing key, signed over the session; version 9 sent events with the attestations
+/// that sign them ([`crate::attest`]); version 8 sent events whose ids are
 /// hashes of their content ([`crate::Event::content_id`]); version 7 encrypted links with
 /// Noise; version 6 sent events whose clocks name only what their lane's
 /// previous event does not imply.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Why a TCP connection was refused or lost.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,13 @@ pub enum TcpError {
     Unauthenticated {
         /// Where the handshake failed.
         stage: &'static str,
+    },
+    /// The peer holds the secret but not the signing key of the site it names: its
+    /// signature over the session does not verify.
+    #[error("the peer named site {site} but could not sign as it: refused")]
+    Impersonation {
+        /// The site it named.
+        site: SiteId,
     },
     /// The peer is this site itself: its own link key or site id came back (it dialed
     /// itself, or someone reflected or looped its handshake).
@@ -148,11 +156,10 @@ async fn next<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>) -> Result<V
 #[doc(hidden)]
 pub async fn handshake_over<T: AsyncRead + AsyncWrite + Unpin>(
     socket: T,
-    site: SiteId,
-    key: &LinkKey,
+    keys: &SiteKeys,
     secret: &[u8],
 ) -> Result<SiteId, TcpError> {
-    Ok(noise::handshake(&mut framed(socket), Role::Listener, site, key, secret).await?.peer)
+    Ok(noise::handshake(&mut framed(socket), Role::Listener, keys, secret).await?.peer)
 }
 
 /// Moves frames between an authenticated socket and an endpoint, opening what comes in
@@ -167,22 +174,31 @@ fn bridge(wire: Wire, session: Session, idle: Option<Duration>) -> (Endpoint, on
     let (to_node, from_socket) = mpsc::channel(limits::LINK_FRAMES_MAX);
     let (to_socket, mut from_node) = mpsc::channel::<Vec<u8>>(limits::LINK_FRAMES_MAX);
     let (mut sink, mut stream) = wire.split();
+    // The writer stops when the reader does, so that both halves of the socket drop and
+    // the peer sees the connection close.
+    let (reading, mut read_ended) = oneshot::channel::<()>();
     actix::spawn(async move {
-        let _closed = closed; // dropped when this loop ends: that is the signal
+        let (_closed, _reading) = (closed, reading); // dropped when this loop ends: the signals
         loop {
-            let frame = loop {
-                let Some(idle) = idle else { break stream.next().await };
-                // `next` on a `Framed` is cancel-safe: a part of a frame read so far stays
-                // in its buffer when the timeout drops the future.
-                match tokio::time::timeout(idle, stream.next()).await {
-                    Ok(frame) => break frame,
-                    Err(_) => {
-                        let silent_ms = clock_ms().saturating_sub(last_byte_ms.load(Ordering::Relaxed));
-                        if u128::from(silent_ms) >= idle.as_millis() {
-                            break None; // silent for too long: the peer is gone
+            let next = async {
+                loop {
+                    let Some(idle) = idle else { break stream.next().await };
+                    // `next` on a `Framed` is cancel-safe: a part of a frame read so far
+                    // stays in its buffer when the timeout drops the future.
+                    match tokio::time::timeout(idle, stream.next()).await {
+                        Ok(frame) => break frame,
+                        Err(_) => {
+                            let silent_ms = clock_ms().saturating_sub(last_byte_ms.load(Ordering::Relaxed));
+                            if u128::from(silent_ms) >= idle.as_millis() {
+                                break None; // silent for too long: the peer is gone
+                            }
                         }
                     }
                 }
+            };
+            let frame = tokio::select! {
+                frame = next => frame,
+                () = to_node.closed() => None, // the sink node closed the connection
             };
             let Some(Ok(message)) = frame else { break };
             match open.open(&message) {
@@ -200,13 +216,18 @@ fn bridge(wire: Wire, session: Session, idle: Option<Duration>) -> (Endpoint, on
         }
     });
     actix::spawn(async move {
-        while let Some(frame) = from_node.recv().await {
+        loop {
+            let frame = tokio::select! {
+                frame = from_node.recv() => frame,
+                _ = &mut read_ended => None,
+            };
+            let Some(frame) = frame else { break };
             if send_sealed(&mut sink, &mut seal, &frame).await.is_err() {
                 break;
             }
         }
     });
-    (Endpoint { sender: to_socket, receiver: from_socket }, on_close)
+    (Endpoint { sender: to_socket, receiver: from_socket, peer: Some(peer) }, on_close)
 }
 
 /// Seals `frame` and sends its messages, flushing once after the last.
@@ -249,8 +270,7 @@ pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeCon
             let (site, secret, config) = (site.clone(), secret.clone(), config.clone());
             actix::spawn(async move {
                 let mut wire = framed(Watched::new(socket));
-                let key = site.storage().keys().link();
-                let handshake = noise::handshake(&mut wire, Role::Listener, site.id(), key, &secret);
+                let handshake = noise::handshake(&mut wire, Role::Listener, site.storage().keys(), &secret);
                 let handshake = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake).await;
                 drop(permit);
                 match handshake {
@@ -286,7 +306,7 @@ async fn dial_watched(
     config: NodeConfig,
 ) -> Result<(Connection, oneshot::Receiver<()>), TcpError> {
     let mut wire = framed(Watched::new(TcpStream::connect(addr).await?));
-    let handshake = noise::handshake(&mut wire, Role::Dialer, site.id(), site.storage().keys().link(), secret);
+    let handshake = noise::handshake(&mut wire, Role::Dialer, site.storage().keys(), secret);
     let session = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| TcpError::Handshake("timed out".into()))??;
@@ -320,7 +340,12 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
                     tracing::info!(%addr, "connection to peer lost; dialing again");
                 }
                 // A refused secret will not get better by retrying fast.
-                Err(error @ (TcpError::Unauthenticated { .. } | TcpError::Version { .. } | TcpError::Reflected)) => {
+                Err(
+                    error @ (TcpError::Unauthenticated { .. }
+                    | TcpError::Impersonation { .. }
+                    | TcpError::Version { .. }
+                    | TcpError::Reflected),
+                ) => {
                     tracing::warn!(%addr, %error, "peer refused");
                     backoff = Duration::from_secs(10);
                 }

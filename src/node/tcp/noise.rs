@@ -8,8 +8,11 @@
 //! pre-shared key derived from it), with fresh ephemeral keys, so recorded traffic stays
 //! secret even once a static key or the secret leaks. The protocol version is in the
 //! handshake's prologue, so a version changed on the way fails the handshake. Last, each
-//! side sends its site id in its first sealed frame: the dialer learns that the listener
-//! holds the secret only when that frame opens.
+//! side sends its site's public signing key in its first sealed frame, with its signature
+//! over the handshake's hash and its role ([`Identity`]): the site id is derived from the
+//! key, so a peer names only a site whose key it holds, and the signature, bound to this
+//! session and this side, cannot be replayed or reflected. The dialer learns that the
+//! listener holds the secret only when that frame opens.
 //!
 //! After the handshake every frame is sealed (ChaCha20-Poly1305) in Noise transport
 //! messages of at most [`NOISE_MESSAGE_BYTES_MAX`], each numbered by an implicit
@@ -19,8 +22,9 @@
 use super::{next, TcpError, Wire, PROTOCOL_VERSION};
 use crate::codec;
 use crate::id::SiteId;
-use crate::keys::{LinkKey, NOISE_PARAMS};
+use crate::keys::{SiteKeys, NOISE_PARAMS};
 use crate::limits;
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
 use futures::SinkExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,6 +59,33 @@ pub(super) enum Role {
     Listener,
 }
 
+impl Role {
+    fn other(self) -> Self {
+        match self {
+            Role::Dialer => Role::Listener,
+            Role::Listener => Role::Dialer,
+        }
+    }
+}
+
+/// Each side's first sealed frame: its site's public signing key (the site id is
+/// [`SiteId::of_key`] of it) and its signature over [`identity_message`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    key: [u8; 32],
+    signature: Signature,
+}
+
+/// What a side signs to name its site on a link: a BLAKE3 hash (key-derivation mode, a
+/// context of its own) of its role (0 dialer, 1 listener) and the handshake's hash, which
+/// both sides share and no other session has.
+fn identity_message(role: Role, handshake_hash: &[u8]) -> [u8; 32] {
+    let mut hash = blake3::Hasher::new_derive_key("gundb 2026-11 link identity");
+    hash.update(&[u8::from(role == Role::Listener)]);
+    hash.update(handshake_hash);
+    *hash.finalize().as_bytes()
+}
+
 /// An authenticated link: who the peer is, and the two halves of its encryption.
 pub(super) struct Session {
     pub peer: SiteId,
@@ -85,15 +116,16 @@ async fn send<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>, bytes: Vec<
     Ok(wire.send(Bytes::from(bytes)).await?)
 }
 
-/// Runs the handshake on a fresh socket as `role`, for `site` with `key`: versions, then
-/// Noise, then site ids. On success the wire takes frames up to [`NOISE_MESSAGE_BYTES_MAX`].
+/// Runs the handshake on a fresh socket as `role`, for the site of `keys`: versions, then
+/// Noise (with its link key), then identities (signed with its signing key). On success
+/// the wire takes frames up to [`NOISE_MESSAGE_BYTES_MAX`].
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<T>,
     role: Role,
-    site: SiteId,
-    key: &LinkKey,
+    keys: &SiteKeys,
     secret: &[u8],
 ) -> Result<Session, TcpError> {
+    let (site, key) = (keys.site_id(), keys.link());
     send(wire, codec::encode(&Preface { version: PROTOCOL_VERSION }).map_err(|e| TcpError::Handshake(e.to_string()))?)
         .await?;
     let peer: Preface =
@@ -140,12 +172,15 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     if noise.get_remote_static() == Some(&key.public()[..]) {
         return Err(TcpError::Reflected);
     }
+    let handshake_hash = noise.get_handshake_hash().to_vec();
     let transport = Arc::new(noise.into_stateless_transport_mode().map_err(snow_error("finishing the handshake"))?);
     let mut seal = Seal { transport: Arc::clone(&transport), nonce: 0, plain: Vec::new() };
     let mut open = Open { transport, nonce: 0, plain: Vec::new(), frame: Vec::new() };
     wire.codec_mut().set_max_frame_length(NOISE_MESSAGE_BYTES_MAX);
 
-    let ours = codec::encode(&site).map_err(|e| TcpError::Handshake(e.to_string()))?;
+    let ours =
+        Identity { key: keys.public_key(), signature: keys.signing().sign(&identity_message(role, &handshake_hash)) };
+    let ours = codec::encode(&ours).map_err(|e| TcpError::Handshake(e.to_string()))?;
     for message in seal.seal(&ours)? {
         wire.send(message).await?;
     }
@@ -161,11 +196,17 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let unauthenticated = |_| TcpError::Unauthenticated { stage: "the peer's first sealed frame" };
     let frame = open.open(&received).map_err(unauthenticated)?;
-    let frame = frame.ok_or(TcpError::Handshake("the peer's site id spans several messages".into()))?;
-    let peer: SiteId = codec::decode(&frame).map_err(|e| TcpError::Handshake(format!("the peer's site id: {e}")))?;
+    let frame = frame.ok_or(TcpError::Handshake("the peer's identity spans several messages".into()))?;
+    let theirs: Identity =
+        codec::decode(&frame).map_err(|e| TcpError::Handshake(format!("the peer's identity: {e}")))?;
+    let peer = SiteId::of_key(&theirs.key);
     if peer == site {
         return Err(TcpError::Reflected);
     }
+    let signed = identity_message(role.other(), &handshake_hash);
+    VerifyingKey::from_bytes(&theirs.key)
+        .and_then(|key| key.verify_strict(&signed, &theirs.signature))
+        .map_err(|_| TcpError::Impersonation { site: peer })?;
     Ok(Session { peer, seal, open })
 }
 
@@ -255,12 +296,12 @@ mod tests {
         runtime.block_on(async {
             let (a, b) = tokio::io::duplex(1 << 16);
             let (mut a, mut b) = (super::super::framed(a), super::super::framed(b));
-            let (key_a, key_b) = (LinkKey::generate(), LinkKey::generate());
-            let dialer = handshake(&mut a, Role::Dialer, SiteId::from_u128(1), &key_a, b"s");
-            let listener = handshake(&mut b, Role::Listener, SiteId::from_u128(2), &key_b, b"s");
+            let (keys_a, keys_b) = (crate::testkit::site_keys(1), crate::testkit::site_keys(2));
+            let dialer = handshake(&mut a, Role::Dialer, &keys_a, b"s");
+            let listener = handshake(&mut b, Role::Listener, &keys_b, b"s");
             let (a, b) = tokio::join!(dialer, listener);
             let (a, b) = (a.unwrap(), b.unwrap());
-            assert_eq!((a.peer, b.peer), (SiteId::from_u128(2), SiteId::from_u128(1)));
+            assert_eq!((a.peer, b.peer), (keys_b.site_id(), keys_a.site_id()));
             ((a.seal, a.open), (b.seal, b.open))
         })
     }
