@@ -366,6 +366,13 @@ async fn frontier(site: web::Data<Site>, page: web::Query<StreamsPage>) -> Resul
 /// when they hold the same events.
 async fn health(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
     use sha2::Digest;
+    if let Some(failure) = site.storage().stats().failure {
+        return Ok(HttpResponse::ServiceUnavailable().json(json!({
+            "status": "failing",
+            "site": site.id().to_string(),
+            "reason": format!("storage: {failure}"),
+        })));
+    }
     let frontier = site.frontier().await?;
     let mut digest = sha2::Sha256::new();
     let mut events = 0u64;
@@ -410,6 +417,9 @@ async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
     }
     text.push_str("# HELP gundb_pending Events the router holds now.\n# TYPE gundb_pending gauge\n");
     text.push_str(&format!("gundb_pending {}\n", m.pending));
+    let failed = u8::from(site.storage().stats().failure.is_some());
+    text.push_str("# HELP gundb_storage_failed 1 when storage failed and refuses every call until reopened.\n");
+    text.push_str(&format!("# TYPE gundb_storage_failed gauge\ngundb_storage_failed {failed}\n"));
     text.push_str("# HELP gundb_links_live Peers with a live direct link here.\n# TYPE gundb_links_live gauge\n");
     text.push_str(&format!("gundb_links_live {}\n", site.links().live().len()));
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))

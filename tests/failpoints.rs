@@ -24,14 +24,16 @@ fn fail_then_reopen(fault: fn(&Failpoints), expected: StorageError) -> (Vec<u64>
         let storage = Arc::new(SledStorage::open(&path).unwrap());
         let actor = StreamActor::<TrailStream>::open(storage.clone(), stream).unwrap().start();
         actor.send(Emit::new(1)).await.unwrap().unwrap();
+        assert_eq!(storage.stats().failure, None);
         fault(storage.failpoints());
         let failed = actor.send(Emit::new(2));
         let after = actor.send(Emit::new(3));
-        let refusal = StreamError::Storage(expected);
+        let refusal = StreamError::Storage(expected.clone());
         assert_eq!(failed.await.unwrap().unwrap_err(), refusal);
         // The write after it shares its fate: the writer applies nothing after a failure.
         assert_eq!(after.await.unwrap().unwrap_err(), refusal);
         assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap_err(), refusal, "refuses until reopened");
+        assert_eq!(storage.stats().failure, Some(expected), "the storage says why");
     });
     let path = dir.path().to_path_buf();
     run_site(move || async move {
@@ -174,5 +176,31 @@ fn events_whose_attestation_cannot_be_read_are_dropped_not_refused() {
         site.receive(events, attestations).await.unwrap();
         let target: gundb::VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
         tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target)).await.unwrap().unwrap();
+    });
+}
+
+/// A storage failure shows: `/health` answers 503 with the failure as its reason (not
+/// "ok"), and `/metrics` has `gundb_storage_failed 1`.
+#[test]
+fn a_failed_storage_shows_in_health_and_metrics() {
+    run_site(|| async {
+        use actix_web::test::{call_service, init_service, read_body, TestRequest};
+        let storage = Arc::new(SledStorage::temporary().unwrap());
+        let site = gundb::Site::with_storage(storage.clone(), gundb::SiteConfig::default()).unwrap();
+        let app = init_service(actix_web::App::new().configure(gundb::http::routes(site.clone(), 1 << 20))).await;
+        let get = |path: &str| TestRequest::get().uri(path).to_request();
+        assert_eq!(call_service(&app, get("/health")).await.status(), 200);
+
+        storage.failpoints().fail_nth(Fault::Flush, 1);
+        let stream = site.stream::<TrailStream>(StreamId::from_u128(7)).await.unwrap();
+        assert!(stream.send(Emit::new(1)).await.unwrap().is_err(), "the write failed");
+        let health = call_service(&app, get("/health")).await;
+        assert_eq!(health.status(), 503);
+        let health: serde_json::Value = serde_json::from_slice(&read_body(health).await).unwrap();
+        assert_eq!(health["status"], "failing");
+        assert!(health["reason"].as_str().unwrap().contains("flush"), "{health}");
+        let metrics = read_body(call_service(&app, get("/metrics")).await).await;
+        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+        assert!(metrics.lines().any(|line| line == "gundb_storage_failed 1"), "{metrics}");
     });
 }

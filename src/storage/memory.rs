@@ -306,6 +306,7 @@ impl Storage for MemoryStorage {
             commits: self.commits.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             signing_ns: 0,
+            failure: None,
         }
     }
 }

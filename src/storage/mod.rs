@@ -329,7 +329,7 @@ impl Claims {
 }
 
 /// Counters of the group commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StorageStats {
     /// Appends acknowledged or failed.
     pub commits: u64,
@@ -337,6 +337,10 @@ pub struct StorageStats {
     pub flushes: u64,
     /// Nanoseconds the writer spent signing this site's events.
     pub signing_ns: u64,
+    /// The failure that stopped the storage, if one did: it then refuses every read and
+    /// write until the database is reopened (what it holds in memory may be ahead of the
+    /// disk).
+    pub failure: Option<StorageError>,
 }
 
 /// A pending append: resolves once it (and everything written before it) is durable.

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// What a write survives once acknowledged.
@@ -308,7 +308,15 @@ struct Counters {
 
 impl Counters {
     fn fail(&self, error: &StorageError) {
-        self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(|| error.clone());
+        let mut failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed.is_none() {
+            tracing::error!(
+                %error,
+                "storage failed: this site refuses every read and write until its database is reopened \
+                 (restart the node); nothing acknowledged before is lost"
+            );
+            *failed = Some(error.clone());
+        }
     }
 
     fn check(&self) -> Result<(), StorageError> {
@@ -530,50 +538,67 @@ fn flush_durably(
     fsync: Option<&mut Fsync>,
     before_fsync: impl FnOnce() -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    let started = SystemTime::now();
     db.flush().map_err(|e| StorageError::Flush(e.to_string()))?;
     if let Some(fsync) = fsync {
         before_fsync()?;
-        fsync.sync(started).map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
+        fsync.sync().map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
     }
     Ok(())
 }
 
 /// What `Durability::Fsync` syncs after sled's flush: the database file, and the blob
-/// files sled writes (without fsync) for log items larger than a quarter segment.
+/// files sled writes (without fsync) for items larger than a quarter segment.
+///
+/// Blob files are named by their log sequence number, which only grows, and never change
+/// once written, so a pass syncs the blobs named past what the pass before the last one
+/// saw: each blob is synced in the two passes after it appears, the second covering one
+/// that another sled thread was still writing during the first. No file times are read.
+/// sled deletes the blobs of items it replaced, also while a pass runs: a blob gone before
+/// it could be synced holds nothing that needs it, and is skipped.
 struct Fsync {
     db: File,
     blobs: PathBuf,
-    /// When the previous flush started: blobs written since then are not yet synced.
-    since: SystemTime,
+    /// The newest blob the pass before the last one saw (`None`: none yet).
+    floor: Option<i64>,
+    /// The newest blob the last pass saw.
+    newest: Option<i64>,
 }
 
 impl Fsync {
+    /// Syncs the database folder first: sled created its files in it (a crash before the
+    /// new names are durable would lose the whole database).
     fn new(path: &Path) -> Result<Self, StorageError> {
-        Ok(Self { db: File::open(path.join("db")).map_err(io_error)?, blobs: path.join("blobs"), since: UNIX_EPOCH })
+        File::open(path).and_then(|folder| folder.sync_all()).map_err(io_error)?;
+        let db = File::open(path.join("db")).map_err(io_error)?;
+        Ok(Self { db, blobs: path.join("blobs"), floor: None, newest: None })
     }
 
-    fn sync(&mut self, started: SystemTime) -> std::io::Result<()> {
+    fn sync(&mut self) -> std::io::Result<()> {
         self.db.sync_all()?;
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(error) => return Err(error),
         };
-        // A margin for coarse file times; syncing a blob twice is harmless.
-        let since = self.since.checked_sub(Duration::from_secs(2)).unwrap_or(UNIX_EPOCH);
+        let mut newest = self.newest;
         let mut synced = false;
         for entry in entries {
-            let entry = entry?;
-            if entry.metadata()?.modified()? >= since {
-                File::open(entry.path())?.sync_all()?;
-                synced = true;
+            let name = entry?.file_name();
+            let Some(lsn) = name.to_str().and_then(|name| name.parse::<i64>().ok()) else { continue };
+            if self.floor.is_some_and(|floor| lsn <= floor) {
+                continue;
             }
+            match File::open(self.blobs.join(&name)).and_then(|blob| blob.sync_all()) {
+                Ok(()) => synced = true,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue, // deleted by sled
+                Err(error) => return Err(error),
+            }
+            newest = newest.max(Some(lsn));
         }
         if synced {
             File::open(&self.blobs)?.sync_all()?; // the new names
         }
-        self.since = started;
+        (self.floor, self.newest) = (self.newest, newest);
         Ok(())
     }
 }
@@ -937,6 +962,7 @@ impl Storage for SledStorage {
             commits: self.stats.commits.load(Ordering::Relaxed),
             flushes: self.stats.flushes.load(Ordering::Relaxed),
             signing_ns: self.signing_ns.load(Ordering::Relaxed),
+            failure: self.stats.check().err(),
         }
     }
 }
@@ -1044,6 +1070,30 @@ pub mod failpoints {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    /// The fsync pass chooses blobs by name, not by time: a blob sled deleted while the
+    /// pass ran (a dangling name here) is skipped, and a blob synced in two passes is not
+    /// opened again (a name that cannot be opened at all here: a symlink to itself).
+    #[test]
+    fn the_fsync_pass_skips_deleted_blobs_and_syncs_each_blob_in_two_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), b"db").unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        std::fs::write(blobs.join("3"), b"blob").unwrap();
+        std::os::unix::fs::symlink(blobs.join("gone"), blobs.join("10")).unwrap();
+        let mut fsync = Fsync::new(dir.path()).unwrap();
+        fsync.sync().expect("a deleted blob is skipped");
+        fsync.sync().unwrap();
+        assert_eq!((fsync.floor, fsync.newest), (Some(3), Some(3)));
+        std::fs::remove_file(blobs.join("3")).unwrap();
+        std::os::unix::fs::symlink(blobs.join("3"), blobs.join("3")).unwrap();
+        assert!(File::open(blobs.join("3")).is_err(), "the name cannot be opened");
+        fsync.sync().expect("a blob synced twice is left alone");
+        std::fs::write(blobs.join("12"), b"new").unwrap();
+        fsync.sync().unwrap();
+        assert_eq!(fsync.newest, Some(12));
+    }
 
     fn queue_of(ops: Vec<Op>) -> Receiver<Op> {
         let (sender, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
