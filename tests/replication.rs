@@ -356,6 +356,64 @@ fn an_event_refused_for_good_is_not_fetched_again_and_again() {
     });
 }
 
+/// A stream of numbers summed: the same events as `TrailStream`, another type name.
+struct SumStream;
+
+impl gundb::Stream for SumStream {
+    const TYPE_NAME: &'static str = "test.sum";
+    type Event = u64;
+    type View = Sum;
+}
+
+#[derive(Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Sum(u64);
+
+impl gundb::View<u64> for Sum {
+    fn apply_event(&mut self, event: &u64, _: &gundb::EventMeta<'_>) {
+        self.0 += event;
+    }
+}
+
+/// One stream, two types: A writes stream X as `TrailStream`, B as `SumStream`. Each
+/// refuses the other's events of X for good, each once (the lane stops there and its
+/// later events are dropped on arrival, not held), and neither fetches them again: after
+/// two more round trips on another stream each site has received every event exactly
+/// once. Both keep serving: the other stream replicates both ways, and each site's X
+/// takes local writes.
+#[test]
+fn a_stream_of_another_type_at_each_site_is_refused_once_and_both_keep_serving() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let (x, y) = (StreamId::from_u128(12), StreamId::from_u128(13));
+        write(&a, x, 0..3).await;
+        let sums = b.stream::<SumStream>(x).await.unwrap();
+        for n in 10..13 {
+            sums.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        let (l, r) = in_process(4);
+        connect(&a, l, quiet());
+        connect(&b, r, quiet());
+        for round in 0..3 {
+            write(&a, y, round..round + 1).await;
+            write(&b, y, 100 + round..101 + round).await;
+            let mut both = a.frontier().await.unwrap();
+            both.merge(&b.frontier().await.unwrap());
+            let y_lanes: VectorClock = both.iter().filter(|(lane, _)| lane.stream == y).collect();
+            until_covers(&a, &y_lanes).await;
+            until_covers(&b, &y_lanes).await;
+        }
+        for (site, name) in [(&a, "A"), (&b, "B")] {
+            let metrics = site.metrics().await.unwrap();
+            assert_eq!(metrics.refused, 3, "{name}: the other's three events of X, once each: {metrics:?}");
+            assert_eq!(metrics.received, 6, "{name}: three of X and three of Y, each once: {metrics:?}");
+        }
+        write(&a, x, 3..4).await;
+        sums.send(Emit::new(13)).await.unwrap().unwrap();
+        assert_eq!(view(&a, x).await, Trail(vec![0, 1, 2, 3]));
+        assert_eq!(sums.send(GetView::new()).await.unwrap().unwrap().view, Sum(46));
+    });
+}
+
 /// One-way cuts: A cannot reach B directly (but B reaches A), and C relays: both end with
 /// every write.
 #[test]

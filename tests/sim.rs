@@ -511,8 +511,9 @@ impl Sim {
                         let conn = self.conns.get_mut(&(peer, to)).unwrap();
                         if let Some((intake, _)) = &mut conn.sink {
                             conn.settling.clear();
-                            let after = intake.reset(now);
-                            self.want(peer, to, after);
+                            if let Some(after) = intake.reset(now) {
+                                self.want(peer, to, after);
+                            }
                         }
                     }
                 }

@@ -145,6 +145,11 @@ pub struct Intake {
     /// whether it is durable.
     settling: VecDeque<(u64, LogPos, bool)>,
     next_id: u64,
+    /// Resets in a row with the durable position not moving since the one before: the
+    /// router keeps refusing something for now, so each asks later than the last.
+    resets: u32,
+    /// The durable position at the last reset.
+    reset_at: LogPos,
     /// A planted bug: frames that do not follow on are taken.
     takes_gaps: bool,
 }
@@ -225,18 +230,29 @@ impl Intake {
 
     /// The router dropped or refused an event: whatever is not durable may be lost, so
     /// the frames waiting are forgotten and the log is asked for again from the durable
-    /// position (returned).
-    pub fn reset(&mut self, now: u64) -> LogPos {
+    /// position: at once (returned) the first time, and after a growing pause
+    /// ([`Intake::want_again`]) when nothing became durable since the last reset, so
+    /// that a refusal that persists (storage failing, a stream that cannot open) costs
+    /// a resend per pause, not a loop.
+    pub fn reset(&mut self, now: u64) -> Option<LogPos> {
         self.settling.clear();
         self.expected = self.durable;
-        self.ask(now)
+        self.resets = if self.durable > self.reset_at { 1 } else { self.resets.saturating_add(1) };
+        self.reset_at = self.durable;
+        if self.resets == 1 {
+            return Some(self.ask(now));
+        }
+        self.wanted = Some((self.expected, now));
+        None
     }
 
     /// The position to ask for again, if the last `Want` went `resend_after` or more
-    /// before `now` and nothing followed on since.
+    /// before `now` (doubled for each reset in a row past the first, up to 64 times) and
+    /// nothing followed on since.
     pub fn want_again(&mut self, now: u64, resend_after: u64) -> Option<LogPos> {
         let (after, asked) = self.wanted?;
-        (now.saturating_sub(asked) >= resend_after).then(|| {
+        let pause = resend_after.saturating_mul(1 << self.resets.saturating_sub(1).min(6));
+        (now.saturating_sub(asked) >= pause).then(|| {
             self.wanted = Some((after, now));
             after
         })
@@ -551,7 +567,9 @@ mod tests {
                         if rng.chance(3) {
                             // The router refused an event of it: the sink asks again.
                             taken.clear();
-                            to_source.push(Err(intake.reset(now).0));
+                            if let Some(after) = intake.reset(now) {
+                                to_source.push(Err(after.0));
+                            }
                             continue;
                         }
                         durable_frames.push((after, last));
@@ -591,6 +609,27 @@ mod tests {
             }
             assert_eq!(intake.durable(), LogPos(len), "seed {seed}: the whole log is durable at the sink");
         }
+    }
+
+    /// A refusal that persists does not loop: the first reset asks at once, each further
+    /// one with nothing durable in between waits twice as long (up to 64 times the resend
+    /// interval), and progress starts over.
+    #[test]
+    fn repeated_resets_without_progress_back_off() {
+        let mut intake = Intake::new(LogPos(0), 0);
+        assert_eq!(intake.reset(0), Some(LogPos(0)), "the first reset asks at once");
+        assert_eq!(intake.reset(10), None);
+        assert_eq!(intake.want_again(109, 100), None);
+        assert_eq!(intake.want_again(210, 100), Some(LogPos(0)), "after twice the interval");
+        for _ in 0..10 {
+            intake.reset(1_000);
+        }
+        assert_eq!(intake.want_again(1_000 + 6_399, 100), None);
+        assert_eq!(intake.want_again(1_000 + 6_400, 100), Some(LogPos(0)), "at most 64 times");
+        // Something becomes durable: the next reset asks at once again.
+        let Take::Events(id) = intake.frame(0, LogPos(0), LogPos(5), 4, 8_000) else { panic!("taken") };
+        assert_eq!(intake.settled(id), Some(LogPos(5)));
+        assert_eq!(intake.reset(8_001), Some(LogPos(5)));
     }
 
     #[test]
@@ -754,8 +793,9 @@ mod tests {
                         let (id, sent) = link.taken.remove(rng.index(link.taken.len()));
                         if rng.chance(5) {
                             link.taken.clear();
-                            let after = link.intake.reset(now);
-                            link.want(after.0);
+                            if let Some(after) = link.intake.reset(now) {
+                                link.want(after.0);
+                            }
                             continue;
                         }
                         for pos in sent {

@@ -370,7 +370,7 @@ impl Handler<FrontierAdvanced> for SinkNode {
         }
         // The router dropped or refused an event (a full buffer, a busy stream): what is
         // not durable yet may be lost, so take the peer's log again from there.
-        if let Some(after) = self.intake.as_mut().map(|(intake, _)| intake.reset(clock_ms())) {
+        if let Some(after) = self.intake.as_mut().and_then(|(intake, _)| intake.reset(clock_ms())) {
             self.want(after);
         }
     }

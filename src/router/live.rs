@@ -189,7 +189,7 @@ impl Router {
                     tracing::warn!(%stream, %error, "opening a stream failed; its events are fetched again later");
                     let queued = self.outboxes.remove(stream);
                     for event in queued {
-                        self.refuse(event.lane, event.seq);
+                        self.refuse_for_now(event.lane, event.seq);
                     }
                 }
             }

@@ -378,6 +378,12 @@ impl Router {
             }
         }
         let (lane, seq, id) = (event.lane, event.seq, event.id);
+        if self.poisoned.contains(&lane) {
+            // An event of its lane was refused for good here: it could never be delivered,
+            // so it is not held (where it would wait for ever) but refused too.
+            self.metrics.refused += 1;
+            return;
+        }
         if seq <= self.pending.delivered_seq(lane) {
             return self.receive_delivered(event);
         }
@@ -467,12 +473,9 @@ impl Router {
                     // Its stream applies in mailbox order, so its own successors may follow.
                     self.pending.mark_delivered(lane, seq);
                 }
-                Ok(Open::Ready(_) | Open::Later(_)) => {
-                    self.metrics.malformed += 1; // another type than its stream's
-                    self.refuse(lane, seq);
-                }
+                Ok(Open::Ready(_) | Open::Later(_)) => self.refuse_for_good(lane, seq),
                 Ok(Open::Unregistered) => self.store_unregistered(event, ctx),
-                Err(_) => self.refuse(lane, seq),
+                Err(_) => self.refuse_for_now(lane, seq),
             }
         }
     }
@@ -575,11 +578,8 @@ impl Router {
         let (lane, seq) = (event.lane, event.seq);
         match self.storage.declare_stream(lane.stream, &event.stream_type) {
             Ok(()) => {}
-            Err(StorageError::TypeMismatch { .. }) => {
-                self.metrics.malformed += 1;
-                return self.refuse(lane, seq);
-            }
-            Err(_) => return self.refuse(lane, seq),
+            Err(StorageError::TypeMismatch { .. }) => return self.refuse_for_good(lane, seq),
+            Err(_) => return self.refuse_for_now(lane, seq),
         }
         let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &[] };
         match self.storage.append(lane.stream, append) {
@@ -592,7 +592,7 @@ impl Router {
                     router.release(ctx);
                 });
             }
-            Err(_) => self.refuse(lane, seq),
+            Err(_) => self.refuse_for_now(lane, seq),
         }
     }
 
@@ -647,9 +647,26 @@ impl Router {
         }
     }
 
-    fn refuse(&mut self, lane: Lane, seq: Seq) {
+    /// Gives up on a taken event for now (its stream could not open, storage failed or
+    /// was busy): its slot is freed and the peers are asked for it again, later each time
+    /// it keeps failing (the sinks back off, `Intake::reset`).
+    fn refuse_for_now(&mut self, lane: Lane, seq: Seq) {
         self.pending.abandon(lane, seq);
         self.metrics.refused += 1;
+        self.rewound = true;
+    }
+
+    /// Refuses a taken event for good (another type than its stream's here): asking again
+    /// would bring the same bytes back for ever, so its lane stops here at this site, and
+    /// whoever waits for it is answered.
+    fn refuse_for_good(&mut self, lane: Lane, seq: Seq) {
+        self.pending.abandon(lane, seq);
+        self.metrics.refused += 1;
+        self.metrics.malformed += 1;
+        if self.poisoned.insert(lane) {
+            tracing::warn!(%lane, seq = seq.0, "refused an event for good: its stream has another type here; the lane stops here at this site");
+        }
+        self.advanced = true;
     }
 }
 
