@@ -7,6 +7,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::event::{Event, EventMeta, OrderKey};
+use crate::id::EventId;
 use crate::limits;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -136,19 +137,23 @@ impl<S: Stream> Fold<S> {
     }
 
     /// Folds `event` (whose decoded payload is `payload`), or says a replay is needed.
-    pub fn apply(&mut self, event: &Event, payload: &S::Event) -> Folded {
+    ///
+    /// # Errors
+    /// [`FoldError::Panicked`] when the view's `apply_event` panicked: the view may be
+    /// half-changed, so the fold must not be used again.
+    pub fn apply(&mut self, event: &Event, payload: &S::Event) -> Result<Folded, FoldError> {
         let key = event.order_key();
         let in_order = self.last.is_none_or(|last| key > last);
         if in_order || S::COMMUTATIVE || !self.rollback {
-            self.view.apply_event(payload, &event.meta());
+            apply_caught::<S>(&mut self.view, payload, event)?;
             if in_order {
                 self.last = Some(key);
-                return Folded::Applied { snapshot: self.maybe_snapshot(key) };
+                return Ok(Folded::Applied { snapshot: self.maybe_snapshot(key) });
             }
-            return Folded::Applied { snapshot: None };
+            return Ok(Folded::Applied { snapshot: None });
         }
         drop(self.snapshots.split_off(&key));
-        Folded::Rewind { from: self.snapshots.keys().next_back().copied() }
+        Ok(Folded::Rewind { from: self.snapshots.keys().next_back().copied() })
     }
 
     /// Restores the snapshot at `from` (or the empty view), ready for [`Fold::replay`] of
@@ -169,15 +174,16 @@ impl<S: Stream> Fold<S> {
     /// folded (after [`Fold::rewind`], or on recovery). Returns keys of snapshots taken.
     ///
     /// # Errors
-    /// A payload that does not decode. Events were validated before they were stored, so
-    /// this means the log was damaged.
-    pub fn replay<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Result<Vec<OrderKey>, CodecError> {
+    /// A payload that does not decode (events were validated before they were stored, so
+    /// this means the log was damaged, or the event type changed), or an `apply_event`
+    /// that panicked ([`FoldError::Panicked`]: the fold must not be used again).
+    pub fn replay<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Result<Vec<OrderKey>, FoldError> {
         let mut taken = Vec::new();
         for event in events {
             let key = event.order_key();
             assert!(self.last.is_none_or(|last| key > last), "replay must be in canonical order");
             let payload: S::Event = codec::decode(&event.payload)?;
-            self.view.apply_event(&payload, &event.meta());
+            apply_caught::<S>(&mut self.view, &payload, event)?;
             self.last = Some(key);
             taken.extend(self.maybe_snapshot(key));
         }
@@ -196,6 +202,38 @@ impl<S: Stream> Fold<S> {
         }
         Some(key)
     }
+}
+
+/// Why a [`Fold`] could not fold an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    /// A stored payload does not decode into the stream's event type.
+    #[error("a stored payload does not decode: {0}")]
+    Payload(#[from] CodecError),
+    /// The view's `apply_event` panicked on the event (a bug in the application's view,
+    /// or an event it cannot handle): caught, so that the panic stops this stream only.
+    #[error("apply_event panicked on event {event}: {message}")]
+    Panicked {
+        /// The event being folded.
+        event: EventId,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+/// `view.apply_event(payload)`, with a panic caught and returned. The view may be left
+/// half-changed by a panic, which is why [`FoldError::Panicked`] retires the fold.
+fn apply_caught<S: Stream>(view: &mut S::View, payload: &S::Event, event: &Event) -> Result<(), FoldError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| view.apply_event(payload, &event.meta()))).map_err(
+        |panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|message| (*message).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            FoldError::Panicked { event: event.id, message }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -231,7 +269,7 @@ mod tests {
         for event in arrivals {
             log.insert(event.order_key(), event.clone());
             let payload: u32 = codec::decode(&event.payload).unwrap();
-            if let Folded::Rewind { from } = fold.apply(event, &payload) {
+            if let Folded::Rewind { from } = fold.apply(event, &payload).unwrap() {
                 let after: Vec<&Event> = match from {
                     Some(k) => {
                         log.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).map(|(_, e)| e).collect()
@@ -294,9 +332,9 @@ mod tests {
         };
         let mut fold = Fold::<TrailStream>::new(1);
         let first = event(1, 2);
-        assert_eq!(fold.apply(&first, &1), Folded::Applied { snapshot: Some(first.order_key()) });
+        assert_eq!(fold.apply(&first, &1), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));
         let late = event(2, 1);
-        assert_eq!(fold.apply(&late, &2), Folded::Rewind { from: None });
+        assert_eq!(fold.apply(&late, &2), Ok(Folded::Rewind { from: None }));
         assert!(fold.snapshot(&first.order_key()).is_none());
     }
 }

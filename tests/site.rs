@@ -238,3 +238,56 @@ fn an_event_claiming_this_sites_own_lane_is_refused() {
         assert_eq!(handle.send(GetView::new()).await.unwrap().unwrap().view.0, vec![1, 2]);
     });
 }
+
+/// A view that panics on the number 13, as a buggy application view would.
+#[derive(Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Fragile(Vec<u64>);
+
+impl gundb::View<u64> for Fragile {
+    fn apply_event(&mut self, event: &u64, _: &gundb::EventMeta<'_>) {
+        assert_ne!(*event, 13, "unlucky");
+        self.0.push(*event);
+    }
+}
+
+struct FragileStream;
+
+impl gundb::Stream for FragileStream {
+    const TYPE_NAME: &'static str = "test.fragile";
+    type Event = u64;
+    type View = Fragile;
+}
+
+/// A panicking `apply_event` stops its stream with a typed error, caught at the fold: the
+/// site's other streams and its router go on, and reopening the folder does not crash
+/// (the stream that cannot fold its log fails to open, with the same error; the others
+/// open with their views).
+#[test]
+fn a_panicking_view_stops_its_stream_only_and_reopening_does_not_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fragile, sturdy) = (StreamId::from_u128(51), StreamId::from_u128(52));
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let site = Site::open(&path).unwrap();
+        let stream = site.stream::<FragileStream>(fragile).await.unwrap();
+        stream.send(Emit::new(1)).await.unwrap().unwrap();
+        let panicked = stream.send(Emit::new(13)).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&panicked, gundb::StreamError::ApplyPanicked { message, .. } if message.contains("unlucky")),
+            "{panicked:?}"
+        );
+        assert!(stream.send(GetView::new()).await.unwrap().is_err(), "the stream refuses until reopened");
+        let other = site.stream::<TrailStream>(sturdy).await.unwrap();
+        other.send(Emit::new(7)).await.unwrap().unwrap();
+        assert_eq!(other.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![7]));
+        assert_eq!(site.metrics().await.unwrap().emitted, 3, "the router goes on counting");
+    });
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let site = Site::open(&path).unwrap();
+        let Err(refused) = site.stream::<FragileStream>(fragile).await else { panic!("the stream opened") };
+        assert!(refused.to_string().contains("unlucky"), "the same error: {refused}");
+        let other = site.stream::<TrailStream>(sturdy).await.unwrap();
+        assert_eq!(other.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![7]));
+    });
+}

@@ -115,6 +115,16 @@ pub enum StreamError {
     /// The payload does not decode into the stream's event type (or is too large).
     #[error("payload: {0}")]
     Payload(CodecError),
+    /// The view's `apply_event` panicked on an event. The panic is caught at the fold, so
+    /// it stops this stream only: the stream then refuses every message until it is
+    /// reopened (its view may be half-changed), and the site's other streams go on.
+    #[error("apply_event panicked on event {event}: {message}")]
+    ApplyPanicked {
+        /// The event being folded.
+        event: EventId,
+        /// The panic's message.
+        message: String,
+    },
     /// A write names more lanes in its clock than [`crate::limits::CLOCK_LANES_MAX`].
     #[error("a write would carry {lanes} lanes in its clock, more than the limit of {max}")]
     TooManyLanes {
@@ -154,4 +164,14 @@ pub enum StreamError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+impl From<crate::view::FoldError> for StreamError {
+    fn from(error: crate::view::FoldError) -> Self {
+        match error {
+            // Stored payloads were checked before they were stored: the log is damaged.
+            crate::view::FoldError::Payload(error) => StreamError::Storage(StorageError::Codec(error)),
+            crate::view::FoldError::Panicked { event, message } => StreamError::ApplyPanicked { event, message },
+        }
+    }
 }

@@ -273,7 +273,11 @@ impl<S: Stream> Ledger<S> {
     /// Records a stamped or checked event: advances the frontier, the heads and the
     /// Lamport counter and folds it into the view. A [`Folded::Rewind`] asks the caller to
     /// replay the log.
-    pub fn record(&mut self, event: &Event, payload: &S::Event) -> Folded {
+    ///
+    /// # Errors
+    /// The view's `apply_event` panicked ([`crate::view::FoldError::Panicked`]): the
+    /// ledger must not be used again.
+    pub fn record(&mut self, event: &Event, payload: &S::Event) -> Result<Folded, crate::view::FoldError> {
         debug_assert_eq!(event.lane.stream, self.stream);
         assert_eq!(event.seq, self.frontier.get(event.lane).next(), "lane seq must be contiguous");
         self.frontier.set(event.lane, event.seq);
@@ -304,7 +308,7 @@ mod tests {
 
     fn record_all(ledger: &mut Ledger<TrailStream>, events: &[Event]) {
         for event in events {
-            ledger.record(event, &event.seq.0);
+            ledger.record(event, &event.seq.0).unwrap();
         }
     }
 

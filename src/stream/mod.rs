@@ -236,6 +236,13 @@ impl<S: Stream> StreamActor<S> {
         }
         for (event, payload) in events.iter().zip(payloads) {
             if let Err(error) = self.fold(event, payload) {
+                // The append is queued already: the event is stored, and reopening the
+                // stream folds it again (and fails to open while it still cannot fold).
+                tracing::error!(
+                    stream = %self.stream, %error,
+                    "folding an event failed: this stream refuses everything until it is reopened; the site's other \
+                     streams go on"
+                );
                 self.fail(error.clone());
                 return Err(error);
             }
@@ -245,7 +252,7 @@ impl<S: Stream> StreamActor<S> {
 
     /// Records one written event and folds it, replaying the log when it sorts early.
     fn fold(&mut self, event: &Event, payload: &S::Event) -> Result<(), StreamError> {
-        match self.ledger.record(event, payload) {
+        match self.ledger.record(event, payload)? {
             Folded::Applied { snapshot: Some(key) } => self.store_snapshot(key),
             Folded::Applied { snapshot: None } => Ok(()),
             Folded::Rewind { from } => {
@@ -278,7 +285,7 @@ impl<S: Stream> StreamActor<S> {
             if last_page {
                 merged.extend(unstored.drain(..));
             }
-            let taken = self.ledger.fold_mut().replay(&merged).map_err(StorageError::Codec)?;
+            let taken = self.ledger.fold_mut().replay(&merged)?;
             if let Some(&newest) = taken.last() {
                 self.store_snapshot(newest)?;
             }
