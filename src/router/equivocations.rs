@@ -12,8 +12,8 @@
 //! Most are found by the router itself, with the refused event in hand and the kept one
 //! held or stored. One way is not: a copy of an event whose slot was delivered to its
 //! stream but is not stored yet goes to the stream, which alone knows what it has in
-//! flight. Those copies are remembered here (at most [`limits::JOURNAL_MAX`]) until the
-//! stream judges them, so that a refusal as equivocation still has the refused event.
+//! flight. Those copies are remembered here (at most [`limits::JOURNAL_MAX`] of them and
+//! [`limits::EQUIVOCATION_BYTES_MAX`] bytes) until the stream judges them, so that a refusal as equivocation still has the refused event.
 
 use super::attested::Attested;
 use crate::attest::{Equivocation, SignedEvent};
@@ -43,6 +43,8 @@ pub(crate) struct Equivocations {
     bytes: usize,
     /// Copies of events at delivered but unstored slots, sent to their stream to judge.
     judged: HashMap<(Lane, Seq), Event>,
+    /// Bytes of `judged`.
+    judged_bytes: usize,
 }
 
 impl Equivocations {
@@ -63,17 +65,23 @@ impl Equivocations {
         if self.needs_no_proof(event.lane.site) {
             return;
         }
-        if self.judged.len() >= limits::JOURNAL_MAX {
+        if self.judged.len() >= limits::JOURNAL_MAX || self.judged_bytes >= limits::EQUIVOCATION_BYTES_MAX {
             // Copies the stream took for its own are never claimed back: start afresh
             // rather than grow.
             self.judged.clear();
+            self.judged_bytes = 0;
         }
-        self.judged.insert((event.lane, event.seq), event.clone());
+        self.judged_bytes += event.size();
+        if let Some(replaced) = self.judged.insert((event.lane, event.seq), event.clone()) {
+            self.judged_bytes -= replaced.size();
+        }
     }
 
     /// The copy at (`lane`, `seq`) the stream judged, if one was remembered.
     pub fn judged(&mut self, lane: Lane, seq: Seq) -> Option<Event> {
-        self.judged.remove(&(lane, seq))
+        let judged = self.judged.remove(&(lane, seq))?;
+        self.judged_bytes -= judged.size();
+        Some(judged)
     }
 
     /// Makes and keeps the proof that `rejected`'s site equivocates, with `kept` (the
