@@ -110,6 +110,28 @@ impl Site {
         Ok(Self { id: storage.site_id(), storage, router, links: Links::default() })
     }
 
+    /// Closes the site: what its streams queued is written and acknowledged, then the
+    /// database is released, so the folder can be opened again at once (in this process
+    /// or another) even while handles to this site or its streams remain. Every later call
+    /// through them fails with [`crate::storage::StorageError::Closed`].
+    ///
+    /// ```
+    /// # actix::System::new().block_on(async {
+    /// use gundb::Site;
+    /// let folder = tempfile::tempdir().unwrap();
+    /// let site = Site::open(folder.path()).unwrap();
+    /// site.close().await;
+    /// let again = Site::open(folder.path()).unwrap(); // no lock left behind
+    /// assert_eq!(again.id(), site.id());
+    /// # });
+    /// ```
+    pub async fn close(&self) {
+        let storage = Arc::clone(&self.storage);
+        // The writer is joined: off the actors' thread. A closing task that panicked
+        // closed nothing more than it could.
+        let _ = tokio::task::spawn_blocking(move || storage.close()).await;
+    }
+
     /// This site's id.
     pub fn id(&self) -> SiteId {
         self.id

@@ -291,3 +291,27 @@ fn a_panicking_view_stops_its_stream_only_and_reopening_does_not_crash() {
         assert_eq!(other.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![7]));
     });
 }
+
+/// `Site::close` writes what was queued and releases the database: the folder opens again
+/// at once in the same process, with every acknowledged write, while the old handles still
+/// exist; they then fail with `Closed`.
+#[test]
+fn a_closed_site_releases_its_database_and_reopens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let stream = StreamId::from_u128(61);
+        let site = Site::open(&path).unwrap();
+        let old = site.stream::<TrailStream>(stream).await.unwrap();
+        for n in 0..3 {
+            old.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        site.close().await;
+        let again = Site::open(&path).expect("the lock was released");
+        let reopened = again.stream::<TrailStream>(stream).await.unwrap();
+        assert_eq!(reopened.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![0, 1, 2]));
+        let refused = old.send(Emit::new(9)).await.unwrap().unwrap_err();
+        assert_eq!(refused, gundb::StreamError::Storage(gundb::storage::StorageError::Closed), "{refused}");
+        reopened.send(Emit::new(3)).await.unwrap().unwrap();
+    });
+}

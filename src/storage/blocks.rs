@@ -15,7 +15,7 @@ use std::ops::Bound;
 
 /// The blocks of one stream in sled's data tree.
 pub(super) struct Blocks<'a> {
-    pub(super) data: &'a sled::Tree,
+    pub(super) data: sled::Tree,
     pub(super) stream: StreamId,
     pub(super) stream_type: &'a str,
 }

@@ -306,6 +306,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Flush counters.
     fn stats(&self) -> StorageStats;
+
+    /// Closes the storage: what is queued is written and acknowledged, and the database
+    /// is released (its folder can be opened again at once), even while handles to this
+    /// storage remain; every call after it fails with [`StorageError::Closed`]. Idempotent.
+    /// The default does nothing: for a storage that holds no file (`MemoryStorage`).
+    fn close(&self) {}
 }
 
 /// The streams claimed by live stream actors, shared by both implementations.

@@ -31,7 +31,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -88,8 +88,9 @@ impl SledConfig {
 /// # Ok::<(), gundb::storage::StorageError>(())
 /// ```
 pub struct SledStorage {
-    /// Every stream's records, as key prefixes.
-    data: sled::Tree,
+    /// Every stream's records, as key prefixes; `None` once closed ([`Storage::close`]),
+    /// so that the database is released even while handles to this storage remain.
+    data: RwLock<Option<sled::Tree>>,
     site: SiteId,
     keys: SiteKeys,
     /// Nanoseconds the writer spent signing ([`StorageStats::signing_ns`]).
@@ -98,8 +99,9 @@ pub struct SledStorage {
     /// by the writer, rather than by the opening actor (a sled write waits for a running
     /// flush). An entry lives from `open_stream` to that stream's first append or release.
     new_types: Mutex<HashMap<StreamId, String>>,
-    ops: Sender<Op>,
-    writer: Option<JoinHandle<()>>,
+    /// The writer's queue; `None` once closed.
+    ops: RwLock<Option<Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<Counters>,
     claims: Claims,
     recent_keys: RecentKeys,
@@ -411,13 +413,13 @@ impl SledStorage {
                 .map_err(io_error)?
         };
         Ok(Self {
-            data,
+            data: RwLock::new(Some(data)),
             site,
             keys,
             signing_ns,
             new_types: Mutex::new(HashMap::new()),
-            ops,
-            writer: Some(writer),
+            ops: RwLock::new(Some(ops)),
+            writer: Mutex::new(Some(writer)),
             stats,
             claims: Claims::default(),
             recent_keys: RecentKeys::default(),
@@ -435,7 +437,7 @@ impl SledStorage {
 
     /// The stored type of `stream`, or the one it was opened with if no event is stored yet.
     fn type_of(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
-        if let Some(stored) = self.data.get(layout::type_key(stream))? {
+        if let Some(stored) = self.data()?.get(layout::type_key(stream))? {
             return Ok(Some(String::from_utf8_lossy(&stored).into_owned()));
         }
         Ok(lock(&self.new_types).get(&stream).cloned())
@@ -448,7 +450,7 @@ impl SledStorage {
         self.check(Access::Read)?;
         let mismatch =
             |stored: String| StorageError::TypeMismatch { stream, stored, requested: stream_type.to_owned() };
-        if let Some(stored) = self.data.get(layout::type_key(stream))? {
+        if let Some(stored) = self.data()?.get(layout::type_key(stream))? {
             if stored != stream_type.as_bytes() {
                 return Err(mismatch(String::from_utf8_lossy(&stored).into_owned()));
             }
@@ -466,19 +468,19 @@ impl SledStorage {
     }
 
     /// `stream`'s blocks, read as its stored type.
-    fn blocks<'a>(&'a self, stream: StreamId, stream_type: &'a str) -> Blocks<'a> {
-        Blocks { data: &self.data, stream, stream_type }
+    fn blocks<'a>(&self, stream: StreamId, stream_type: &'a str) -> Result<Blocks<'a>, StorageError> {
+        Ok(Blocks { data: self.data()?, stream, stream_type })
+    }
+
+    /// The data tree, unless the storage is closed.
+    fn data(&self) -> Result<sled::Tree, StorageError> {
+        self.data.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StorageError::Closed)
     }
 }
 
 impl Drop for SledStorage {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it acknowledged what was queued.
-        let (closed, _) = channel::bounded(1);
-        drop(std::mem::replace(&mut self.ops, closed));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        self.close();
     }
 }
 
@@ -729,7 +731,7 @@ impl Storage for SledStorage {
             return Ok(StreamRecord::default()); // no event stored: nothing to read
         }
         // A lane's last event has its largest Lamport counter, and the heads are among them.
-        let blocks = self.blocks(stream, stream_type);
+        let blocks = self.blocks(stream, stream_type)?;
         let lanes = blocks.frontier()?;
         let ends = lanes
             .iter()
@@ -740,7 +742,7 @@ impl Storage for SledStorage {
         let lamport = ends.iter().map(|end| end.lamport).max().unwrap_or(0);
         let heads = heads_of(&ends);
         let snapshots = self
-            .data
+            .data()?
             .scan_prefix(layout::snapshot_prefix(stream))
             .map(|entry| {
                 let (key, value) = entry?;
@@ -804,7 +806,7 @@ impl Storage for SledStorage {
             return Ok(Some(key));
         }
         // Order keys do not depend on the stream type.
-        let Some(block) = self.blocks(stream, "").holding(lane, seq)? else { return Ok(None) };
+        let Some(block) = self.blocks(stream, "")?.holding(lane, seq)? else { return Ok(None) };
         let key = block.iter().find(|event| event.seq == seq).map(Event::order_key);
         self.recent_keys.put(lane, &block);
         Ok(key)
@@ -813,14 +815,14 @@ impl Storage for SledStorage {
     fn frontier(&self, stream: StreamId) -> Result<VectorClock, StorageError> {
         self.check(Access::Read)?;
         // The type only names decoded events; the frontier decodes none.
-        Ok(self.blocks(stream, "").frontier()?.into_iter().collect())
+        Ok(self.blocks(stream, "")?.frontier()?.into_iter().collect())
     }
 
     fn lane_end(&self, lane: Lane) -> Result<Seq, StorageError> {
         self.check(Access::Read)?;
         // A lane's last block ends at its last seq.
         let (first, last) = (layout::block_key(lane, Seq::ZERO), layout::block_key(lane, Seq(u64::MAX)));
-        match self.data.range(&first[..]..=&last[..]).next_back() {
+        match self.data()?.range(&first[..]..=&last[..]).next_back() {
             Some(entry) => Ok(layout::parse_block_key(&entry?.0)?.1),
             None => Ok(Seq::ZERO),
         }
@@ -829,7 +831,7 @@ impl Storage for SledStorage {
     fn lane_events(&self, lane: Lane, after: Seq, limit: usize) -> Result<Vec<Event>, StorageError> {
         self.check(Access::Read)?;
         let stream_type = self.type_of(lane.stream)?.unwrap_or_default();
-        self.blocks(lane.stream, &stream_type).lane_events(lane, after, limit)
+        self.blocks(lane.stream, &stream_type)?.lane_events(lane, after, limit)
     }
 
     fn events_from(
@@ -841,7 +843,7 @@ impl Storage for SledStorage {
     ) -> Result<Vec<Event>, StorageError> {
         self.check(Access::Read)?;
         let stream_type = self.type_of(stream)?.unwrap_or_default();
-        self.blocks(stream, &stream_type).in_order(from, before, limit)
+        self.blocks(stream, &stream_type)?.in_order(from, before, limit)
     }
 
     fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError> {
@@ -853,13 +855,13 @@ impl Storage for SledStorage {
         }
         // The entry holding `after + 1` starts at or before it.
         let from = layout::log_key(LogPos(after.0 + 1));
-        let start = match self.data.range(&layout::LOG_PREFIX[..]..=&from[..]).next_back() {
+        let start = match self.data()?.range(&layout::LOG_PREFIX[..]..=&from[..]).next_back() {
             Some(entry) => entry?.0,
             None => sled::IVec::from(&from[..]),
         };
         let end = layout::prefix_end(&layout::LOG_PREFIX);
         let mut types: HashMap<StreamId, String> = HashMap::new();
-        for entry in self.data.range(start..sled::IVec::from(end)) {
+        for entry in self.data()?.range(start..sled::IVec::from(end)) {
             let (key, value) = entry?;
             let first = layout::parse_log_key(&key)?;
             if first.0 > durable {
@@ -877,7 +879,7 @@ impl Storage for SledStorage {
                         known
                     }
                 };
-                let Some(bytes) = self.data.get(block)? else {
+                let Some(bytes) = self.data()?.get(block)? else {
                     return Err(StorageError::Corrupt(format!(
                         "log entry {first} names a missing block of {lane} at {last}"
                     )));
@@ -906,7 +908,7 @@ impl Storage for SledStorage {
 
     fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {
         self.check(Access::Read)?;
-        match self.data.get(layout::replicated_key(peer))? {
+        match self.data()?.get(layout::replicated_key(peer))? {
             Some(bytes) => layout::decode_replicated(&bytes),
             None => Ok(Replicated::default()),
         }
@@ -920,7 +922,7 @@ impl Storage for SledStorage {
 
     fn stream_type(&self, stream: StreamId) -> Result<Option<String>, StorageError> {
         self.check(Access::Read)?;
-        let stored = self.data.get(layout::type_key(stream))?;
+        let stored = self.data()?.get(layout::type_key(stream))?;
         Ok(stored.map(|t| String::from_utf8_lossy(&t).into_owned()))
     }
 
@@ -931,7 +933,7 @@ impl Storage for SledStorage {
             None => Bound::Included(layout::TYPE_PREFIX.to_vec()),
         };
         let end = Bound::Excluded(layout::prefix_end(&layout::TYPE_PREFIX));
-        self.data
+        self.data()?
             .range::<Vec<u8>, _>((start, end))
             .take(limit)
             .map(|entry| {
@@ -951,10 +953,20 @@ impl Storage for SledStorage {
 
     fn attestation(&self, site: SiteId, number: u64) -> Result<Option<Attestation>, StorageError> {
         self.check(Access::Read)?;
-        self.data
+        self.data()?
             .get(layout::attestation_key(site, number))?
             .map(|bytes| layout::decode_attestation(&bytes))
             .transpose()
+    }
+
+    fn close(&self) {
+        // Dropping the queue's sender ends the writer after it acknowledged what was
+        // queued; it drops its handles to the database as it ends.
+        drop(self.ops.write().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join(); // a writer that panicked has nothing left to write
+        }
+        drop(self.data.write().unwrap_or_else(PoisonError::into_inner).take());
     }
 
     fn stats(&self) -> StorageStats {
@@ -990,7 +1002,9 @@ impl SledStorage {
 
     /// Queues `op` for the writer, never waiting: callers run on actor arbiters.
     fn send(&self, op: Op) -> Result<(), StorageError> {
-        match self.ops.try_send(op) {
+        let ops = self.ops.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(ops) = ops.as_ref() else { return Err(StorageError::Closed) };
+        match ops.try_send(op) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StorageError::Busy { capacity: limits::COMMIT_QUEUE_MAX }),
             Err(TrySendError::Disconnected(_)) => Err(StorageError::Closed),
