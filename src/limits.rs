@@ -91,11 +91,13 @@ pub const PASSIVATION_LOOKS_MAX: usize = 256;
 /// ([`crate::Site::frontier`]).
 pub const FRONTIER_PAGE_STREAMS: usize = 1_024;
 
-/// Events folded between two view snapshots. A late event costs a replay of at most about
-/// this many events when a snapshot before it is still held.
+/// Events folded between two view snapshots: the least a late event costs to replay.
 pub const SNAPSHOT_EVERY: u32 = 1_024;
 
-/// View snapshots a stream keeps in memory (and on disk). Older ones are dropped.
+/// View snapshots a stream keeps in memory (and on disk), thinned so that the distance back
+/// from the newest grows geometrically (`view::snapshots_to_drop`): an event k events late
+/// replays a small multiple of k (at most 6 k in the test, whose log is 20,000
+/// snapshots long), not the whole log.
 pub const SNAPSHOTS_KEPT: usize = 8;
 
 /// Largest frame a peer may send before it is authenticated: a greeting or a proof is

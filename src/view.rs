@@ -109,8 +109,8 @@ impl<S: Stream> Fold<S> {
     pub fn resume(snapshot_every: u32, snapshots: impl IntoIterator<Item = (OrderKey, S::View)>) -> Self {
         let mut fold = Self::new(snapshot_every);
         fold.snapshots.extend(snapshots);
-        while fold.snapshots.len() > limits::SNAPSHOTS_KEPT {
-            fold.snapshots.pop_first();
+        for key in snapshots_to_drop(fold.snapshots.keys()) {
+            fold.snapshots.remove(&key);
         }
         if let Some((key, view)) = fold.snapshots.last_key_value() {
             fold.view = view.clone();
@@ -197,11 +197,40 @@ impl<S: Stream> Fold<S> {
         }
         self.since_snapshot = 0;
         self.snapshots.insert(key, self.view.clone());
-        while self.snapshots.len() > limits::SNAPSHOTS_KEPT {
-            self.snapshots.pop_first();
+        for key in snapshots_to_drop(self.snapshots.keys()) {
+            self.snapshots.remove(&key);
         }
         Some(key)
     }
+}
+
+/// Which of the snapshots at `keys` (in canonical order) to drop so that at most
+/// [`limits::SNAPSHOTS_KEPT`] remain, spaced so that the distance back from the newest
+/// grows about geometrically: a late event then rolls back to a snapshot about as far
+/// behind as the event is late, rather than to the start of the log once it is older than
+/// the last few snapshots. Distances are in Lamport counters (the first part of canonical
+/// order). The newest is always kept; each step drops the snapshot whose removal leaves the
+/// smallest gap relative to its age, counting the start of the log as a snapshot at 0.
+pub(crate) fn snapshots_to_drop<'k>(keys: impl IntoIterator<Item = &'k OrderKey>) -> Vec<OrderKey> {
+    let mut kept: Vec<OrderKey> = keys.into_iter().copied().collect();
+    let mut dropped = Vec::new();
+    while kept.len() > limits::SNAPSHOTS_KEPT {
+        let Some(newest) = kept.last().map(|key| u128::from(key.lamport)) else { break };
+        let cost = |index: usize| {
+            let before = index.checked_sub(1).map_or(0, |before| u128::from(kept[before].lamport));
+            let gap = u128::from(kept[index + 1].lamport).saturating_sub(before);
+            (gap, newest.saturating_sub(u128::from(kept[index].lamport)) + 1)
+        };
+        // The smallest gap ÷ age, compared by cross-multiplying (no rounding).
+        let Some(index) = (0..kept.len() - 1).min_by(|&a, &b| {
+            let ((gap_a, age_a), (gap_b, age_b)) = (cost(a), cost(b));
+            (gap_a * age_b).cmp(&(gap_b * age_a))
+        }) else {
+            break;
+        };
+        dropped.push(kept.remove(index));
+    }
+    dropped
 }
 
 /// Why a [`Fold`] could not fold an event.
@@ -314,6 +343,30 @@ mod tests {
             fold_all(&causal_shuffle(&all, &mut rng), 4, true) != expected
         });
         assert!(diverged, "the planted bug must be visible, or the test above proves nothing");
+    }
+
+    /// Snapshots taken at Lamport 1, 2 … 20,000 thin out geometrically: at most
+    /// `SNAPSHOTS_KEPT` remain, the newest always among them, and for every lateness the
+    /// newest snapshot before a late event is at most 6 times as far back as the
+    /// event is late (keeping the newest eight, an event 9 steps late replayed everything).
+    #[test]
+    fn snapshots_are_spaced_so_a_late_event_replays_about_as_far_as_it_is_late() {
+        let key = |lamport: u64| OrderKey { lamport, timestamp_ms: 0, id: EventId::from_u128(u128::from(lamport)) };
+        let mut kept = std::collections::BTreeSet::new();
+        let newest = 20_000u64;
+        for lamport in 1..=newest {
+            kept.insert(key(lamport));
+            for dropped in snapshots_to_drop(&kept) {
+                kept.remove(&dropped);
+            }
+            assert!(kept.len() <= limits::SNAPSHOTS_KEPT);
+            assert!(kept.contains(&key(lamport)), "the newest is kept");
+        }
+        for late in 1..newest {
+            let from = kept.iter().rev().find(|k| k.lamport <= newest - late).map_or(0, |k| k.lamport);
+            let replayed = newest - from;
+            assert!(replayed <= 6 * late, "{late} late replays {replayed}: kept {kept:?}");
+        }
     }
 
     #[test]

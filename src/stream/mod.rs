@@ -301,8 +301,12 @@ impl<S: Stream> StreamActor<S> {
         let Some(view) = self.ledger.fold_mut().snapshot(&key) else { return Ok(()) };
         // A view too large to snapshot is still correct: recovery replays more of the log.
         let Ok(bytes) = codec::encode_view(view) else { return Ok(()) };
-        let excess = (self.snapshots.len() + 1).saturating_sub(limits::SNAPSHOTS_KEPT);
-        let drop: Vec<OrderKey> = self.snapshots.iter().take(excess).copied().collect();
+        let mut kept = self.snapshots.clone();
+        kept.insert(key);
+        let drop = crate::view::snapshots_to_drop(&kept);
+        if drop.contains(&key) {
+            return Ok(()); // older than what is kept (after a rewind): not worth storing
+        }
         match self.storage.put_snapshot(self.stream, key, &bytes, &drop) {
             Ok(()) => {}
             Err(StorageError::Busy { .. }) => return Ok(()),
