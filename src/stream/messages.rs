@@ -328,9 +328,8 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
 }
 
 impl<S: Stream> StreamActor<S> {
-    /// Checks and writes one remote event; durability is the caller's to wait for.
-    /// Judges and writes one remote event; `id_matched` when its id was matched against
-    /// its content already.
+    /// Checks and writes one remote event (`id_matched` when its id was matched against
+    /// its content already); durability is the caller's to wait for.
     fn deliver_one(
         &mut self,
         event: Event,
