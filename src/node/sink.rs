@@ -12,13 +12,13 @@ use crate::codec;
 use crate::event::Event;
 use crate::id::{Lane, LogPos, Seq, SiteId};
 use crate::limits;
-use crate::router::{FrontierAdvanced, Receive, Verified, WaitFor};
+use crate::router::{retain_named, FrontierAdvanced, Receive, Verified, WaitFor};
 use crate::site::Site;
 use crate::storage::StorageError;
 use crate::stream::clock_ms;
 use actix::prelude::*;
 use futures::StreamExt as _;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use tokio::sync::{mpsc, oneshot};
 
 /// Receives from one peer.
@@ -309,8 +309,7 @@ impl Got {
         let mut frame = codec::decode_frame::<Frame>(bytes)?;
         let verified = match &mut frame {
             Frame::Events { events, attestations, .. } => {
-                let named: HashSet<_> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
-                attestations.retain(|a| named.contains(&(a.site(), a.number)));
+                retain_named(events, attestations);
                 Some(Verified::of(events, attestations))
             }
             _ => None,

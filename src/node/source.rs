@@ -178,7 +178,7 @@ fn fill_frame(
     for event in page {
         last = LogPos(last.0 + 1);
         if sends(&event, last) {
-            bytes += event.payload.len() + event.clock.len() * 48 + 128 + attestation(&event);
+            bytes += event.size() + attestation(&event);
             events.push(event);
         }
         if bytes >= limits::CATCHUP_BATCH_BYTES {

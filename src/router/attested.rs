@@ -20,6 +20,14 @@ use std::sync::Arc;
 
 type Key = (SiteId, u64);
 
+/// Keeps of `attestations` only those `events` name: only those are worth a signature
+/// check, and a peer must not make a site verify or store signatures that vouch for
+/// nothing.
+pub(crate) fn retain_named(events: &[Event], attestations: &mut Vec<Attestation>) {
+    let named: std::collections::HashSet<Key> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
+    attestations.retain(|attestation| named.contains(&(attestation.site(), attestation.number)));
+}
+
 /// Why an attestation from a peer was refused.
 #[derive(Debug)]
 pub(crate) enum Refused {

@@ -85,8 +85,8 @@ impl Equivocations {
     }
 
     /// Makes and keeps the proof that `rejected`'s site equivocates, with `kept` (the
-    /// event held here, or `None` when it is stored) at the same (lane, seq). True when
-    /// the proof was kept; false when it need not be ([`Equivocations::needs_no_proof`]).
+    /// event held here, or `None` when it is stored) at the same (lane, seq). For a site
+    /// that [`Equivocations::needs_no_proof`] says needs one.
     ///
     /// # Errors
     /// [`Unproven`] when the kept event or an attestation cannot be read.
@@ -96,11 +96,9 @@ impl Equivocations {
         rejected: Event,
         attested: &mut Attested,
         storage: &dyn Storage,
-    ) -> Result<bool, Unproven> {
+    ) -> Result<(), Unproven> {
         let (lane, seq) = (rejected.lane, rejected.seq);
-        if self.needs_no_proof(lane.site) {
-            return Ok(false);
-        }
+        debug_assert!(!self.needs_no_proof(lane.site), "the caller asks first");
         let kept = match kept {
             Some(kept) => kept,
             None => {
@@ -116,6 +114,6 @@ impl Equivocations {
         let proof = Equivocation { kept: signed(kept)?, rejected: signed(rejected)? };
         self.bytes += proof.size();
         self.proofs.push(proof);
-        Ok(true)
+        Ok(())
     }
 }

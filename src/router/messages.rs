@@ -116,12 +116,14 @@ pub struct Receive {
     /// Their sites' attestations.
     pub attestations: Vec<Attestation>,
     /// Which ids and attestations the sender checked already, off the router's thread (a
-    /// sink node does): the router then only checks the rest.
+    /// sink node does, after keeping only the attestations the events name): the router
+    /// then only checks the rest.
     pub(crate) verified: Option<Verified>,
 }
 
 /// A frame's events and attestations checked before they reach the router
 /// ([`Receive::verified`]).
+#[derive(Default)]
 pub(crate) struct Verified {
     /// Whether each attestation's signature verified, in order.
     pub valid: Vec<bool>,
@@ -150,11 +152,18 @@ impl Message for Receive {
 impl Handler<Receive> for Router {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, Receive { events, attestations, verified }: Receive, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        Receive { events, mut attestations, verified }: Receive,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
         self.metrics.batches_received += 1;
-        let Verified { valid, ids, spent_ns } =
-            verified.unwrap_or(Verified { valid: vec![], ids: vec![], spent_ns: 0 });
-        self.check_attestations(&events, attestations, &valid, spent_ns);
+        // A sink node filtered the attestations as it verified them.
+        let Verified { valid, ids, spent_ns } = verified.unwrap_or_else(|| {
+            super::retain_named(&events, &mut attestations);
+            Verified::default()
+        });
+        self.check_attestations(attestations, &valid, spent_ns);
         for (index, event) in events.into_iter().enumerate() {
             self.receive(event, ids.get(index).copied());
             // Delivered one by one, so that the next event of a lane finds its predecessor

@@ -15,6 +15,7 @@ mod messages;
 mod outbox;
 mod pending;
 
+pub(crate) use self::attested::retain_named;
 use self::attested::{Attested, Refused};
 use self::equivocations::Equivocations;
 use self::outbox::Outboxes;
@@ -261,19 +262,15 @@ impl Router {
         }
     }
 
-    /// Checks the attestations a batch of events came with; those refused are counted and
-    /// logged (at the 1st, 2nd, 4th… refusal), and their events then find no attestation.
-    /// Attestations no event of the batch names are ignored: neither verified nor
-    /// stored, so a peer cannot make this site keep signatures that vouch for nothing.
-    fn check_attestations(&mut self, events: &[Event], attestations: Vec<Attestation>, valid: &[bool], spent_ns: u64) {
+    /// Checks the attestations a batch of events came with, only those its events name
+    /// ([`retain_named`]); `valid` says which verified already. Those refused are counted
+    /// and logged (at the 1st, 2nd, 4th… refusal), and their events then find no
+    /// attestation.
+    fn check_attestations(&mut self, attestations: Vec<Attestation>, valid: &[bool], spent_ns: u64) {
         self.unstored.clear();
         self.attested.verify_ns += spent_ns;
-        let named: HashSet<(crate::id::SiteId, u64)> = events.iter().map(|e| (e.lane.site, e.attestation)).collect();
         for (index, attestation) in attestations.into_iter().enumerate() {
             let (site, number) = (attestation.site(), attestation.number);
-            if !named.contains(&(site, number)) {
-                continue;
-            }
             let verified = valid.get(index).copied().unwrap_or(false);
             match self.attested.check(attestation, verified, self.storage.as_ref()) {
                 Ok(Ok(())) => {}
@@ -609,29 +606,22 @@ impl Router {
             }
             return;
         }
-        let proven = match rejected {
+        let proof = match rejected {
             Ok(rejected) => {
                 let held = if held { self.pending.held(lane, seq).cloned() } else { None };
-                self.equivocations
-                    .prove(held, rejected, &mut self.attested, self.storage.as_ref())
-                    .map_err(|e| e.to_string())
+                match self.equivocations.prove(held, rejected, &mut self.attested, self.storage.as_ref()) {
+                    Ok(()) => "both, with their attestations, are kept as proof (`Site::equivocations`)".to_owned(),
+                    Err(why) => format!("no proof is kept: {why}"),
+                }
             }
-            Err(_) => Err("the refused event is no longer at hand".to_owned()),
+            Err(_) => "no proof is kept: the refused event is no longer at hand".to_owned(),
         };
-        match proven {
-            Ok(_) => tracing::error!(
-                %site, %lane, seq = seq.0, %kept, rejected = %rejected_id,
-                "site {site} signed two events for seq {} of lane {lane}: it equivocates. The first here is kept, \
-                 the other refused; both, with their attestations, are kept as proof (`Site::equivocations`)",
-                seq.0
-            ),
-            Err(why) => tracing::error!(
-                %site, %lane, seq = seq.0, %kept, rejected = %rejected_id,
-                "site {site} signed two events for seq {} of lane {lane}: it equivocates. The first here is kept, \
-                 the other refused; no proof is kept: {why}",
-                seq.0
-            ),
-        }
+        tracing::error!(
+            %site, %lane, seq = seq.0, %kept, rejected = %rejected_id,
+            "site {site} signed two events for seq {} of lane {lane}: it equivocates. The first here is kept, the \
+             other refused; {proof}",
+            seq.0
+        );
     }
 
     /// One relayed append of `stream` is durable (or failed): when none is left, streams
