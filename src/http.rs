@@ -399,6 +399,7 @@ async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
         ("received", "Events received from peers, copies included", m.received),
         ("delivered", "Events delivered to their streams", m.delivered),
         ("duplicates", "Copies of events already held, dropped", m.duplicates),
+        ("unfolded", "Events stored whose payload does not decode into this site's type, skipped by views", m.unfolded),
         ("equivocations", "Different events claiming one lane and seq, refused", m.equivocations),
         ("malformed", "Malformed events refused", m.malformed),
         ("held_back", "Events held back until a dependency arrived", m.held_back),

@@ -4,13 +4,18 @@
 //!
 //! Pure: the caller hands `Fold` the events (from storage or memory); `Fold` never reads a
 //! disk or a clock. Persisting snapshots is the caller's job too.
+//!
+//! An event whose payload does not decode into the stream's event type (written by a newer
+//! version of the application, or garbage from a broken writer) is skipped and counted in
+//! [`Unfolded`], not refused: the stream keeps moving past it, and a build whose type
+//! decodes it folds it from the log (see [`Unfolded::first`]).
 
-use crate::codec::{self, CodecError};
+use crate::codec;
 use crate::event::{Event, EventMeta, OrderKey};
 use crate::id::EventId;
 use crate::limits;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A stream type: a stable name, the application's event type and the view folded from it.
@@ -81,13 +86,35 @@ pub enum Folded {
     },
 }
 
+/// The events a fold skipped because their payload does not decode into the stream's
+/// event type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unfolded {
+    /// How many.
+    pub count: u64,
+    /// The first of them in canonical order. A snapshot taken after it lacks it: when it
+    /// decodes after an upgrade, the stream drops the snapshots from it on and folds it.
+    pub first: Option<OrderKey>,
+}
+
+/// A view as it was after the event at some key, with the events skipped up to there: what
+/// a stream stores as a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot<V> {
+    /// The view.
+    pub view: V,
+    /// What the fold had skipped by then.
+    pub unfolded: Unfolded,
+}
+
 /// A stream's view, folded in canonical order, with the snapshots to roll back to.
 pub struct Fold<S: Stream> {
     view: S::View,
+    unfolded: Unfolded,
     last: Option<OrderKey>,
     since_snapshot: u32,
     snapshot_every: u32,
-    snapshots: BTreeMap<OrderKey, S::View>,
+    snapshots: BTreeMap<OrderKey, Snapshot<S::View>>,
     rollback: bool,
 }
 
@@ -96,6 +123,7 @@ impl<S: Stream> Fold<S> {
     pub fn new(snapshot_every: u32) -> Self {
         Self {
             view: S::View::default(),
+            unfolded: Unfolded::default(),
             last: None,
             since_snapshot: 0,
             snapshot_every: snapshot_every.max(1),
@@ -106,16 +134,13 @@ impl<S: Stream> Fold<S> {
 
     /// A fold resumed from persisted snapshots (each the view after every event up to its
     /// key), at the newest of them; empty when there are none.
-    pub fn resume(snapshot_every: u32, snapshots: impl IntoIterator<Item = (OrderKey, S::View)>) -> Self {
+    pub fn resume(snapshot_every: u32, snapshots: impl IntoIterator<Item = (OrderKey, Snapshot<S::View>)>) -> Self {
         let mut fold = Self::new(snapshot_every);
         fold.snapshots.extend(snapshots);
         for key in snapshots_to_drop(fold.snapshots.keys()) {
             fold.snapshots.remove(&key);
         }
-        if let Some((key, view)) = fold.snapshots.last_key_value() {
-            fold.view = view.clone();
-            fold.last = Some(*key);
-        }
+        fold.rewind(fold.snapshots.keys().next_back().copied());
         fold
     }
 
@@ -124,8 +149,13 @@ impl<S: Stream> Fold<S> {
         &self.view
     }
 
+    /// The events skipped so far because their payload does not decode.
+    pub fn unfolded(&self) -> Unfolded {
+        self.unfolded
+    }
+
     /// The snapshot at `key`, when held.
-    pub fn snapshot(&self, key: &OrderKey) -> Option<&S::View> {
+    pub fn snapshot(&self, key: &OrderKey) -> Option<&Snapshot<S::View>> {
         self.snapshots.get(key)
     }
 
@@ -136,16 +166,17 @@ impl<S: Stream> Fold<S> {
         self.rollback = false;
     }
 
-    /// Folds `event` (whose decoded payload is `payload`), or says a replay is needed.
+    /// Folds `event` (whose decoded payload is `payload`, `None` when it does not decode:
+    /// skipped and counted), or says a replay is needed.
     ///
     /// # Errors
     /// [`FoldError::Panicked`] when the view's `apply_event` panicked: the view may be
     /// half-changed, so the fold must not be used again.
-    pub fn apply(&mut self, event: &Event, payload: &S::Event) -> Result<Folded, FoldError> {
+    pub fn apply(&mut self, event: &Event, payload: Option<&S::Event>) -> Result<Folded, FoldError> {
         let key = event.order_key();
         let in_order = self.last.is_none_or(|last| key > last);
         if in_order || S::COMMUTATIVE || !self.rollback {
-            apply_caught::<S>(&mut self.view, payload, event)?;
+            self.fold_one(event, payload)?;
             if in_order {
                 self.last = Some(key);
                 return Ok(Folded::Applied { snapshot: self.maybe_snapshot(key) });
@@ -160,34 +191,62 @@ impl<S: Stream> Fold<S> {
     /// the log's events after it.
     ///
     /// # Panics
-    /// When `from` is not a held snapshot: only keys from [`Folded::Rewind`] are.
+    /// When `from` is not a held snapshot: only keys from [`Folded::Rewind`] and
+    /// [`Fold::rewind_before`] are.
     pub fn rewind(&mut self, from: Option<OrderKey>) {
-        self.view = match from {
-            Some(key) => self.snapshots.get(&key).cloned().expect("Rewind names a held snapshot"),
-            None => S::View::default(),
+        (self.view, self.unfolded) = match from {
+            Some(key) => {
+                let snapshot = self.snapshots.get(&key).expect("Rewind names a held snapshot");
+                (snapshot.view.clone(), snapshot.unfolded)
+            }
+            None => (S::View::default(), Unfolded::default()),
         };
         self.last = from;
         self.since_snapshot = 0;
+    }
+
+    /// Takes back everything folded at or after `key` (events that were then not stored):
+    /// drops the snapshots from `key` on and rewinds to the newest before it, which it
+    /// returns for the [`Fold::replay`] of the log after it.
+    pub fn rewind_before(&mut self, key: OrderKey) -> Option<OrderKey> {
+        drop(self.snapshots.split_off(&key));
+        let from = self.snapshots.keys().next_back().copied();
+        self.rewind(from);
+        from
     }
 
     /// Folds `events`, which must continue the log in canonical order after the last one
     /// folded (after [`Fold::rewind`], or on recovery). Returns keys of snapshots taken.
     ///
     /// # Errors
-    /// A payload that does not decode (events were validated before they were stored, so
-    /// this means the log was damaged, or the event type changed), or an `apply_event`
-    /// that panicked ([`FoldError::Panicked`]: the fold must not be used again).
+    /// An `apply_event` that panicked ([`FoldError::Panicked`]: the fold must not be used
+    /// again). A payload that does not decode is skipped and counted, not an error.
     pub fn replay<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) -> Result<Vec<OrderKey>, FoldError> {
         let mut taken = Vec::new();
         for event in events {
             let key = event.order_key();
             assert!(self.last.is_none_or(|last| key > last), "replay must be in canonical order");
-            let payload: S::Event = codec::decode(&event.payload)?;
-            apply_caught::<S>(&mut self.view, &payload, event)?;
+            let payload: Option<S::Event> = codec::decode(&event.payload).ok();
+            self.fold_one(event, payload.as_ref())?;
             self.last = Some(key);
             taken.extend(self.maybe_snapshot(key));
         }
         Ok(taken)
+    }
+
+    /// Applies one event's payload, or counts it as unfolded when there is none.
+    fn fold_one(&mut self, event: &Event, payload: Option<&S::Event>) -> Result<(), FoldError> {
+        match payload {
+            Some(payload) => apply_caught::<S>(&mut self.view, payload, event),
+            None => {
+                self.unfolded.count += 1;
+                let key = event.order_key();
+                // Folded in canonical order but for commutative streams and the planted
+                // bug: keep the smallest.
+                self.unfolded.first = Some(self.unfolded.first.map_or(key, |first| first.min(key)));
+                Ok(())
+            }
+        }
     }
 
     fn maybe_snapshot(&mut self, key: OrderKey) -> Option<OrderKey> {
@@ -196,7 +255,7 @@ impl<S: Stream> Fold<S> {
             return None;
         }
         self.since_snapshot = 0;
-        self.snapshots.insert(key, self.view.clone());
+        self.snapshots.insert(key, Snapshot { view: self.view.clone(), unfolded: self.unfolded });
         for key in snapshots_to_drop(self.snapshots.keys()) {
             self.snapshots.remove(&key);
         }
@@ -236,9 +295,6 @@ pub(crate) fn snapshots_to_drop<'k>(keys: impl IntoIterator<Item = &'k OrderKey>
 /// Why a [`Fold`] could not fold an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
-    /// A stored payload does not decode into the stream's event type.
-    #[error("a stored payload does not decode: {0}")]
-    Payload(#[from] CodecError),
     /// The view's `apply_event` panicked on the event (a bug in the application's view,
     /// or an event it cannot handle): caught, so that the panic stops this stream only.
     #[error("apply_event panicked on event {event}: {message}")]
@@ -298,7 +354,7 @@ mod tests {
         for event in arrivals {
             log.insert(event.order_key(), event.clone());
             let payload: u32 = codec::decode(&event.payload).unwrap();
-            if let Folded::Rewind { from } = fold.apply(event, &payload).unwrap() {
+            if let Folded::Rewind { from } = fold.apply(event, Some(&payload)).unwrap() {
                 let after: Vec<&Event> = match from {
                     Some(k) => {
                         log.range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)).map(|(_, e)| e).collect()
@@ -385,9 +441,9 @@ mod tests {
         };
         let mut fold = Fold::<TrailStream>::new(1);
         let first = event(1, 2);
-        assert_eq!(fold.apply(&first, &1), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));
+        assert_eq!(fold.apply(&first, Some(&1)), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));
         let late = event(2, 1);
-        assert_eq!(fold.apply(&late, &2), Ok(Folded::Rewind { from: None }));
+        assert_eq!(fold.apply(&late, Some(&2)), Ok(Folded::Rewind { from: None }));
         assert!(fold.snapshot(&first.order_key()).is_none());
     }
 }

@@ -59,6 +59,40 @@ fn a_failed_flush_is_never_acknowledged_and_reopening_continues_the_lane() {
     assert_eq!(next, u64::try_from(view.len()).unwrap() + 1, "no gap and no reuse");
 }
 
+/// A write the storage refuses to queue changes nothing, in memory too: the stream folds
+/// before it appends (so that an event it cannot fold is never stored), and takes back
+/// what it folded when the append is refused. Here a late remote event, which rolled the
+/// view back before it was refused, and a local write: both refused, then both taken.
+#[test]
+fn a_refused_append_is_taken_back_from_the_view_and_the_lane() {
+    run_site(|| async {
+        let storage = Arc::new(SledStorage::temporary().unwrap());
+        let stream = StreamId::from_u128(0xB0);
+        let actor = StreamActor::<TrailStream>::open(storage.clone(), stream).unwrap().start();
+        for n in [1, 2] {
+            actor.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        let refused = StreamError::Storage(StorageError::Injected("write"));
+        // Counter 1 at another site: sorts before both local writes.
+        let late = common::remote_event(common::remote_lane(7, stream), 1, 1, 100);
+        storage.failpoints().fail_nth(Fault::Write, 1);
+        assert_eq!(actor.send(gundb::Deliver(late.clone())).await.unwrap().unwrap_err(), refused);
+        let view = actor.send(GetView::new()).await.unwrap().unwrap();
+        assert_eq!(view.view.0, vec![1, 2], "the late event was taken back");
+        assert!(view.frontier.get(late.lane).0 == 0, "and its lane: {:?}", view.frontier);
+        storage.failpoints().fail_nth(Fault::Write, 1);
+        assert_eq!(actor.send(Emit::new(3)).await.unwrap().unwrap_err(), refused);
+        assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view.0, vec![1, 2]);
+
+        actor.send(gundb::Deliver(late)).await.unwrap().unwrap();
+        assert_eq!(actor.send(Emit::new(4)).await.unwrap().unwrap().seq.0, 3, "3 took no seq");
+        let view = actor.send(GetView::new()).await.unwrap().unwrap().view;
+        let events = storage.events_from(stream, std::ops::Bound::Unbounded, None, usize::MAX).unwrap();
+        assert_eq!(view, common::fold(&events));
+        assert_eq!(view.0, vec![100, 1, 2, 4]);
+    });
+}
+
 /// What one faulted run saw.
 struct Run {
     acknowledged: Vec<u64>,

@@ -127,6 +127,43 @@ fn a_commutative_stream_drops_stale_snapshots_and_recovers_late_events() {
     assert_eq!(view, Sum(321), "1 + 2 + ... + 6 + 3 × 100");
 }
 
+/// A site restarted without registering a stream's type stores that stream's events all
+/// the same (relaying them): a late one, sorting before snapshots taken in the earlier run,
+/// must make those snapshots go, or the stream, once registered, would resume from one and
+/// never fold the late event.
+#[test]
+fn a_late_event_stored_before_its_type_is_registered_is_folded_once_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::from_u128(44);
+    let config = gundb::SiteConfig {
+        stream: StreamConfig { snapshot_every: 2, ..StreamConfig::default() },
+        ..Default::default()
+    };
+    let open = move |path: &std::path::Path| {
+        gundb::Site::with_storage(Arc::new(SledStorage::open(path).unwrap()), config.clone()).unwrap()
+    };
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let site = open(&path);
+        let actor = site.stream::<TrailStream>(stream).await.unwrap();
+        for n in 1..=6 {
+            actor.send(Emit::new(n)).await.unwrap().unwrap(); // lamports 1..=6, snapshots at 2, 4, 6
+        }
+        site.close().await;
+
+        let site = open(&path); // TrailStream not registered yet
+        let mut late = vec![remote_event(remote_lane(2, stream), 1, 1, 100)];
+        let attestations = gundb::testkit::attest(&mut late);
+        let target: VectorClock = [(late[0].lane, late[0].seq)].into_iter().collect();
+        site.receive(late, attestations).await.unwrap();
+        site.wait_for(&target).await.unwrap();
+        site.register::<TrailStream>().await.unwrap();
+        let actor = site.stream::<TrailStream>(stream).await.unwrap();
+        let view = actor.send(GetView::new()).await.unwrap().unwrap().view;
+        assert_eq!(view, Trail(vec![100, 1, 2, 3, 4, 5, 6]), "the late event sorts first");
+    });
+}
+
 /// The snapshot records of `stream` in the folder's data tree, read with sled directly.
 fn snapshot_records(path: &std::path::Path, stream: StreamId) -> Vec<(sled::IVec, sled::IVec)> {
     let config = sled::Config::new().path(path).segment_size(gundb::limits::SLED_SEGMENT_BYTES);

@@ -201,7 +201,7 @@ impl SimSite {
         let payload: u64 = codec::decode(&event.payload).unwrap();
         self.index.insert((event.lane, event.seq), event.order_key());
         self.logs.entry(stream).or_default().insert(event.order_key(), event.clone());
-        let folded = self.ledger(stream).record(&event, &payload).unwrap();
+        let folded = self.ledger(stream).record(&event, Some(&payload)).unwrap();
         if let Folded::Rewind { from } = folded {
             let log = &self.logs[&stream];
             let after: Vec<Event> = log

@@ -87,6 +87,9 @@ pub struct RouterMetrics {
     pub delivered: u64,
     /// Copies of events already held or delivered, dropped.
     pub duplicates: u64,
+    /// Events delivered (also in `delivered`) whose payload does not decode into this
+    /// site's type for their stream: stored and relayed, skipped by the view.
+    pub unfolded: u64,
     /// Different events on one (lane, seq), refused.
     pub equivocations: u64,
     /// Malformed events refused (a clock without its own lane, a counter out of range, a
@@ -523,8 +526,16 @@ impl Router {
     /// What a stream said about one delivered event, once durable.
     fn settle(&mut self, lane: Lane, seq: Seq, outcome: Result<Delivered, StreamError>) {
         match outcome {
-            Ok(Delivered::Applied) => {
+            Ok(delivered @ (Delivered::Applied | Delivered::Unfolded)) => {
                 self.metrics.delivered += 1;
+                if delivered == Delivered::Unfolded {
+                    self.metrics.unfolded += 1;
+                    if self.metrics.unfolded.is_power_of_two() {
+                        tracing::warn!(%lane, seq = seq.0, unfolded = self.metrics.unfolded,
+                            "stored an event whose payload does not decode into this site's type for its stream \
+                             (a newer version of the application, or a broken writer): its view skips it");
+                    }
+                }
                 self.pending.mark_durable(lane, seq);
                 self.advanced = true;
             }
@@ -550,7 +561,7 @@ impl Router {
                     self.outboxes.drop_lane_from(lane, seq);
                     self.rewound = true;
                 } else {
-                    // Refused for good (a payload that does not decode, a forged counter, a
+                    // Refused for good (a forged counter, another type than the stream's here, a
                     // stream whose storage failed): asking again would bring the same bytes
                     // back for ever, so the lane stops here at this site.
                     self.poisoned.insert(lane);
@@ -578,7 +589,12 @@ impl Router {
             Err(StorageError::TypeMismatch { .. }) => return self.refuse_for_good(lane, seq),
             Err(_) => return self.refuse_for_now(lane, seq),
         }
-        let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &[] };
+        // Snapshots of an earlier run (the type was registered then) that the event sorts
+        // before lack it: once the type registers, the stream must not resume from them.
+        let Ok(stale) = self.storage.snapshots_from(lane.stream, event.order_key()) else {
+            return self.refuse_for_now(lane, seq);
+        };
+        let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &stale };
         match self.storage.append(lane.stream, append) {
             Ok(commit) => {
                 self.pending.mark_delivered(lane, seq);

@@ -252,6 +252,13 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn snapshots_from(&self, stream: StreamId, from: OrderKey) -> Result<Vec<OrderKey>, StorageError> {
+        Ok(lock(&self.streams)
+            .get(&stream)
+            .map(|s| s.snapshots.range(from..).map(|(k, _)| *k).collect())
+            .unwrap_or_default())
+    }
+
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         Ok(lock(&self.streams).get(&stream).and_then(|s| s.index.get(&(lane, seq)).copied()))
     }

@@ -209,6 +209,14 @@ pub trait Storage: Send + Sync + 'static {
     fn put_snapshot(&self, stream: StreamId, key: OrderKey, view: &[u8], drop: &[OrderKey])
         -> Result<(), StorageError>;
 
+    /// The keys of `stream`'s stored snapshots at or after `from`: the ones an event at
+    /// `from` makes stale, for a writer that does not keep track of them (the router,
+    /// storing a stream whose type is not registered here).
+    ///
+    /// # Errors
+    /// A read failure.
+    fn snapshots_from(&self, stream: StreamId, from: OrderKey) -> Result<Vec<OrderKey>, StorageError>;
+
     /// The canonical key of the event at (lane, seq), if stored.
     ///
     /// # Errors

@@ -799,6 +799,17 @@ impl Storage for SledStorage {
         self.send(Op { events: Vec::new(), writes, ack: None })
     }
 
+    fn snapshots_from(&self, stream: StreamId, from: OrderKey) -> Result<Vec<OrderKey>, StorageError> {
+        self.check(Access::Read)?;
+        let prefix = layout::snapshot_prefix(stream);
+        self.data()?
+            .range(layout::snapshot_key(stream, &from)..)
+            .keys()
+            .take_while(|key| key.as_ref().map_or(true, |key| key.starts_with(&prefix)))
+            .map(|key| layout::parse_order_key(&key?))
+            .collect()
+    }
+
     fn key_at(&self, stream: StreamId, lane: Lane, seq: Seq) -> Result<Option<OrderKey>, StorageError> {
         self.check(Access::Read)?;
         debug_assert_eq!(lane.stream, stream, "a lane of another stream");

@@ -112,7 +112,7 @@ pub enum StreamError {
         /// The event rejected.
         rejected: EventId,
     },
-    /// The payload does not decode into the stream's event type (or is too large).
+    /// A payload to write does not encode, or is too large.
     #[error("payload: {0}")]
     Payload(CodecError),
     /// The view's `apply_event` panicked on an event. The panic is caught at the fold, so
@@ -168,10 +168,7 @@ pub enum StreamError {
 
 impl From<crate::view::FoldError> for StreamError {
     fn from(error: crate::view::FoldError) -> Self {
-        match error {
-            // Stored payloads were checked before they were stored: the log is damaged.
-            crate::view::FoldError::Payload(error) => StreamError::Storage(StorageError::Codec(error)),
-            crate::view::FoldError::Panicked { event, message } => StreamError::ApplyPanicked { event, message },
-        }
+        let crate::view::FoldError::Panicked { event, message } = error;
+        StreamError::ApplyPanicked { event, message }
     }
 }

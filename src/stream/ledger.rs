@@ -22,8 +22,11 @@ use crate::view::{Fold, Folded, Stream};
 /// What a remote event is to this stream.
 #[derive(Debug)]
 pub enum Check<E> {
-    /// Not seen before and deliverable: its decoded payload.
-    New(E),
+    /// Not seen before and deliverable: its decoded payload, `None` when the payload does
+    /// not decode into this site's event type (a newer version of the application wrote
+    /// it, or a broken writer): stored and relayed all the same, and skipped by the view
+    /// (counted in [`crate::view::Unfolded`]).
+    New(Option<E>),
     /// A copy of an event already delivered: nothing to do.
     Duplicate,
 }
@@ -80,6 +83,11 @@ impl<S: Stream> Ledger<S> {
     /// The current view.
     pub fn view(&self) -> &S::View {
         self.fold.view()
+    }
+
+    /// The events the view skipped because their payload does not decode.
+    pub fn unfolded(&self) -> crate::view::Unfolded {
+        self.fold.unfolded()
     }
 
     /// The fold, for rewinds and replays.
@@ -165,8 +173,9 @@ impl<S: Stream> Ledger<S> {
     /// A [`StreamError`] naming what is wrong: another stream or type, this site's own
     /// lane (only this site writes it), a malformed clock, a seq gap, a missing dependency,
     /// a Lamport counter not one above its dependencies', an equivocation (another event
-    /// at a used (lane, seq), or the same id with another order key), or a payload that
-    /// does not decode, or an id that is not the content's.
+    /// at a used (lane, seq), or the same id with another order key), or an id that is
+    /// not the content's. A payload that does not decode is not an error (see
+    /// [`Check::New`]).
     pub fn check<F>(&self, event: &Event, key_at: F) -> Result<Check<S::Event>, StreamError>
     where
         F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
@@ -240,7 +249,7 @@ impl<S: Stream> Ledger<S> {
         if event.lamport != largest + 1 {
             return Err(StreamError::LamportNotNext { event: event.id, lamport: event.lamport, expected: largest + 1 });
         }
-        Ok(Check::New(codec::decode(&event.payload).map_err(StreamError::Payload)?))
+        Ok(Check::New(codec::decode(&event.payload).ok()))
     }
 
     fn check_shape(&self, event: &Event) -> Result<(), StreamError> {
@@ -277,7 +286,7 @@ impl<S: Stream> Ledger<S> {
     /// # Errors
     /// The view's `apply_event` panicked ([`crate::view::FoldError::Panicked`]): the
     /// ledger must not be used again.
-    pub fn record(&mut self, event: &Event, payload: &S::Event) -> Result<Folded, crate::view::FoldError> {
+    pub fn record(&mut self, event: &Event, payload: Option<&S::Event>) -> Result<Folded, crate::view::FoldError> {
         debug_assert_eq!(event.lane.stream, self.stream);
         assert_eq!(event.seq, self.frontier.get(event.lane).next(), "lane seq must be contiguous");
         self.frontier.set(event.lane, event.seq);
@@ -291,6 +300,34 @@ impl<S: Stream> Ledger<S> {
         self.lamport = self.lamport.max(event.lamport);
         self.fold.apply(event, payload)
     }
+
+    /// Where the frontier, heads and Lamport counter stand before `events` are recorded,
+    /// for [`Ledger::undo`] should they then not be stored.
+    pub(crate) fn mark(&self, events: &[Event]) -> Mark {
+        let mut lanes: Vec<(Lane, Seq)> = Vec::new();
+        for event in events {
+            if !lanes.iter().any(|(lane, _)| *lane == event.lane) {
+                lanes.push((event.lane, self.frontier.get(event.lane)));
+            }
+        }
+        Mark { lanes, heads: self.heads.clone(), lamport: self.lamport }
+    }
+
+    /// Takes back the records made since `mark` (the view is the caller's to rewind).
+    pub(crate) fn undo(&mut self, mark: Mark) {
+        for (lane, seq) in mark.lanes {
+            self.frontier.set(lane, seq);
+        }
+        self.heads = mark.heads;
+        self.lamport = mark.lamport;
+    }
+}
+
+/// What [`Ledger::undo`] restores.
+pub(crate) struct Mark {
+    lanes: Vec<(Lane, Seq)>,
+    heads: VectorClock,
+    lamport: u64,
 }
 
 #[cfg(test)]
@@ -308,7 +345,7 @@ mod tests {
 
     fn record_all(ledger: &mut Ledger<TrailStream>, events: &[Event]) {
         for event in events {
-            ledger.record(event, &event.seq.0).unwrap();
+            ledger.record(event, Some(&event.seq.0)).unwrap();
         }
     }
 
@@ -382,7 +419,7 @@ mod tests {
         let written = ledger(1, stream).stamp_all(&extra, stamps, stored).unwrap().remove(0);
         assert_eq!(written.lamport, 41, "the named event's counter, not the claimed 1,000");
         let there = ledger(2, stream);
-        assert!(matches!(there.check(&written, stored), Ok(Check::New(1))));
+        assert!(matches!(there.check(&written, stored), Ok(Check::New(Some(1)))));
         for lamport in [40, 42, 1_001] {
             // A forger gives its event the id of its content: only the counter is wrong.
             let mut forged = Event { lamport, ..written.clone() };

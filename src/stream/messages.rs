@@ -133,6 +133,9 @@ pub struct ViewReply<V> {
     pub heads: VectorClock,
     /// The largest Lamport counter delivered.
     pub lamport: u64,
+    /// Events of the stream the view skipped because their payload does not decode into
+    /// this site's event type (see [`Delivered::Unfolded`]).
+    pub unfolded: u64,
 }
 
 impl<V> ViewReply<V> {
@@ -218,6 +221,10 @@ impl Message for DeliverIdsMatched {
 pub enum Delivered {
     /// Stored and folded into the view.
     Applied,
+    /// Stored (and relayed), but its payload does not decode into this site's event type
+    /// (a newer version of the application wrote it, or a broken writer): the view skipped
+    /// it and counts it in [`ViewReply::unfolded`]. A build whose type decodes it folds it.
+    Unfolded,
     /// A copy of an event already delivered: nothing changed.
     Duplicate,
 }
@@ -284,6 +291,7 @@ impl<S: Stream> Handler<GetView<S>> for StreamActor<S> {
             frontier: self.ledger.frontier().clone(),
             heads: self.ledger.heads().clone(),
             lamport: self.ledger.lamport(),
+            unfolded: self.ledger.unfolded().count,
         };
         self.when_durable(reply)
     }
@@ -342,7 +350,8 @@ impl<S: Stream> StreamActor<S> {
             if id_matched { self.ledger.check_id_matched(&event, key_at) } else { self.ledger.check(&event, key_at) };
         match check? {
             Check::New(payload) => {
-                self.write(std::slice::from_ref(&event), &[payload], ctx).map(|()| Delivered::Applied)
+                let folded = if payload.is_some() { Delivered::Applied } else { Delivered::Unfolded };
+                self.write(std::slice::from_ref(&event), [payload.as_ref()], ctx).map(|()| folded)
             }
             Check::Duplicate => Ok(Delivered::Duplicate),
         }

@@ -36,7 +36,7 @@ use crate::event::{Dependencies, Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
-use crate::view::{Fold, Folded, Stream};
+use crate::view::{Fold, Folded, Snapshot, Stream};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
@@ -156,7 +156,7 @@ impl<S: Stream> StreamActor<S> {
     /// Loads a claimed stream (see [`StreamActor::open_with`]).
     fn load(storage: Arc<dyn Storage>, stream: StreamId, config: StreamConfig) -> Result<Self, StreamError> {
         let record = storage.open_stream(stream, S::TYPE_NAME)?;
-        let snapshots = decodable_snapshots::<S>(storage.as_ref(), stream, &record.snapshots);
+        let snapshots = usable_snapshots::<S>(storage.as_ref(), stream, &record.snapshots)?;
         let newest = snapshots.last().map(|(key, _)| *key);
         let kept = snapshots.iter().map(|(key, _)| *key).collect();
         let mut fold = Fold::resume(config.snapshot_every, snapshots);
@@ -183,7 +183,7 @@ impl<S: Stream> StreamActor<S> {
             failed: None,
             released: false,
         };
-        actor.replay_from(newest.map_or(Bound::Unbounded, Bound::Excluded))?;
+        actor.replay_and_store(newest.map_or(Bound::Unbounded, Bound::Excluded))?;
         Ok(actor)
     }
 
@@ -206,19 +206,59 @@ impl<S: Stream> StreamActor<S> {
             self.ledger.stamp_all(extra, payloads.into_iter().map(|payload| (now, payload)), |lane, seq| {
                 self.key_at(lane, seq)
             })?;
-        self.write(&stamped, events, ctx)?;
+        self.write(&stamped, events.iter().map(Some), ctx)?;
         Ok(stamped)
     }
 
-    /// Queues `events` as one atomic append, then records and folds them. A refused append
-    /// changes nothing; a failure after it was queued poisons the actor (see
-    /// [`StreamActor::fail`]), since memory would be ahead of what the caller was told.
-    fn write(&mut self, events: &[Event], payloads: &[S::Event], ctx: &mut Context<Self>) -> Result<(), StreamError> {
-        debug_assert_eq!(events.len(), payloads.len());
+    /// Records and folds `events` (with their payloads, `None` for one that does not decode
+    /// here), then queues them as one atomic append. Folding first means that an event the
+    /// view cannot fold (its `apply_event` panicked) is never stored: the stream fails with
+    /// [`StreamError::ApplyPanicked`] and nothing of the write reaches storage, so
+    /// reopening works. An append then refused (a full queue) is taken back from the ledger
+    /// and the view: a refused write changes nothing. A failure after the append was
+    /// queued poisons the actor (see [`StreamActor::fail`]), since memory would be ahead of
+    /// what the caller was told.
+    fn write<'p>(
+        &mut self,
+        events: &[Event],
+        payloads: impl IntoIterator<Item = Option<&'p S::Event>>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), StreamError> {
         self.refusal()?;
         let Some(first) = events.iter().map(Event::order_key).min() else { return Ok(()) };
+        let mark = self.ledger.mark(events);
+        // In flight from here on, so that a rollback's replay sees them.
+        for event in events {
+            let key = event.order_key();
+            self.inflight.insert(key, event.clone());
+            self.inflight_index.insert((event.lane, event.seq), key);
+        }
+        let mut taken = Vec::new();
+        for (event, payload) in events.iter().zip(payloads) {
+            if let Err(error) = self.fold(event, payload, &mut taken) {
+                self.forget_inflight(events);
+                tracing::error!(
+                    stream = %self.stream, %error,
+                    "folding an event failed; it was not stored, and this stream refuses everything until it is \
+                     reopened; the site's other streams go on"
+                );
+                self.fail(error.clone());
+                return Err(error);
+            }
+        }
         let stale: Vec<OrderKey> = self.snapshots.range(first..).copied().collect();
-        let commit = self.storage.append(self.stream, Append { events, stale_snapshots: &stale })?;
+        let commit = match self.storage.append(self.stream, Append { events, stale_snapshots: &stale }) {
+            Ok(commit) => commit,
+            Err(error) => {
+                self.forget_inflight(events);
+                self.ledger.undo(mark);
+                let from = self.ledger.fold_mut().rewind_before(first);
+                if let Err(replay) = self.replay_and_store(from.map_or(Bound::Unbounded, Bound::Excluded)) {
+                    self.fail(replay);
+                }
+                return Err(error.into());
+            }
+        };
         self.appended += 1;
         let number = self.appended;
         ctx.spawn(
@@ -229,20 +269,12 @@ impl<S: Stream> StreamActor<S> {
         }
         for event in events {
             let key = event.order_key();
-            self.inflight.insert(key, event.clone());
-            self.inflight_index.insert((event.lane, event.seq), key);
             self.inflight_order.push_back((number, key));
             self.rewind_subscribers(key);
         }
-        for (event, payload) in events.iter().zip(payloads) {
-            if let Err(error) = self.fold(event, payload) {
-                // The append is queued already: the event is stored, and reopening the
-                // stream folds it again (and fails to open while it still cannot fold).
-                tracing::error!(
-                    stream = %self.stream, %error,
-                    "folding an event failed: this stream refuses everything until it is reopened; the site's other \
-                     streams go on"
-                );
+        // Snapshots are queued behind the events they cover, so no crash keeps one without them.
+        for key in taken {
+            if let Err(error) = self.store_snapshot(key) {
                 self.fail(error.clone());
                 return Err(error);
             }
@@ -250,23 +282,47 @@ impl<S: Stream> StreamActor<S> {
         Ok(())
     }
 
-    /// Records one written event and folds it, replaying the log when it sorts early.
-    fn fold(&mut self, event: &Event, payload: &S::Event) -> Result<(), StreamError> {
+    /// Forgets `events`, put in flight by a write that then stored nothing.
+    fn forget_inflight(&mut self, events: &[Event]) {
+        for event in events {
+            self.inflight.remove(&event.order_key());
+            self.inflight_index.remove(&(event.lane, event.seq));
+        }
+    }
+
+    /// Records one event and folds it, replaying the log when it sorts early. Snapshots
+    /// taken go to `taken`, for the caller to store once the event is queued.
+    fn fold(
+        &mut self,
+        event: &Event,
+        payload: Option<&S::Event>,
+        taken: &mut Vec<OrderKey>,
+    ) -> Result<(), StreamError> {
         match self.ledger.record(event, payload)? {
-            Folded::Applied { snapshot: Some(key) } => self.store_snapshot(key),
-            Folded::Applied { snapshot: None } => Ok(()),
+            Folded::Applied { snapshot } => taken.extend(snapshot),
             Folded::Rewind { from } => {
                 self.ledger.fold_mut().rewind(from);
-                self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))
+                taken.extend(self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))?);
             }
+        }
+        Ok(())
+    }
+
+    /// [`StreamActor::replay_from`] of events all stored or queued, storing the snapshot taken.
+    fn replay_and_store(&mut self, from: Bound<OrderKey>) -> Result<(), StreamError> {
+        match self.replay_from(from)? {
+            Some(newest) => self.store_snapshot(newest),
+            None => Ok(()),
         }
     }
 
     /// Folds the log from `from` on: stored events in pages, merged with the events in
-    /// flight (which the storage writer may not have applied yet). Stores snapshots taken.
-    fn replay_from(&mut self, mut from: Bound<OrderKey>) -> Result<(), StreamError> {
+    /// flight (which the storage writer may not have applied yet). Returns the newest
+    /// snapshot taken, for the caller to store.
+    fn replay_from(&mut self, mut from: Bound<OrderKey>) -> Result<Option<OrderKey>, StreamError> {
         let mut unstored: VecDeque<Event> =
             self.inflight.range((from, Bound::Unbounded)).map(|(_, e)| e.clone()).collect();
+        let mut newest = None;
         loop {
             let page = self.storage.events_from(self.stream, from, None, limits::REPLAY_PAGE_MAX)?;
             let last_page = page.len() < limits::REPLAY_PAGE_MAX;
@@ -286,11 +342,9 @@ impl<S: Stream> StreamActor<S> {
                 merged.extend(unstored.drain(..));
             }
             let taken = self.ledger.fold_mut().replay(&merged)?;
-            if let Some(&newest) = taken.last() {
-                self.store_snapshot(newest)?;
-            }
+            newest = taken.last().copied().or(newest);
             if last_page {
-                return Ok(());
+                return Ok(newest);
             }
         }
     }
@@ -298,9 +352,9 @@ impl<S: Stream> StreamActor<S> {
     /// Queues the snapshot at `key` and the deletion of the oldest beyond the kept count.
     /// A full queue skips it: a snapshot only shortens replays.
     fn store_snapshot(&mut self, key: OrderKey) -> Result<(), StreamError> {
-        let Some(view) = self.ledger.fold_mut().snapshot(&key) else { return Ok(()) };
+        let Some(snapshot) = self.ledger.fold_mut().snapshot(&key) else { return Ok(()) };
         // A view too large to snapshot is still correct: recovery replays more of the log.
-        let Ok(bytes) = codec::encode_view(view) else { return Ok(()) };
+        let Ok(bytes) = codec::encode_view(snapshot) else { return Ok(()) };
         let mut kept = self.snapshots.clone();
         kept.insert(key);
         let drop = crate::view::snapshots_to_drop(&kept);
@@ -428,32 +482,51 @@ impl<S: Stream> Actor for StreamActor<S> {
     }
 }
 
-/// The stored snapshots of `stream` that decode, oldest first. A snapshot is a cache of the
-/// log: one that does not decode (damaged, or written by a view type that changed) is
-/// dropped with a WARN line and its deletion queued, and the view is rebuilt from the log.
-fn decodable_snapshots<S: Stream>(
+/// A snapshot with the key of the event it was taken after.
+type Keyed<T> = (OrderKey, T);
+
+/// The stored snapshots of `stream` a fold can resume from, oldest first. A snapshot is a
+/// cache of the log, dropped (its deletion queued) when it no longer holds:
+/// - one that does not decode (damaged, or written by a view type that changed), with a
+///   WARN line;
+/// - one taken after an event the view could not fold, once that event decodes (the
+///   application was upgraded), so that the fold takes the event in.
+///
+/// # Errors
+/// A failure reading the first unfolded event.
+fn usable_snapshots<S: Stream>(
     storage: &dyn Storage,
     stream: StreamId,
     stored: &[(OrderKey, Vec<u8>)],
-) -> Vec<(OrderKey, S::View)> {
-    let mut undecodable = Vec::new();
+) -> Result<Vec<Keyed<Snapshot<S::View>>>, StreamError> {
+    let mut stale = Vec::new();
     let mut snapshots = Vec::with_capacity(stored.len());
     for (key, bytes) in stored {
-        match codec::decode_view(bytes) {
-            Ok(view) => snapshots.push((*key, view)),
+        match codec::decode_view::<Snapshot<S::View>>(bytes) {
+            Ok(snapshot) => snapshots.push((*key, snapshot)),
             Err(error) => {
                 tracing::warn!(%stream, lamport = key.lamport, event = %key.id, %error,
                     "a view snapshot does not decode; dropped, the view is rebuilt from the log");
-                undecodable.push(*key);
+                stale.push(*key);
             }
         }
     }
-    if !undecodable.is_empty() {
-        // Durable with the next commit; until then (or if refused) the next open warns again.
-        let drop = storage.append(stream, Append { events: &[], stale_snapshots: &undecodable });
-        if let Err(error) = drop {
-            tracing::warn!(%stream, %error, "deleting undecodable snapshots failed; they are skipped again next time");
+    // Every snapshot after the first unfolded event names it; the newest says whether any does.
+    if let Some(first) = snapshots.last().and_then(|(_, snapshot)| snapshot.unfolded.first) {
+        let event = storage.events_from(stream, Bound::Included(first), None, 1)?;
+        if event.first().is_some_and(|event| codec::decode::<S::Event>(&event.payload).is_ok()) {
+            tracing::info!(%stream, event = %first.id,
+                "an event this stream could not fold before decodes now; folding the log again from before it");
+            let from = snapshots.partition_point(|(key, _)| *key < first);
+            stale.extend(snapshots.drain(from..).map(|(key, _)| key));
         }
     }
-    snapshots
+    if !stale.is_empty() {
+        // Durable with the next commit; until then (or if refused) the next open drops them again.
+        let drop = storage.append(stream, Append { events: &[], stale_snapshots: &stale });
+        if let Err(error) = drop {
+            tracing::warn!(%stream, %error, "deleting stale snapshots failed; they are skipped again next time");
+        }
+    }
+    Ok(snapshots)
 }
