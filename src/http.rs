@@ -262,7 +262,12 @@ async fn view(site: web::Data<Site>, name: web::Path<String>) -> Result<HttpResp
     let stream = existing(&site, &name)?;
     let reply = site.stream::<Document>(stream).await?.send(GetView::new()).await??;
     let events: u64 = reply.frontier.iter().map(|(_, seq)| seq.0).sum();
-    Ok(HttpResponse::Ok().json(json!({ "stream": stream.to_string(), "events": events, "view": reply.view.to_json() })))
+    Ok(HttpResponse::Ok().json(json!({
+        "stream": stream.to_string(),
+        "events": events,
+        "unfolded": reply.unfolded,
+        "view": reply.view.to_json(),
+    })))
 }
 
 /// The query of a history request.
@@ -292,7 +297,7 @@ async fn history(
                 "seq": event.seq.0,
                 "lamport": event.lamport,
                 "timestamp_ms": event.timestamp_ms,
-                // Stored events of a document stream passed this decode when delivered.
+                // Null for an event this build cannot decode (a newer one wrote it).
                 "patch": codec::decode::<Patch>(&event.payload).map(|p| p.to_json()).unwrap_or(Value::Null),
             })
         })

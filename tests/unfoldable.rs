@@ -86,6 +86,14 @@ async fn swap(from: &Site, to: &Site, stream: StreamId) {
     tokio::time::timeout(std::time::Duration::from_secs(20), wait).await.expect("never caught up").unwrap();
 }
 
+/// What the site's `/metrics` route answers.
+async fn metrics_text(site: &Site) -> String {
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    let app = init_service(actix_web::App::new().configure(gundb::http::routes(site.clone(), 1 << 20))).await;
+    let body = read_body(call_service(&app, TestRequest::get().uri("/metrics").to_request()).await).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
 #[test]
 fn an_event_this_build_cannot_decode_is_stored_relayed_counted_and_folded_after_an_upgrade() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,6 +111,8 @@ fn an_event_this_build_cannot_decode_is_stored_relayed_counted_and_folded_after_
         swap(&newer, &older, stream).await;
         let metrics = older.metrics().await.unwrap();
         assert_eq!((metrics.delivered, metrics.unfolded, metrics.refused), (4, 1, 0), "{metrics:?}");
+        let text = metrics_text(&older).await;
+        assert!(text.lines().any(|line| line == "gundb_unfolded_total 1"), "{text}");
         let mine = older.stream::<Older>(stream).await.unwrap();
         let view = mine.send(GetView::new()).await.unwrap().unwrap();
         assert_eq!((view.view.total, view.unfolded), (6, 1), "the later events of the lane are folded");
