@@ -287,6 +287,13 @@ impl<S: Stream> Ledger<S> {
     /// The view's `apply_event` panicked ([`crate::view::FoldError::Panicked`]): the
     /// ledger must not be used again.
     pub fn record(&mut self, event: &Event, payload: Option<&S::Event>) -> Result<Folded, crate::view::FoldError> {
+        self.note(event);
+        self.fold.apply(event, payload)
+    }
+
+    /// Advances the frontier, the heads and the Lamport counter past a stamped or checked
+    /// event, leaving the fold to the caller ([`Ledger::record`] does both).
+    pub(crate) fn note(&mut self, event: &Event) {
         debug_assert_eq!(event.lane.stream, self.stream);
         assert_eq!(event.seq, self.frontier.get(event.lane).next(), "lane seq must be contiguous");
         self.frontier.set(event.lane, event.seq);
@@ -298,7 +305,6 @@ impl<S: Stream> Ledger<S> {
         }
         self.heads.set(event.lane, event.seq);
         self.lamport = self.lamport.max(event.lamport);
-        self.fold.apply(event, payload)
     }
 
     /// Where the frontier, heads and Lamport counter stand before `events` are recorded,

@@ -336,25 +336,49 @@ impl<S: Stream> Handler<Subscribe> for StreamActor<S> {
 }
 
 impl<S: Stream> StreamActor<S> {
-    /// Checks and writes one remote event (`id_matched` when its id was matched against
-    /// its content already); durability is the caller's to wait for.
-    fn deliver_one(
+    /// Checks remote `events` one by one, each seeing those before it (`ids_matched` when
+    /// their ids were matched against their content already), and commits the new ones as
+    /// one append, folded with at most one rollback however many of them are late. One
+    /// outcome per event, in order; durability is the caller's to wait for.
+    fn deliver(
         &mut self,
-        event: Event,
-        id_matched: bool,
+        events: Vec<Event>,
+        ids_matched: bool,
         ctx: &mut Context<Self>,
-    ) -> Result<Delivered, StreamError> {
-        self.refusal()?;
-        let key_at = |lane, seq| self.key_at(lane, seq);
-        let check =
-            if id_matched { self.ledger.check_id_matched(&event, key_at) } else { self.ledger.check(&event, key_at) };
-        match check? {
-            Check::New(payload) => {
-                let folded = if payload.is_some() { Delivered::Applied } else { Delivered::Unfolded };
-                self.write(std::slice::from_ref(&event), [payload.as_ref()], ctx).map(|()| folded)
-            }
-            Check::Duplicate => Ok(Delivered::Duplicate),
+    ) -> Vec<Result<Delivered, StreamError>> {
+        if let Err(error) = self.refusal() {
+            return vec![Err(error); events.len()];
         }
+        let mark = self.ledger.mark(&events);
+        let mut outcomes = Vec::with_capacity(events.len());
+        let (mut new, mut payloads) = (Vec::new(), Vec::new());
+        for event in events {
+            let key_at = |lane, seq| self.key_at(lane, seq);
+            let check = if ids_matched {
+                self.ledger.check_id_matched(&event, key_at)
+            } else {
+                self.ledger.check(&event, key_at)
+            };
+            outcomes.push(match check {
+                Ok(Check::New(payload)) => {
+                    self.note(&event);
+                    new.push(event);
+                    let folded = if payload.is_some() { Delivered::Applied } else { Delivered::Unfolded };
+                    payloads.push(payload);
+                    Ok(folded)
+                }
+                Ok(Check::Duplicate) => Ok(Delivered::Duplicate),
+                Err(error) => Err(error),
+            });
+        }
+        if let Err(error) = self.commit(&new, payloads.iter().map(Option::as_ref), mark, ctx) {
+            for outcome in &mut outcomes {
+                if matches!(outcome, Ok(Delivered::Applied | Delivered::Unfolded)) {
+                    *outcome = Err(error.clone());
+                }
+            }
+        }
+        outcomes
     }
 }
 
@@ -362,7 +386,7 @@ impl<S: Stream> Handler<Deliver> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<Delivered, StreamError>>;
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Context<Self>) -> Self::Result {
-        let outcome = self.deliver_one(event, false, ctx);
+        let outcome = self.deliver(vec![event], false, ctx).pop().expect("one outcome per event");
         // Even a refusal may concern an event in flight (the original of a copy, the one
         // kept against an equivocation): answer once what was written is durable. Bad
         // input that touched nothing is answered at once.
@@ -392,14 +416,14 @@ impl<S: Stream> Handler<DeliverIdsMatched> for StreamActor<S> {
 }
 
 impl<S: Stream> StreamActor<S> {
-    /// Delivers `events` one by one and answers with each outcome once they are durable.
+    /// Delivers `events` ([`StreamActor::deliver`]) and answers with each outcome once they are durable.
     fn deliver_batch(
         &mut self,
         events: Vec<Event>,
         ids_matched: bool,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Vec<Result<Delivered, StreamError>>> {
-        let outcomes: Vec<_> = events.into_iter().map(|event| self.deliver_one(event, ids_matched, ctx)).collect();
+        let outcomes = self.deliver(events, ids_matched, ctx);
         Box::pin(self.durable().map(move |durable, _, _| match durable {
             Ok(()) => outcomes,
             Err(error) => outcomes.into_iter().map(|_| Err(error.clone())).collect(),

@@ -22,6 +22,7 @@ pub use self::durable::{Durable, WatchDurable};
 pub use self::error::StreamError;
 pub(crate) use self::gate::clock_ms;
 pub use self::gate::{Entry, Gate};
+use self::ledger::Mark;
 pub use self::ledger::{Check, Ledger};
 pub(crate) use self::messages::DeliverIdsMatched;
 pub use self::messages::{
@@ -210,14 +211,8 @@ impl<S: Stream> StreamActor<S> {
         Ok(stamped)
     }
 
-    /// Records and folds `events` (with their payloads, `None` for one that does not decode
-    /// here), then queues them as one atomic append. Folding first means that an event the
-    /// view cannot fold (its `apply_event` panicked) is never stored: the stream fails with
-    /// [`StreamError::ApplyPanicked`] and nothing of the write reaches storage, so
-    /// reopening works. An append then refused (a full queue) is taken back from the ledger
-    /// and the view: a refused write changes nothing. A failure after the append was
-    /// queued poisons the actor (see [`StreamActor::fail`]), since memory would be ahead of
-    /// what the caller was told.
+    /// Records `events` (local, just stamped) and commits them (see
+    /// [`StreamActor::commit`]).
     fn write<'p>(
         &mut self,
         events: &[Event],
@@ -225,17 +220,42 @@ impl<S: Stream> StreamActor<S> {
         ctx: &mut Context<Self>,
     ) -> Result<(), StreamError> {
         self.refusal()?;
-        let Some(first) = events.iter().map(Event::order_key).min() else { return Ok(()) };
         let mark = self.ledger.mark(events);
-        // In flight from here on, so that a rollback's replay sees them.
         for event in events {
-            let key = event.order_key();
-            self.inflight.insert(key, event.clone());
-            self.inflight_index.insert((event.lane, event.seq), key);
+            self.note(event);
         }
-        let mut taken = Vec::new();
-        for (event, payload) in events.iter().zip(payloads) {
-            if let Err(error) = self.fold(event, payload, &mut taken) {
+        self.commit(events, payloads, mark, ctx)
+    }
+
+    /// Advances the ledger past `event` and keeps it in flight, so that the next checks
+    /// and a rollback's replay see it; [`StreamActor::commit`] folds and appends it.
+    fn note(&mut self, event: &Event) {
+        self.ledger.note(event);
+        let key = event.order_key();
+        self.inflight.insert(key, event.clone());
+        self.inflight_index.insert((event.lane, event.seq), key);
+    }
+
+    /// Folds `events` (noted since `mark`; their payloads, `None` for one that does not
+    /// decode here), then queues them as one atomic append.
+    ///
+    /// Folding first means that an event the view cannot fold (its `apply_event` panicked)
+    /// is never stored: the stream fails with [`StreamError::ApplyPanicked`] and nothing of
+    /// the write reaches storage, so reopening works. An append then refused (a full
+    /// queue) is taken back from the ledger and the view: a refused write changes nothing.
+    /// A failure after the append was queued poisons the actor (see
+    /// [`StreamActor::fail`]), since memory would be ahead of what the caller was told.
+    fn commit<'p>(
+        &mut self,
+        events: &[Event],
+        payloads: impl IntoIterator<Item = Option<&'p S::Event>>,
+        mark: Mark,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), StreamError> {
+        let Some(first) = events.iter().map(Event::order_key).min() else { return Ok(()) };
+        let taken = match self.fold(events, payloads) {
+            Ok(taken) => taken,
+            Err(error) => {
                 self.forget_inflight(events);
                 tracing::error!(
                     stream = %self.stream, %error,
@@ -245,7 +265,7 @@ impl<S: Stream> StreamActor<S> {
                 self.fail(error.clone());
                 return Err(error);
             }
-        }
+        };
         let stale: Vec<OrderKey> = self.snapshots.range(first..).copied().collect();
         let commit = match self.storage.append(self.stream, Append { events, stale_snapshots: &stale }) {
             Ok(commit) => commit,
@@ -290,22 +310,31 @@ impl<S: Stream> StreamActor<S> {
         }
     }
 
-    /// Records one event and folds it, replaying the log when it sorts early. Snapshots
-    /// taken go to `taken`, for the caller to store once the event is queued.
-    fn fold(
+    /// Folds noted `events` in canonical order; when the earliest sorts before what the
+    /// view has applied, rolls back once, to the snapshot before it, and replays the log
+    /// (with the events in flight, these among them) from there: one rollback per batch,
+    /// however many of its events are late. Returns the snapshots taken, for the caller to
+    /// store once the events are queued.
+    fn fold<'p>(
         &mut self,
-        event: &Event,
-        payload: Option<&S::Event>,
-        taken: &mut Vec<OrderKey>,
-    ) -> Result<(), StreamError> {
-        match self.ledger.record(event, payload)? {
-            Folded::Applied { snapshot } => taken.extend(snapshot),
-            Folded::Rewind { from } => {
-                self.ledger.fold_mut().rewind(from);
-                taken.extend(self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))?);
+        events: &[Event],
+        payloads: impl IntoIterator<Item = Option<&'p S::Event>>,
+    ) -> Result<Vec<OrderKey>, StreamError> {
+        let mut sorted: Vec<(&Event, Option<&S::Event>)> = events.iter().zip(payloads).collect();
+        sorted.sort_by_key(|(event, _)| event.order_key());
+        let mut taken = Vec::new();
+        for (event, payload) in sorted {
+            match self.ledger.fold_mut().apply(event, payload)? {
+                Folded::Applied { snapshot } => taken.extend(snapshot),
+                Folded::Rewind { from } => {
+                    self.ledger.fold_mut().rewind(from);
+                    // The replay folds this event and every later one of the batch.
+                    taken.extend(self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))?);
+                    break;
+                }
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// [`StreamActor::replay_from`] of events all stored or queued, storing the snapshot taken.
