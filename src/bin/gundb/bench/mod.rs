@@ -6,6 +6,7 @@
 mod core;
 mod emit;
 mod memory;
+mod rejoin;
 mod replication;
 mod report;
 mod streams;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The scenarios, by the names `--only` takes.
-const SCENARIOS: [&str; 7] = ["emit", "codec", "router", "replication", "tcp", "memory", "streams"];
+const SCENARIOS: [&str; 8] = ["emit", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams"];
 
 /// Streams in emit's many-streams runs when `--streams` names none: enough that writers
 /// rarely meet on one stream, and below the router's live-actor cap.
@@ -55,7 +56,7 @@ pub struct BenchArgs {
     /// Sites in the in-process replication scenario.
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Run only these scenarios (emit, codec, router, replication, tcp, memory, streams).
+    /// Run only these scenarios (emit, codec, router, replication, rejoin, tcp, memory, streams).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON.
@@ -280,6 +281,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
+
+    if wanted("rejoin") {
+        let progress = Progress::start(&bars, "rejoin");
+        // What a site missed while cut off, at two sizes ten times apart.
+        let (small, large) = if quick { (1_000, 10_000) } else { (10_000, 100_000) };
+        let small_rate = rejoin::rate(small, payload, &progress)?;
+        let large_rate = rejoin::rate(large, payload, &progress)?;
+        let scenario =
+            |missed: u64| format!("a site rejoining after {missed} events written elsewhere, until both hold all");
+        rows.push(Row::new("rejoin", scenario(small), small_rate, "events/s", Better::Higher));
+        // Linear: the time per event missed does not grow with how many were missed.
+        let per_event = small_rate / large_rate;
+        rows.push(
+            Row::new("rejoin", scenario(large), large_rate, "events/s", Better::Higher)
+                .against(format!("{small} events missed"), small_rate)
+                .target("time per event missed ≤ 1.5× the smaller run's", per_event <= 1.5),
+        );
+        progress.done(format!("{:.1} k and {:.1} k events/s", small_rate / 1e3, large_rate / 1e3));
+    }
 
     if let (true, Some(raw)) = (wanted("tcp"), baseline) {
         let progress = Progress::start(&bars, "tcp");
