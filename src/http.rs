@@ -424,7 +424,9 @@ async fn metrics(site: web::Data<Site>) -> Result<HttpResponse, ApiError> {
     text.push_str("# HELP gundb_pending Events the router holds now.\n# TYPE gundb_pending gauge\n");
     text.push_str(&format!("gundb_pending {}\n", m.pending));
     let failed = u8::from(site.storage().stats().failure.is_some());
-    text.push_str("# HELP gundb_storage_failed 1 when storage failed and refuses every call until reopened.\n");
+    text.push_str(
+        "# HELP gundb_storage_failed 1 when storage failed and refuses every call until the site reopens it.\n",
+    );
     text.push_str(&format!("# TYPE gundb_storage_failed gauge\ngundb_storage_failed {failed}\n"));
     text.push_str("# HELP gundb_links_live Peers with a live direct link here.\n# TYPE gundb_links_live gauge\n");
     text.push_str(&format!("gundb_links_live {}\n", site.links().live().len()));

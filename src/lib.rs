@@ -16,6 +16,7 @@ pub mod doc;
 pub mod error;
 pub mod event;
 pub mod handle;
+mod heal;
 pub mod http;
 pub mod id;
 pub mod keys;

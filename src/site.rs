@@ -8,6 +8,7 @@ use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::handle::StreamHandle;
+use crate::heal::Healer;
 use crate::id::{SiteId, StreamId};
 use crate::node::links::Links;
 use crate::router::{
@@ -81,6 +82,8 @@ pub struct Site {
     id: SiteId,
     storage: Arc<dyn Storage>,
     router: Addr<Router>,
+    /// Reopens the storage after a failure, with backoff; kept so it lives as the site does.
+    _healer: Addr<Healer>,
     links: Links,
 }
 
@@ -107,7 +110,8 @@ impl Site {
     /// Storage cannot be read.
     pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
         let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation).start();
-        Ok(Self { id: storage.site_id(), storage, router, links: Links::default() })
+        let healer = Healer::new(Arc::clone(&storage)).start();
+        Ok(Self { id: storage.site_id(), storage, router, _healer: healer, links: Links::default() })
     }
 
     /// Closes the site: what its streams queued is written and acknowledged, then the

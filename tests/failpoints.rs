@@ -158,13 +158,7 @@ fn the_nth_storage_operation_fails_and_nothing_acknowledged_is_lost() {
                 storage.failpoints().fail_nth(fault, n);
                 workload(storage, stream).await
             });
-            let injected = StreamError::Storage(StorageError::Injected(match fault {
-                Fault::Write => "write",
-                Fault::Batch => "batch",
-                Fault::Flush => "flush",
-                Fault::Fsync => "fsync",
-                Fault::Read => "read",
-            }));
+            let injected = StreamError::Storage(StorageError::Injected(fault.name()));
             for error in &run.errors {
                 assert_eq!(error, &injected, "{context}: every error is the injected one, typed");
             }
@@ -215,8 +209,12 @@ fn events_whose_attestation_cannot_be_read_are_dropped_not_refused() {
 
 /// A storage failure shows: `/health` answers 503 with the failure as its reason (not
 /// "ok"), and `/metrics` has `gundb_storage_failed 1`.
+/// A storage failure is shown by `/health` (503, with the reason) and `/metrics`; the site
+/// then reopens its storage by itself (here once the test lets reopening succeed), and the
+/// stream that failed (its write was in flight) rebuilds itself from what is durable: the
+/// same handle writes again, the acknowledged write is there and the lane has no gap.
 #[test]
-fn a_failed_storage_shows_in_health_and_metrics() {
+fn a_failed_storage_shows_in_health_and_metrics_and_heals_by_itself() {
     run_site(|| async {
         use actix_web::test::{call_service, init_service, read_body, TestRequest};
         let storage = Arc::new(SledStorage::temporary().unwrap());
@@ -224,17 +222,39 @@ fn a_failed_storage_shows_in_health_and_metrics() {
         let app = init_service(actix_web::App::new().configure(gundb::http::routes(site.clone(), 1 << 20))).await;
         let get = |path: &str| TestRequest::get().uri(path).to_request();
         assert_eq!(call_service(&app, get("/health")).await.status(), 200);
-
-        storage.failpoints().fail_nth(Fault::Flush, 1);
         let stream = site.stream::<TrailStream>(StreamId::from_u128(7)).await.unwrap();
+        stream.send(Emit::new(0)).await.unwrap().unwrap();
+
+        storage.failpoints().fail_always(Fault::Reopen, true);
+        storage.failpoints().fail_nth(Fault::Flush, 1);
         assert!(stream.send(Emit::new(1)).await.unwrap().is_err(), "the write failed");
         let health = call_service(&app, get("/health")).await;
         assert_eq!(health.status(), 503);
         let health: serde_json::Value = serde_json::from_slice(&read_body(health).await).unwrap();
         assert_eq!(health["status"], "failing");
         assert!(health["reason"].as_str().unwrap().contains("flush"), "{health}");
-        let metrics = read_body(call_service(&app, get("/metrics")).await).await;
-        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-        assert!(metrics.lines().any(|line| line == "gundb_storage_failed 1"), "{metrics}");
+        let metrics = |app| async move {
+            let body = read_body(call_service(app, get("/metrics")).await).await;
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        let failing = metrics(&app).await;
+        assert!(failing.lines().any(|line| line == "gundb_storage_failed 1"), "{failing}");
+        assert!(stream.send(GetView::new()).await.unwrap().is_err(), "refused while the storage is failed");
+
+        storage.failpoints().fail_always(Fault::Reopen, false);
+        let healed = async {
+            while call_service(&app, get("/health")).await.status() != 200 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), healed).await.expect("the storage never healed");
+        let serving = metrics(&app).await;
+        assert!(serving.lines().any(|line| line == "gundb_storage_failed 0"), "{serving}");
+        let written = stream.send(Emit::new(2)).await.unwrap().expect("the stream serves again");
+        let view = stream.send(GetView::new()).await.unwrap().unwrap().view.0;
+        // The failed write may or may not have reached the disk; the acknowledged one did.
+        assert_eq!(view.first(), Some(&0));
+        assert_eq!(view.last(), Some(&2));
+        assert_eq!(written.seq.0, u64::try_from(view.len()).unwrap(), "no gap and no reuse: {view:?}");
     });
 }

@@ -258,10 +258,10 @@ impl gundb::Stream for FragileStream {
     type View = Fragile;
 }
 
-/// A panicking `apply_event` stops its stream with a typed error, caught at the fold: the
-/// site's other streams and its router go on, the event it could not fold is not stored,
-/// and reopening the folder does not crash: the stream opens with the view it had and
-/// writes on, its seq not taken by the refused event.
+/// A panicking `apply_event` fails its write with a typed error, caught at the fold: the
+/// stream rebuilds its view from storage, the site's other streams and its router go on,
+/// the event it could not fold is not stored, and reopening the folder does not crash: the
+/// stream opens with the view it had and writes on, its seq not taken by the refused event.
 #[test]
 fn a_panicking_view_stops_its_stream_only_and_reopening_does_not_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +276,8 @@ fn a_panicking_view_stops_its_stream_only_and_reopening_does_not_crash() {
             matches!(&panicked, gundb::StreamError::ApplyPanicked { message, .. } if message.contains("unlucky")),
             "{panicked:?}"
         );
-        assert!(stream.send(GetView::new()).await.unwrap().is_err(), "the stream refuses until reopened");
+        // Its view may be half-changed: the stream rebuilds itself from storage and serves on.
+        assert_eq!(stream.send(GetView::new()).await.unwrap().unwrap().view, Fragile(vec![1]));
         let other = site.stream::<TrailStream>(sturdy).await.unwrap();
         other.send(Emit::new(7)).await.unwrap().unwrap();
         assert_eq!(other.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![7]));

@@ -320,6 +320,18 @@ pub trait Storage: Send + Sync + 'static {
     /// storage remain; every call after it fails with [`StorageError::Closed`]. Idempotent.
     /// The default does nothing: for a storage that holds no file (`MemoryStorage`).
     fn close(&self) {}
+
+    /// After a failure ([`StorageStats::failure`]), opens the database again: the writer
+    /// and every handle to the failed database are dropped, and what is durable is served
+    /// again. Nothing acknowledged is lost; what was queued but not acknowledged may or may
+    /// not be there. Does nothing while the storage is healthy. The site calls it with
+    /// backoff; the default does nothing (a storage that cannot fail).
+    ///
+    /// # Errors
+    /// The database cannot be opened (yet), or the storage was closed.
+    fn reopen(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The streams claimed by live stream actors, shared by both implementations.
@@ -352,8 +364,8 @@ pub struct StorageStats {
     /// Nanoseconds the writer spent signing this site's events.
     pub signing_ns: u64,
     /// The failure that stopped the storage, if one did: it then refuses every read and
-    /// write until the database is reopened (what it holds in memory may be ahead of the
-    /// disk).
+    /// write until the database is reopened ([`Storage::reopen`], which a site retries
+    /// with backoff), since what it holds in memory may be ahead of the disk.
     pub failure: Option<StorageError>,
 }
 

@@ -99,9 +99,17 @@ pub struct SledStorage {
     /// by the writer, rather than by the opening actor (a sled write waits for a running
     /// flush). An entry lives from `open_stream` to that stream's first append or release.
     new_types: Mutex<HashMap<StreamId, String>>,
-    /// The writer's queue; `None` once closed.
+    /// The writer's queue; `None` once closed, and while the database is reopened.
     ops: RwLock<Option<Sender<Op>>>,
+    /// The writer thread; its lock also orders closing and reopening.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set by [`Storage::close`]: the database is not reopened after that.
+    closed: std::sync::atomic::AtomicBool,
+    /// The database folder, its cache and durability: how to open it again
+    /// ([`Storage::reopen`]).
+    path: PathBuf,
+    cache_bytes: u64,
+    durability: Durability,
     stats: Arc<Counters>,
     claims: Claims,
     recent_keys: RecentKeys,
@@ -119,6 +127,10 @@ pub struct SledStorage {
 struct RecentKeys(Mutex<VecDeque<(Lane, Seq, Vec<OrderKey>)>>);
 
 impl RecentKeys {
+    fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
     /// The order key at (lane, seq), if a remembered block holds it.
     fn get(&self, lane: Lane, seq: Seq) -> Option<OrderKey> {
         lock(&self.0).iter().find_map(|(held, first, keys)| {
@@ -314,10 +326,18 @@ impl Counters {
         if failed.is_none() {
             tracing::error!(
                 %error,
-                "storage failed: this site refuses every read and write until its database is reopened \
-                 (restart the node); nothing acknowledged before is lost"
+                "storage failed: this site refuses every read and write until its database is reopened, which \
+                 it retries with backoff; nothing acknowledged before is lost"
             );
             *failed = Some(error.clone());
+        }
+    }
+
+    /// The database was reopened: calls are served again.
+    fn heal(&self) {
+        let mut failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(error) = failed.take() {
+            tracing::info!(%error, "storage reopened after a failure; serving again");
         }
     }
 
@@ -360,73 +380,87 @@ impl SledStorage {
                 (Some(dir), path)
             }
         };
-        let db = open_waiting_for_lock(
-            &sled::Config::new()
-                .path(&path)
-                .cache_capacity(config.cache_bytes)
-                // We flush on every commit; sled's timer would only add flushes nobody waits for.
-                .flush_every_ms(None)
-                .segment_size(limits::SLED_SEGMENT_BYTES),
-        )?;
+        let db = open_db(&path, config.cache_bytes)?;
         let (site, keys) = load_or_create_site(&db, &path)?;
         let data = db.open_tree(DATA_TREE)?;
-        let mut fsync = match config.durability {
-            Durability::Fsync => Some(Fsync::new(&path)?),
-            Durability::Flush => None,
-        };
-        let (ops, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
-        let stats = Arc::new(Counters::default());
-        let log_last = last_log_position(&data)?;
-        stats.log_last.store(log_last.0, Ordering::Relaxed);
-        stats.log_durable.store(log_last.0, Ordering::Relaxed);
-        #[cfg(feature = "failpoints")]
-        let failpoints = Arc::new(failpoints::Failpoints::default());
-        let signing_ns = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (db, data, stats) = (db.clone(), data.clone(), Arc::clone(&stats));
-            let signer = Signer { site, keys: Arc::new(keys.clone()), spent_ns: Arc::clone(&signing_ns) };
-            #[cfg(feature = "failpoints")]
-            let failpoints = Arc::clone(&failpoints);
-            std::thread::Builder::new()
-                .name("gundb-commit".into())
-                .spawn(move || {
-                    write_loop(
-                        &queue,
-                        &stats,
-                        Some(&signer),
-                        |batch| {
-                            #[cfg(feature = "failpoints")]
-                            failpoints.check(failpoints::Fault::Batch)?;
-                            Ok(data.apply_batch(batch)?)
-                        },
-                        || {
-                            #[cfg(feature = "failpoints")]
-                            failpoints.check(failpoints::Fault::Flush)?;
-                            flush_durably(&db, fsync.as_mut(), || {
-                                #[cfg(feature = "failpoints")]
-                                failpoints.check(failpoints::Fault::Fsync)?;
-                                Ok(())
-                            })
-                        },
-                    );
-                })
-                .map_err(io_error)?
-        };
-        Ok(Self {
-            data: RwLock::new(Some(data)),
+        let storage = Self {
+            data: RwLock::new(None),
             site,
             keys,
-            signing_ns,
+            signing_ns: Arc::new(AtomicU64::new(0)),
             new_types: Mutex::new(HashMap::new()),
-            ops: RwLock::new(Some(ops)),
-            writer: Mutex::new(Some(writer)),
-            stats,
+            ops: RwLock::new(None),
+            writer: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            path,
+            cache_bytes: config.cache_bytes,
+            durability: config.durability,
+            stats: Arc::new(Counters::default()),
             claims: Claims::default(),
             recent_keys: RecentKeys::default(),
             #[cfg(feature = "failpoints")]
-            failpoints,
+            failpoints: Arc::new(failpoints::Failpoints::default()),
             _temporary: temporary,
-        })
+        };
+        storage.start(&mut lock(&storage.writer), &db, data)?;
+        Ok(storage)
+    }
+
+    /// Starts a writer thread on `db` and serves `data`: when the storage opens, and each
+    /// time it is reopened after a failure.
+    fn start(&self, writer: &mut Option<JoinHandle<()>>, db: &sled::Db, data: sled::Tree) -> Result<(), StorageError> {
+        let log_last = last_log_position(&data)?;
+        self.stats.log_last.store(log_last.0, Ordering::Release);
+        self.stats.log_durable.store(log_last.0, Ordering::Release);
+        let mut fsync = match self.durability {
+            Durability::Fsync => Some(Fsync::new(&self.path)?),
+            Durability::Flush => None,
+        };
+        let (ops, queue) = channel::bounded(limits::COMMIT_QUEUE_MAX);
+        let (db, tree, stats) = (db.clone(), data.clone(), Arc::clone(&self.stats));
+        let signer =
+            Signer { site: self.site, keys: Arc::new(self.keys.clone()), spent_ns: Arc::clone(&self.signing_ns) };
+        #[cfg(feature = "failpoints")]
+        let failpoints = Arc::clone(&self.failpoints);
+        let handle = std::thread::Builder::new()
+            .name("gundb-commit".into())
+            .spawn(move || {
+                write_loop(
+                    &queue,
+                    &stats,
+                    Some(&signer),
+                    |batch| {
+                        #[cfg(feature = "failpoints")]
+                        failpoints.check(failpoints::Fault::Batch)?;
+                        Ok(tree.apply_batch(batch)?)
+                    },
+                    || {
+                        #[cfg(feature = "failpoints")]
+                        failpoints.check(failpoints::Fault::Flush)?;
+                        flush_durably(&db, fsync.as_mut(), || {
+                            #[cfg(feature = "failpoints")]
+                            failpoints.check(failpoints::Fault::Fsync)?;
+                            Ok(())
+                        })
+                    },
+                );
+            })
+            .map_err(io_error)?;
+        *writer = Some(handle);
+        *self.ops.write().unwrap_or_else(PoisonError::into_inner) = Some(ops);
+        *self.data.write().unwrap_or_else(PoisonError::into_inner) = Some(data);
+        Ok(())
+    }
+
+    /// Stops the writer (after it answered what was queued) and drops this storage's
+    /// handles to the database, which sled then releases.
+    fn stop(&self, writer: &mut Option<JoinHandle<()>>) {
+        // Dropping the queue's sender ends the writer; it drops its handles as it ends.
+        drop(self.ops.write().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(writer) = writer.take() {
+            let _ = writer.join(); // a writer that panicked has nothing left to write
+        }
+        drop(self.data.write().unwrap_or_else(PoisonError::into_inner).take());
     }
 
     /// Injects faults into this storage's appends and flushes.
@@ -651,6 +685,18 @@ fn load_or_create_site(db: &sled::Db, path: &Path) -> Result<(SiteId, SiteKeys),
         )));
     }
     Ok((SiteId(uuid), keys))
+}
+
+/// Opens the sled database in `path` with gundb's settings and a page cache of `cache_bytes`.
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    Ok(open_waiting_for_lock(
+        &sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // We flush on every commit; sled's timer would only add flushes nobody waits for.
+            .flush_every_ms(None)
+            .segment_size(limits::SLED_SEGMENT_BYTES),
+    )?)
 }
 
 /// Opens `config`'s database, waiting up to [`limits::SLED_LOCK_WAIT`] for its file lock.
@@ -971,13 +1017,30 @@ impl Storage for SledStorage {
     }
 
     fn close(&self) {
-        // Dropping the queue's sender ends the writer after it acknowledged what was
-        // queued; it drops its handles to the database as it ends.
-        drop(self.ops.write().unwrap_or_else(PoisonError::into_inner).take());
-        if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.join(); // a writer that panicked has nothing left to write
+        let mut writer = lock(&self.writer);
+        self.closed.store(true, Ordering::Release);
+        self.stop(&mut writer);
+    }
+
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut writer = lock(&self.writer);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
         }
-        drop(self.data.write().unwrap_or_else(PoisonError::into_inner).take());
+        if self.stats.check().is_ok() {
+            return Ok(()); // healthy: reopened by another caller, or never failed
+        }
+        #[cfg(feature = "failpoints")]
+        self.failpoints.check(failpoints::Fault::Reopen)?;
+        // Every call is refused with the failure until the new database serves.
+        self.stop(&mut writer);
+        // What was read from the failed database's memory may never have reached the disk.
+        self.recent_keys.clear();
+        let db = open_db(&self.path, self.cache_bytes)?;
+        let data = db.open_tree(DATA_TREE)?;
+        self.start(&mut writer, &db, data)?;
+        self.stats.heal();
+        Ok(())
     }
 
     fn stats(&self) -> StorageStats {
@@ -1033,7 +1096,7 @@ impl std::fmt::Debug for SledStorage {
 #[cfg(feature = "failpoints")]
 pub mod failpoints {
     use super::StorageError;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// A storage operation a test can make fail.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1048,27 +1111,33 @@ pub mod failpoints {
         Fsync,
         /// Any read.
         Read,
+        /// Reopening the database after a failure ([`crate::storage::Storage::reopen`]).
+        Reopen,
     }
 
     impl Fault {
-        /// Every kind, for tests that try them all.
+        /// Every kind of operation a workload makes, for tests that try them all.
         pub const ALL: [Fault; 5] = [Fault::Write, Fault::Batch, Fault::Flush, Fault::Fsync, Fault::Read];
 
-        fn name(self) -> &'static str {
+        /// The name an injected failure of this kind carries ([`StorageError::Injected`]).
+        pub fn name(self) -> &'static str {
             match self {
                 Fault::Write => "write",
                 Fault::Batch => "batch",
                 Fault::Flush => "flush",
                 Fault::Fsync => "fsync",
                 Fault::Read => "read",
+                Fault::Reopen => "reopen",
             }
         }
     }
 
-    /// Faults to inject: per kind, how many operations from now the failing one is.
+    /// Faults to inject: per kind, how many operations from now the failing one is, and
+    /// whether every one fails.
     #[derive(Debug, Default)]
     pub struct Failpoints {
-        countdown: [AtomicU64; 5],
+        countdown: [AtomicU64; 6],
+        always: [AtomicBool; 6],
     }
 
     impl Failpoints {
@@ -1078,8 +1147,16 @@ pub mod failpoints {
             self.countdown[kind as usize].store(n, Ordering::SeqCst);
         }
 
+        /// Makes every operation of `kind` fail from now on (`true`), or none (`false`).
+        pub fn fail_always(&self, kind: Fault, on: bool) {
+            self.always[kind as usize].store(on, Ordering::SeqCst);
+        }
+
         /// Counts one operation of `kind`, failing it if it is the one asked for.
         pub(super) fn check(&self, kind: Fault) -> Result<(), StorageError> {
+            if self.always[kind as usize].load(Ordering::SeqCst) {
+                return Err(StorageError::Injected(kind.name()));
+            }
             let countdown = &self.countdown[kind as usize];
             let before = countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if before == Ok(1) {

@@ -116,8 +116,9 @@ pub enum StreamError {
     #[error("payload: {0}")]
     Payload(CodecError),
     /// The view's `apply_event` panicked on an event. The panic is caught at the fold, so
-    /// it stops this stream only: the stream then refuses every message until it is
-    /// reopened (its view may be half-changed), and the site's other streams go on.
+    /// it fails this write only: the event is not stored, the stream rebuilds its view
+    /// (which may be half-changed) from storage at its next message, and the site's other
+    /// streams go on.
     #[error("apply_event panicked on event {event}: {message}")]
     ApplyPanicked {
         /// The event being folded.

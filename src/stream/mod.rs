@@ -32,6 +32,7 @@ pub use self::messages::{
 pub use self::passivate::Passivate;
 
 use self::subscribe::Subscriber;
+use crate::clock::VectorClock;
 use crate::codec::{self, CodecError};
 use crate::event::{Dependencies, Event, OrderKey};
 use crate::id::{Lane, Seq, SiteId, StreamId};
@@ -117,6 +118,9 @@ pub struct StreamActor<S: Stream> {
     /// Every append numbered up to this is durable. Appends are applied and flushed in
     /// queue order, so one acknowledgement vouches for all before it.
     durable: u64,
+    /// Appends numbered up to this were made before the stream was last rebuilt from
+    /// storage ([`StreamActor::resume`]): their answers no longer concern it.
+    resumed_at: u64,
     /// Replies waiting for an append number to become durable, in number order.
     waiters: VecDeque<(u64, oneshot::Sender<Result<(), StorageError>>)>,
     /// Snapshots stored on disk, oldest first.
@@ -126,8 +130,9 @@ pub struct StreamActor<S: Stream> {
     pump_scheduled: bool,
     /// The router, told what became durable after each commit.
     watch: durable::Watch,
-    /// Set when storage failed under a write already applied in memory: from then on every
-    /// message is refused with it, until the site reopens the database.
+    /// Set when storage failed under a write already applied in memory, or a fold panicked:
+    /// every message is refused with it until the stream recovers (see
+    /// [`StreamActor::refusal`]).
     failed: Option<StorageError>,
     /// The stream's claim was released on passivation: dropping must not release it again
     /// (the stream's next actor may hold it by then).
@@ -156,18 +161,11 @@ impl<S: Stream> StreamActor<S> {
 
     /// Loads a claimed stream (see [`StreamActor::open_with`]).
     fn load(storage: Arc<dyn Storage>, stream: StreamId, config: StreamConfig) -> Result<Self, StreamError> {
-        let record = storage.open_stream(stream, S::TYPE_NAME)?;
-        let snapshots = usable_snapshots::<S>(storage.as_ref(), stream, &record.snapshots)?;
-        let newest = snapshots.last().map(|(key, _)| *key);
-        let kept = snapshots.iter().map(|(key, _)| *key).collect();
-        let mut fold = Fold::resume(config.snapshot_every, snapshots);
-        if config.planted_bug_skip_rollback {
-            fold.plant_bug_skip_rollback();
-        }
         let site = storage.site_id();
+        let empty = VectorClock::new();
         let mut actor = Self {
-            ledger: Ledger::new(site, stream, record.frontier, record.heads, record.lamport, fold),
-            snapshots: kept,
+            ledger: Ledger::new(site, stream, empty.clone(), empty, 0, Fold::new(config.snapshot_every)),
+            snapshots: BTreeSet::new(),
             storage,
             stream,
             config,
@@ -176,6 +174,7 @@ impl<S: Stream> StreamActor<S> {
             inflight_order: VecDeque::new(),
             appended: 0,
             durable: 0,
+            resumed_at: 0,
             waiters: VecDeque::new(),
             subscribers: Vec::new(),
             next_subscriber: 0,
@@ -184,8 +183,29 @@ impl<S: Stream> StreamActor<S> {
             failed: None,
             released: false,
         };
-        actor.replay_and_store(newest.map_or(Bound::Unbounded, Bound::Excluded))?;
+        actor.resume()?;
         Ok(actor)
+    }
+
+    /// Loads the ledger and the view from what is durable: the stream's frontier, heads and
+    /// usable snapshots, then the log after the newest snapshot. Whatever was in flight is
+    /// forgotten, and the answers still to come for it are ignored.
+    fn resume(&mut self) -> Result<(), StreamError> {
+        let record = self.storage.open_stream(self.stream, S::TYPE_NAME)?;
+        let snapshots = usable_snapshots::<S>(self.storage.as_ref(), self.stream, &record.snapshots)?;
+        let newest = snapshots.last().map(|(key, _)| *key);
+        self.snapshots = snapshots.iter().map(|(key, _)| *key).collect();
+        let mut fold = Fold::resume(self.config.snapshot_every, snapshots);
+        if self.config.planted_bug_skip_rollback {
+            fold.plant_bug_skip_rollback();
+        }
+        let site = self.storage.site_id();
+        self.ledger = Ledger::new(site, self.stream, record.frontier, record.heads, record.lamport, fold);
+        self.inflight.clear();
+        self.inflight_index.clear();
+        self.inflight_order.clear();
+        (self.durable, self.resumed_at) = (self.appended, self.appended);
+        self.replay_and_store(newest.map_or(Bound::Unbounded, Bound::Excluded))
     }
 
     /// The site this actor runs at.
@@ -412,6 +432,9 @@ impl<S: Stream> StreamActor<S> {
 
     /// An append came back from storage.
     fn on_commit(&mut self, number: u64, result: Result<(), StorageError>, ctx: &mut Context<Self>) {
+        if number <= self.resumed_at {
+            return; // made before the stream was rebuilt from storage: already accounted for
+        }
         if let Err(error) = result {
             return self.fail(error.into());
         }
@@ -456,9 +479,26 @@ impl<S: Stream> StreamActor<S> {
         self.failed.get_or_insert(storage);
     }
 
-    /// The error every message gets after a storage failure.
-    fn refusal(&self) -> Result<(), StreamError> {
-        self.failed.clone().map_or(Ok(()), |error| Err(StreamError::Storage(error)))
+    /// The error every message gets after a failure, until the stream recovers: once its
+    /// storage serves (the site reopens it after a storage failure, with backoff; after a
+    /// panicking fold it never stopped), the stream is rebuilt from what is durable, since
+    /// what it held in memory may have been ahead of the disk, and serves again.
+    fn refusal(&mut self) -> Result<(), StreamError> {
+        let Some(error) = self.failed.clone() else { return Ok(()) };
+        if self.storage.stats().failure.is_some() {
+            return Err(StreamError::Storage(error));
+        }
+        match self.resume() {
+            Ok(()) => {
+                tracing::info!(stream = %self.stream, %error, "stream rebuilt from storage after a failure; serving again");
+                self.failed = None;
+                Ok(())
+            }
+            Err(resumed) => {
+                tracing::warn!(stream = %self.stream, error = %resumed, "rebuilding the stream after a failure failed");
+                Err(resumed)
+            }
+        }
     }
 
     /// Resolves once every append made so far is durable.

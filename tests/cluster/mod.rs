@@ -208,6 +208,21 @@ impl Node {
         self.child.wait().unwrap();
     }
 
+    /// SIGSTOP: the process stops running (a long pause, a stalled VM) until resumed.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a paused process runs again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(signal).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill {signal} {}", self.child.id());
+    }
+
     /// SIGTERM, then waits for the process to stop on its own.
     pub fn terminate(&mut self) -> ExitStatus {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
