@@ -85,6 +85,18 @@ pub struct Site {
     /// Reopens the storage after a failure, with backoff; kept so it lives as the site does.
     _healer: Addr<Healer>,
     links: Links,
+    /// Shared by every clone: the last one dropped closes the storage.
+    _closer: Arc<CloseOnDrop>,
+}
+
+/// Closes a site's storage when the last handle to the site is dropped, as
+/// [`Site::close`] does: the database is released on the spot.
+struct CloseOnDrop(Arc<dyn Storage>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Site {
@@ -111,13 +123,16 @@ impl Site {
     pub fn with_storage(storage: Arc<dyn Storage>, config: SiteConfig) -> Result<Self, SiteError> {
         let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation).start();
         let healer = Healer::new(Arc::clone(&storage)).start();
-        Ok(Self { id: storage.site_id(), storage, router, _healer: healer, links: Links::default() })
+        let closer = Arc::new(CloseOnDrop(Arc::clone(&storage)));
+        Ok(Self { id: storage.site_id(), storage, router, _healer: healer, links: Links::default(), _closer: closer })
     }
 
     /// Closes the site: what its streams queued is written and acknowledged, then the
     /// database is released, so the folder can be opened again at once (in this process
     /// or another) even while handles to this site or its streams remain. Every later call
-    /// through them fails with [`crate::storage::StorageError::Closed`].
+    /// through them fails with [`crate::storage::StorageError::Closed`]. Dropping the last
+    /// clone of a `Site` (the nodes connected with it and the HTTP routes hold clones too)
+    /// closes it the same way, on the dropping thread.
     ///
     /// ```
     /// # actix::System::new().block_on(async {

@@ -317,3 +317,29 @@ fn a_closed_site_releases_its_database_and_reopens_at_once() {
         reopened.send(Emit::new(3)).await.unwrap().unwrap();
     });
 }
+
+/// Dropping the last handle to a site closes it like `Site::close`: the folder opens again
+/// at once, with every acknowledged write, although a handle to one of its streams remains
+/// (which then fails with `Closed`).
+#[test]
+fn a_dropped_site_releases_its_database_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_site(move || async move {
+        let stream = StreamId::from_u128(62);
+        let site = Site::open(&path).unwrap();
+        let old = site.stream::<TrailStream>(stream).await.unwrap();
+        for n in 0..3 {
+            old.send(Emit::new(n)).await.unwrap().unwrap();
+        }
+        let copy = site.clone();
+        drop(site);
+        assert!(Site::open(&path).is_err(), "a clone still holds the site open");
+        drop(copy);
+        let again = Site::open(&path).expect("the last handle's drop released the lock");
+        let reopened = again.stream::<TrailStream>(stream).await.unwrap();
+        assert_eq!(reopened.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![0, 1, 2]));
+        let refused = old.send(Emit::new(9)).await.unwrap().unwrap_err();
+        assert_eq!(refused, gundb::StreamError::Storage(gundb::storage::StorageError::Closed), "{refused}");
+    });
+}
