@@ -593,6 +593,10 @@ fn flush_durably(
 /// it could be synced holds nothing that needs it, and is skipped.
 struct Fsync {
     db: File,
+    /// The database folder: sled renames its page-table snapshots (`snap.*`) into it.
+    folder: PathBuf,
+    /// The snapshot names the folder held when it was last synced.
+    snapshots: Vec<std::ffi::OsString>,
     blobs: PathBuf,
     /// The newest blob the pass before the last one saw (`None`: none yet).
     floor: Option<i64>,
@@ -604,13 +608,27 @@ impl Fsync {
     /// Syncs the database folder first: sled created its files in it (a crash before the
     /// new names are durable would lose the whole database).
     fn new(path: &Path) -> Result<Self, StorageError> {
-        File::open(path).and_then(|folder| folder.sync_all()).map_err(io_error)?;
         let db = File::open(path.join("db")).map_err(io_error)?;
-        Ok(Self { db, blobs: path.join("blobs"), floor: None, newest: None })
+        let mut fsync = Self {
+            db,
+            folder: path.to_owned(),
+            snapshots: Vec::new(),
+            blobs: path.join("blobs"),
+            floor: None,
+            newest: None,
+        };
+        fsync.sync_folder().map_err(io_error)?;
+        Ok(fsync)
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
         self.db.sync_all()?;
+        // sled renames a new page-table snapshot into place (and deletes the old one)
+        // without syncing the folder: a crash could keep neither name, and a reopen would
+        // then scan the whole log. A few names to compare per pass; a sync when they change.
+        if self.snapshot_names()? != self.snapshots {
+            self.sync_folder()?;
+        }
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -635,6 +653,28 @@ impl Fsync {
             File::open(&self.blobs)?.sync_all()?; // the new names
         }
         (self.floor, self.newest) = (self.newest, newest);
+        Ok(())
+    }
+
+    /// The names of sled's page-table snapshots in the folder, sorted.
+    fn snapshot_names(&self) -> std::io::Result<Vec<std::ffi::OsString>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.folder)? {
+            let name = entry?.file_name();
+            // `snap.<lsn>`; `snap.<lsn>.generating` is not in place yet.
+            if name.to_str().is_some_and(|name| name.starts_with("snap.") && !name.ends_with(".generating")) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Syncs the folder, making the names in it durable, and notes its snapshots.
+    fn sync_folder(&mut self) -> std::io::Result<()> {
+        let names = self.snapshot_names()?;
+        File::open(&self.folder)?.sync_all()?;
+        self.snapshots = names;
         Ok(())
     }
 }
@@ -1195,6 +1235,26 @@ mod tests {
         std::fs::write(blobs.join("12"), b"new").unwrap();
         fsync.sync().unwrap();
         assert_eq!(fsync.newest, Some(12));
+    }
+
+    /// sled renames its page-table snapshot into the folder without syncing it: the pass
+    /// after a rename syncs the folder and notes the new name (one being generated does
+    /// not count).
+    #[test]
+    fn the_fsync_pass_syncs_the_folder_after_sled_renames_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), b"db").unwrap();
+        std::fs::write(dir.path().join("snap.0000000000000010"), b"old").unwrap();
+        let mut fsync = Fsync::new(dir.path()).unwrap();
+        assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000010")]);
+        std::fs::write(dir.path().join("snap.0000000000000020.generating"), b"new").unwrap();
+        fsync.sync().unwrap();
+        assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000010")]);
+        std::fs::rename(dir.path().join("snap.0000000000000020.generating"), dir.path().join("snap.0000000000000020"))
+            .unwrap();
+        std::fs::remove_file(dir.path().join("snap.0000000000000010")).unwrap();
+        fsync.sync().unwrap();
+        assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000020")], "synced after the rename");
     }
 
     fn queue_of(ops: Vec<Op>) -> Receiver<Op> {
