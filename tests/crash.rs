@@ -5,6 +5,11 @@
 //! gap, nothing is applied twice, the view is the fold of the log, and no (lane, seq) ever
 //! holds a different event than it held before (a reused seq would be an equivocation).
 //!
+//! With the `failpoints` feature, every fourth run of the writer also fails a storage flush
+//! every few tens of milliseconds, so the site keeps reopening its storage by itself
+//! (`--storage-faults`): kills then land while storage is failed, being reopened, or
+//! healed, and the same promises must hold.
+//!
 //! 300 cycles by default; `GUNDB_CRASH_CYCLES=<n>` changes that, `GUNDB_SEED=<n>` replays
 //! the kill timings of a failed run (the seed is printed on failure).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -93,19 +98,16 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
     let dir = tempfile::tempdir().unwrap();
     let (data, acks) = (dir.path().join("site"), dir.path().join("acks"));
     let mut seen = HashMap::new();
-    let (mut during_recovery, mut last) = (0, Checked { events: 0, acked: 0 });
+    let (mut during_recovery, mut healed, mut last) = (0, 0, Checked { events: 0, acked: 0 });
     for cycle in 0..cycles {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gundb"))
-            .arg("crash-writer")
-            .arg("--data")
-            .arg(&data)
-            .arg("--acks")
-            .arg(&acks)
-            .env("RUST_LOG", "off")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gundb"));
+        command.arg("crash-writer").arg("--data").arg(&data).arg("--acks").arg(&acks);
+        // Reopening takes a few hundred milliseconds: those runs live longer.
+        let faults = cfg!(feature = "failpoints") && cycle % 4 == 1;
+        if faults {
+            command.arg("--storage-faults");
+        }
+        let mut child = command.env("RUST_LOG", "off").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut writer = Writer(child);
         let (ready, on_ready) = mpsc::channel();
@@ -122,16 +124,19 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
         } else {
             let line = on_ready.recv_timeout(Duration::from_secs(60)).expect("the writer recovers and says so");
             assert!(line.starts_with("ready"), "{line}");
-            std::thread::sleep(Duration::from_millis(rng.below(200))); // the kill's timing
+            std::thread::sleep(Duration::from_millis(rng.below(if faults { 1_000 } else { 200 })));
+            // the kill's timing
         }
         writer.0.kill().unwrap();
         let status = writer.0.wait().unwrap();
         assert!(!status.success(), "cycle {cycle}: the writer stopped by itself: {status} (seed {seed})");
         // The pipe closed with the process: once the reader is done, every line it printed is here.
         reader.join().unwrap();
-        if early && !on_ready.try_iter().any(|line| line.starts_with("ready")) {
+        let printed: Vec<String> = on_ready.try_iter().collect();
+        if early && !printed.iter().any(|line| line.starts_with("ready")) {
             during_recovery += 1;
         }
+        healed += printed.iter().filter(|line| *line == "healed").count();
         let context = format!("cycle {cycle} (seed {seed})");
         let checked = check(&data, &acks, &mut seen, &context);
         assert!(checked.acked >= last.acked, "{context}: acknowledgements went missing from the file");
@@ -139,10 +144,14 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
         last = checked;
     }
     eprintln!(
-        "{cycles} kills, {during_recovery} before recovery finished; {} events stored, {} writes acknowledged",
+        "{cycles} kills, {during_recovery} before recovery finished; storage reopened {healed} times; {} events \
+         stored, {} writes acknowledged",
         last.events, last.acked
     );
     assert!(during_recovery > 0, "some kills landed during recovery (seed {seed})");
+    if cfg!(feature = "failpoints") {
+        assert!(healed > 0, "the storage was reopened after injected faults (seed {seed})");
+    }
     assert!(
         u64::try_from(last.acked).unwrap() > cycles,
         "the writer got writes acknowledged between kills (seed {seed})"

@@ -41,6 +41,10 @@ enum Command {
         data: PathBuf,
         #[arg(long)]
         acks: PathBuf,
+        /// Fails a storage flush every few tens of milliseconds, so the site keeps healing
+        /// (needs the `failpoints` feature).
+        #[arg(long)]
+        storage_faults: bool,
     },
     /// The memory scenario's child process (run by `gundb bench`).
     #[command(hide = true)]
@@ -87,7 +91,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::CrashWriter { data, acks } => crash_writer::run(data, acks),
+        Command::CrashWriter { data, acks, storage_faults } => crash_writer::run(data, acks, storage_faults),
         Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
         Command::BenchStreamsChild { streams, writers, payload } => bench::streams_child(streams, writers, payload),
         Command::Demo { data, seed } => demo::run(data, seed),
