@@ -233,8 +233,13 @@ impl Intake {
     /// position: at once (returned) the first time, and after a growing pause
     /// ([`Intake::want_again`]) when nothing became durable since the last reset, so
     /// that a refusal that persists (storage failing, a stream that cannot open) costs
-    /// a resend per pause, not a loop.
+    /// a resend per pause, not a loop. With every frame taken durable, nothing of this
+    /// peer's was lost (the router tells every sink, whoever's event it was): nothing
+    /// changes, and the pause does not grow.
     pub fn reset(&mut self, now: u64) -> Option<LogPos> {
+        if self.settling.is_empty() {
+            return None;
+        }
         self.settling.clear();
         self.expected = self.durable;
         self.resets = if self.durable > self.reset_at { 1 } else { self.resets.saturating_add(1) };
@@ -611,25 +616,51 @@ mod tests {
         }
     }
 
+    /// Takes a frame of 5 positions after what is durable, at `now`.
+    fn in_flight(intake: &mut Intake, now: u64) -> u64 {
+        let from = intake.durable();
+        let Take::Events(id) = intake.frame(0, from, LogPos(from.0 + 5), 4, now) else { panic!("taken") };
+        id
+    }
+
     /// A refusal that persists does not loop: the first reset asks at once, each further
     /// one with nothing durable in between waits twice as long (up to 64 times the resend
     /// interval), and progress starts over.
     #[test]
     fn repeated_resets_without_progress_back_off() {
         let mut intake = Intake::new(LogPos(0), 0);
+        in_flight(&mut intake, 0);
         assert_eq!(intake.reset(0), Some(LogPos(0)), "the first reset asks at once");
+        in_flight(&mut intake, 10);
         assert_eq!(intake.reset(10), None);
         assert_eq!(intake.want_again(109, 100), None);
         assert_eq!(intake.want_again(210, 100), Some(LogPos(0)), "after twice the interval");
         for _ in 0..10 {
+            in_flight(&mut intake, 1_000);
             intake.reset(1_000);
         }
         assert_eq!(intake.want_again(1_000 + 6_399, 100), None);
         assert_eq!(intake.want_again(1_000 + 6_400, 100), Some(LogPos(0)), "at most 64 times");
         // Something becomes durable: the next reset asks at once again.
-        let Take::Events(id) = intake.frame(0, LogPos(0), LogPos(5), 4, 8_000) else { panic!("taken") };
+        let id = in_flight(&mut intake, 8_000);
         assert_eq!(intake.settled(id), Some(LogPos(5)));
+        in_flight(&mut intake, 8_001);
         assert_eq!(intake.reset(8_001), Some(LogPos(5)));
+    }
+
+    /// The router asks every sink to reset when it dropped any event: a sink whose frames
+    /// are all durable lost nothing, so it neither asks again nor lets its pause grow (a
+    /// quiet peer's link would otherwise stall for minutes after a busy spell elsewhere).
+    #[test]
+    fn a_reset_with_every_frame_durable_changes_nothing() {
+        let mut intake = Intake::new(LogPos(0), 0);
+        let id = in_flight(&mut intake, 0);
+        assert_eq!(intake.settled(id), Some(LogPos(5)));
+        for now in 1..100 {
+            assert_eq!(intake.reset(now), None, "nothing was lost");
+        }
+        in_flight(&mut intake, 100);
+        assert_eq!(intake.reset(100), Some(LogPos(5)), "the first reset that concerns it asks at once");
     }
 
     #[test]
