@@ -309,6 +309,15 @@ mod tests {
             }
         }
 
+        /// Payloads are encoded as bytes (`serde_bytes`), copied at once: the same encoding
+        /// as a sequence of `u8`, so events and stored blocks written before read the same.
+        #[test]
+        fn bytes_encode_as_a_sequence_of_u8(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            prop_assert_eq!(encode(serde_bytes::Bytes::new(&bytes)).unwrap(), encode(&bytes).unwrap());
+            let back: serde_bytes::ByteBuf = decode(&encode(&bytes).unwrap()).unwrap();
+            prop_assert_eq!(back.into_vec(), bytes);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<Event>(&bytes);

@@ -46,7 +46,9 @@ pub struct Event {
     pub timestamp_ms: u64,
     /// The stable name of its stream type.
     pub stream_type: String,
-    /// The application's event, encoded by [`crate::codec`].
+    /// The application's event, encoded by [`crate::codec`]. Encoded as bytes (a length
+    /// and the bytes: the same encoding as a sequence of `u8`, copied at once).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The number of its site's [`crate::attest::Attestation`] that covers it: 0 until its
     /// site's storage writes it and signs. Not part of its content: where it is signed,

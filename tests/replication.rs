@@ -516,7 +516,7 @@ fn a_restarted_site_resumes_from_the_position_it_recorded() {
             write(&a, *stream, (n * 10)..(n * 10 + 10)).await;
         }
         until_covers(&b, &a.frontier().await.unwrap()).await;
-        let end = a.storage().log_after(gundb::LogPos(0), usize::MAX).unwrap().last;
+        let end = a.storage().log_after(gundb::LogPos(0), usize::MAX, usize::MAX).unwrap().last;
         assert_eq!(end, gundb::LogPos(500), "A's log numbers its 500 events");
         // B records the position once the events are durable, just after it has them.
         let held = tokio::time::timeout(Duration::from_secs(10), at_b.sink.send(HoldsPeerLog(end)));

@@ -55,8 +55,10 @@ struct Acked {
 /// What a client or a prober saw go wrong at a running node.
 type Faults = Arc<Mutex<Vec<String>>>;
 
+/// A client without kept-alive connections: a pooled one the server has just timed out
+/// would end a write with an EOF that says nothing about the node.
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build()
+    ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).max_idle_connections(0).build()
 }
 
 /// Records `what` as a fault unless the node was killed or is down (`before` is the table

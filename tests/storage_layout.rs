@@ -178,18 +178,24 @@ fn blocks_read_back_like_the_reference_store() {
         let absent = Lane::new(gundb::SiteId::from_u128(99), streams[0]);
         assert_eq!(sled.key_at(absent.stream, absent, Seq(1)).unwrap(), None);
         // The site's log: every event once, in the order the appends became durable, read
-        // from any position in pages of any size.
-        let whole = sled.log_after(LogPos(0), usize::MAX).unwrap();
-        assert_eq!(whole, memory.log_after(LogPos(0), usize::MAX).unwrap(), "seed {seed}");
+        // from any position in pages of any length and byte budget.
+        let whole = sled.log_after(LogPos(0), usize::MAX, usize::MAX).unwrap();
+        assert_eq!(whole, memory.log_after(LogPos(0), usize::MAX, usize::MAX).unwrap(), "seed {seed}");
         assert_eq!(whole.last, LogPos(u64::try_from(events.len()).unwrap()), "seed {seed}");
         for _ in 0..40 {
             let after = LogPos(rng.below(u64::try_from(events.len()).unwrap() + 2));
             let limit = rng.index(100);
+            let bytes = if rng.chance(50) { usize::MAX } else { rng.index(20_000) };
+            let page = sled.log_after(after, limit, bytes).unwrap();
             assert_eq!(
-                sled.log_after(after, limit).unwrap(),
-                memory.log_after(after, limit).unwrap(),
-                "seed {seed}: log after {after} limit {limit}"
+                page,
+                memory.log_after(after, limit, bytes).unwrap(),
+                "seed {seed}: after {after} limit {limit}"
             );
+            // The budget is reached by the last event, not before it.
+            let sizes: Vec<usize> = page.events.iter().map(gundb::Event::size).collect();
+            let before_last: usize = sizes.iter().rev().skip(1).sum();
+            assert!(before_last < bytes, "seed {seed}: {before_last} bytes before the last event of {bytes}");
         }
     }
 }
@@ -220,15 +226,15 @@ fn the_log_and_replication_positions_survive_a_reopen() {
         storage.set_replicated(peer, &held).unwrap();
         append(&storage, 6..=6); // its flush makes the position durable too
         assert_eq!(storage.replicated(peer).unwrap(), held);
-        storage.log_after(LogPos(0), usize::MAX).unwrap()
+        storage.log_after(LogPos(0), usize::MAX, usize::MAX).unwrap()
     };
     assert_eq!(first.last, LogPos(6));
     let storage = SledStorage::open(dir.path()).unwrap();
-    assert_eq!(storage.log_after(LogPos(0), usize::MAX).unwrap(), first, "the same log after the reopen");
+    assert_eq!(storage.log_after(LogPos(0), usize::MAX, usize::MAX).unwrap(), first, "the same log after the reopen");
     assert_eq!(storage.replicated(peer).unwrap(), held);
     assert_eq!(storage.replicated(SiteId::from_u128(78)).unwrap(), Replicated::default(), "a peer never read from");
     append(&storage, 7..=8);
-    let tail = storage.log_after(LogPos(5), usize::MAX).unwrap();
+    let tail = storage.log_after(LogPos(5), usize::MAX, usize::MAX).unwrap();
     assert_eq!(tail.events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![6, 7, 8]);
     assert_eq!(tail.last, LogPos(8), "numbering goes on from the stored end");
 }

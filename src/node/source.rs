@@ -78,7 +78,8 @@ impl SourceNode {
         let Some(after) = self.window.next_after(limits::UNACKED_FRAMES_MAX, limits::UNACKED_BYTES_MAX) else {
             return;
         };
-        let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX) {
+        // No more than a frame takes: the rest would be decoded for nothing.
+        let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX, limits::CATCHUP_BATCH_BYTES) {
             Ok(page) => page,
             Err(error) => {
                 // The next notice or resend check tries again.

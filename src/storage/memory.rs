@@ -219,10 +219,20 @@ impl Storage for MemoryStorage {
         Ok(self.write(stream, write, true))
     }
 
-    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError> {
+    fn log_after(&self, after: LogPos, limit: usize, bytes: usize) -> Result<LogPage, StorageError> {
         let log = lock(&self.log);
         let start = usize::try_from(after.0).unwrap_or(usize::MAX).min(log.len());
-        let events: Vec<Event> = log[start..].iter().take(limit).cloned().collect();
+        let mut taken = 0;
+        let events: Vec<Event> = log[start..]
+            .iter()
+            .take(limit)
+            .take_while(|event| {
+                let more = taken < bytes;
+                taken += event.size();
+                more
+            })
+            .cloned()
+            .collect();
         // Positions are indices + 1, so `len` events never overflow a u64.
         let last = LogPos(after.0.saturating_add(u64::try_from(events.len()).unwrap_or(u64::MAX)));
         Ok(LogPage { events, last })

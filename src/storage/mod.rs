@@ -257,14 +257,15 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
 
-    /// Up to `limit` events of this site's log after `after`, in log order: every event
+    /// Up to `limit` events of this site's log after `after`, in log order, ending with
+    /// the event whose [`Event::size`] brings the page to `bytes` or more: every event
     /// stored here, its own and its peers', as it became durable (a causal order: an
     /// event is stored only after what it depends on). Only durable events are read, so a
     /// peer is never sent what a crash here could still take back.
     ///
     /// # Errors
     /// A read failure, or a stored event that does not decode.
-    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError>;
+    fn log_after(&self, after: LogPos, limit: usize, bytes: usize) -> Result<LogPage, StorageError>;
 
     /// The position of the last durable event of this site's log (`LogPos(0)` when empty).
     fn log_end(&self) -> LogPos;

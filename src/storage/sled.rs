@@ -943,7 +943,7 @@ impl Storage for SledStorage {
         self.blocks(stream, &stream_type)?.in_order(from, before, limit)
     }
 
-    fn log_after(&self, after: LogPos, limit: usize) -> Result<LogPage, StorageError> {
+    fn log_after(&self, after: LogPos, limit: usize, bytes: usize) -> Result<LogPage, StorageError> {
         self.check(Access::Read)?;
         let durable = self.stats.log_durable.load(Ordering::Acquire);
         let mut page = LogPage { events: Vec::new(), last: after };
@@ -958,6 +958,7 @@ impl Storage for SledStorage {
         };
         let end = layout::prefix_end(&layout::LOG_PREFIX);
         let mut types: HashMap<StreamId, String> = HashMap::new();
+        let mut taken = 0;
         for entry in self.data()?.range(start..sled::IVec::from(end)) {
             let (key, value) = entry?;
             let first = layout::parse_log_key(&key)?;
@@ -989,9 +990,10 @@ impl Storage for SledStorage {
                 if pos <= after.0 {
                     continue;
                 }
+                taken += event.size();
                 page.events.push(event);
                 page.last = LogPos(pos);
-                if page.events.len() == limit {
+                if page.events.len() == limit || taken >= bytes {
                     return Ok(page);
                 }
             }
