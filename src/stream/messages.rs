@@ -286,6 +286,10 @@ impl<S: Stream> Handler<GetView<S>> for StreamActor<S> {
     type Result = ResponseActFuture<Self, Result<ViewReply<S::View>, StreamError>>;
 
     fn handle(&mut self, _msg: GetView<S>, _ctx: &mut Context<Self>) -> Self::Result {
+        // First: a stream that failed is rebuilt here, before its view is read.
+        if let Err(error) = self.refusal() {
+            return Box::pin(fut::ready(Err(error)));
+        }
         let reply = ViewReply {
             view: self.ledger.view().clone(),
             frontier: self.ledger.frontier().clone(),

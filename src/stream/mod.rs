@@ -213,8 +213,8 @@ impl<S: Stream> StreamActor<S> {
         self.ledger.own_lane().site
     }
 
-    /// Stamps local events (their payloads already encoded) and writes them as one atomic
-    /// append.
+    /// Stamps local events (their payloads already encoded) and commits them as one atomic
+    /// append (see [`StreamActor::commit`]).
     fn write_local(
         &mut self,
         events: &[S::Event],
@@ -222,29 +222,19 @@ impl<S: Stream> StreamActor<S> {
         extra: &Dependencies,
         ctx: &mut Context<Self>,
     ) -> Result<Vec<Event>, StreamError> {
+        // First: a stream that failed is rebuilt here, and stamping reads its ledger.
+        self.refusal()?;
         let now = now_ms();
         let stamped =
             self.ledger.stamp_all(extra, payloads.into_iter().map(|payload| (now, payload)), |lane, seq| {
                 self.key_at(lane, seq)
             })?;
-        self.write(&stamped, events.iter().map(Some), ctx)?;
-        Ok(stamped)
-    }
-
-    /// Records `events` (local, just stamped) and commits them (see
-    /// [`StreamActor::commit`]).
-    fn write<'p>(
-        &mut self,
-        events: &[Event],
-        payloads: impl IntoIterator<Item = Option<&'p S::Event>>,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), StreamError> {
-        self.refusal()?;
-        let mark = self.ledger.mark(events);
-        for event in events {
+        let mark = self.ledger.mark(&stamped);
+        for event in &stamped {
             self.note(event);
         }
-        self.commit(events, payloads, mark, ctx)
+        self.commit(&stamped, events.iter().map(Some), mark, ctx)?;
+        Ok(stamped)
     }
 
     /// Advances the ledger past `event` and keeps it in flight, so that the next checks
@@ -279,8 +269,8 @@ impl<S: Stream> StreamActor<S> {
                 self.forget_inflight(events);
                 tracing::error!(
                     stream = %self.stream, %error,
-                    "folding an event failed; it was not stored, and this stream refuses everything until it is \
-                     reopened; the site's other streams go on"
+                    "folding an event failed; it was not stored, the stream rebuilds its view from storage at its next \
+                     message, and the site's other streams go on"
                 );
                 self.fail(error.clone());
                 return Err(error);
