@@ -176,6 +176,10 @@ impl<S: Stream> Fold<S> {
         let key = event.order_key();
         let in_order = self.last.is_none_or(|last| key > last);
         if in_order || S::COMMUTATIVE || !self.rollback {
+            if !in_order {
+                // Folded on top, late: the snapshots after it lack it.
+                drop(self.snapshots.split_off(&key));
+            }
             self.fold_one(event, payload)?;
             if in_order {
                 self.last = Some(key);
@@ -423,6 +427,38 @@ mod tests {
             let replayed = newest - from;
             assert!(replayed <= 6 * late, "{late} late replays {replayed}: kept {kept:?}");
         }
+    }
+
+    /// A commutative stream folds a late event on top: the snapshots taken after it lack
+    /// it, so they go (a rewind to one, when a later write is taken back, would lose it).
+    #[test]
+    fn a_late_event_folded_on_top_drops_the_snapshots_after_it() {
+        struct Sum;
+        impl Stream for Sum {
+            const TYPE_NAME: &'static str = "test.sum";
+            type Event = u32;
+            type View = Trail;
+            const COMMUTATIVE: bool = true;
+        }
+        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
+        let event = |id: u128, lamport: u64| Event {
+            id: EventId::from_u128(id),
+            lane,
+            seq: Seq(1),
+            clock: [(lane, Seq(1))].into_iter().collect(),
+            lamport,
+            timestamp_ms: 0,
+            stream_type: "t".into(),
+            payload: codec::encode(&0u32).unwrap(),
+            attestation: 0,
+        };
+        let mut fold = Fold::<Sum>::new(1);
+        let (first, late) = (event(1, 2), event(2, 1));
+        assert_eq!(fold.apply(&first, Some(&1)), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));
+        assert_eq!(fold.apply(&late, Some(&2)), Ok(Folded::Applied { snapshot: None }));
+        assert_eq!(fold.view(), &Trail(vec![1, 2]));
+        assert!(fold.snapshot(&first.order_key()).is_none(), "the snapshot lacks the late event");
+        assert_eq!(fold.rewind_before(first.order_key()), None);
     }
 
     #[test]

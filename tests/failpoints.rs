@@ -224,6 +224,13 @@ fn a_failed_storage_shows_in_health_and_metrics_and_heals_by_itself() {
         assert_eq!(call_service(&app, get("/health")).await.status(), 200);
         let stream = site.stream::<TrailStream>(StreamId::from_u128(7)).await.unwrap();
         stream.send(Emit::new(0)).await.unwrap().unwrap();
+        // A peer's lane, its first event taken now (and its attestation, which covers both).
+        let lane = common::remote_lane(2, StreamId::from_u128(7));
+        let mut remote = vec![common::remote_event(lane, 1, 1, 100), common::remote_event(lane, 2, 2, 200)];
+        let attestations = gundb::testkit::attest(&mut remote);
+        site.receive(vec![remote[0].clone()], attestations.clone()).await.unwrap();
+        let first: gundb::VectorClock = [(lane, gundb::Seq(1))].into_iter().collect();
+        site.wait_for(&first).await.unwrap();
 
         storage.failpoints().fail_always(Fault::Reopen, true);
         // A batch that is not applied: the write in flight never reaches the disk, so the
@@ -242,6 +249,14 @@ fn a_failed_storage_shows_in_health_and_metrics_and_heals_by_itself() {
         let failing = metrics(&app).await;
         assert!(failing.lines().any(|line| line == "gundb_storage_failed 1"), "{failing}");
         assert!(stream.send(GetView::new()).await.unwrap().is_err(), "refused while the storage is failed");
+        // The peer's next event arriving now cannot be stored: refused for now, not for good.
+        site.receive(vec![remote[1].clone()], Vec::new()).await.unwrap();
+        let refused = async {
+            while site.metrics().await.unwrap().refused == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), refused).await.expect("the stream refused it");
 
         storage.failpoints().fail_always(Fault::Reopen, false);
         let healed = async {
@@ -254,7 +269,15 @@ fn a_failed_storage_shows_in_health_and_metrics_and_heals_by_itself() {
         assert!(serving.lines().any(|line| line == "gundb_storage_failed 0"), "{serving}");
         let written = stream.send(Emit::new(2)).await.unwrap().expect("the stream serves again");
         assert_eq!(written.seq.0, 2, "the failed write's seq is taken again: it was never stored");
-        let view = stream.send(GetView::new()).await.unwrap().unwrap().view.0;
-        assert_eq!(view, vec![0, 2]);
+        // The peer's event, sent again, is taken: its lane was not stopped here.
+        site.receive(vec![remote[1].clone()], attestations).await.unwrap();
+        let target: gundb::VectorClock = [(lane, gundb::Seq(2))].into_iter().collect();
+        tokio::time::timeout(std::time::Duration::from_secs(20), site.wait_for(&target))
+            .await
+            .expect("the peer's event is taken after the heal")
+            .unwrap();
+        let mut view = stream.send(GetView::new()).await.unwrap().unwrap().view.0;
+        view.sort_unstable();
+        assert_eq!(view, vec![0, 2, 100, 200]);
     });
 }

@@ -343,3 +343,30 @@ fn a_dropped_site_releases_its_database_at_once() {
         assert_eq!(refused, gundb::StreamError::Storage(gundb::storage::StorageError::Closed), "{refused}");
     });
 }
+
+/// One event of a delivered batch whose fold panics is refused as such; the others of the
+/// batch were not stored either, and are refused as interrupted (to be sent again), not
+/// blamed: delivered again, they are taken.
+#[test]
+fn a_panicking_event_in_a_batch_blames_only_itself() {
+    run_site(|| async {
+        use actix::Actor;
+        let storage = std::sync::Arc::new(gundb::storage::SledStorage::temporary().unwrap());
+        let stream = StreamId::from_u128(53);
+        let actor = gundb::StreamActor::<FragileStream>::open(storage, stream).unwrap().start();
+        let with_type = |mut event: Event| {
+            event.stream_type = "test.fragile".into();
+            event.id = event.content_id();
+            event
+        };
+        let (good, bad) = (common::remote_lane(2, stream), common::remote_lane(3, stream));
+        let innocent = with_type(common::remote_event(good, 1, 1, 5));
+        let culprit = with_type(common::remote_event(bad, 1, 1, 13));
+        let outcomes = actor.send(gundb::DeliverBatch(vec![innocent.clone(), culprit.clone()])).await.unwrap();
+        assert_eq!(outcomes[0], Err(gundb::StreamError::Interrupted { culprit: culprit.id }), "{outcomes:?}");
+        assert!(matches!(&outcomes[1], Err(gundb::StreamError::ApplyPanicked { event, .. }) if *event == culprit.id));
+        let again = actor.send(gundb::Deliver(innocent)).await.unwrap();
+        assert_eq!(again, Ok(gundb::Delivered::Applied));
+        assert_eq!(actor.send(GetView::new()).await.unwrap().unwrap().view, Fragile(vec![5]));
+    });
+}

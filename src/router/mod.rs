@@ -570,11 +570,14 @@ impl Router {
         }
     }
 
-    /// Whether a refusal is worth a retry: storage was busy, or the stream is behind the
-    /// router (after an earlier retry) on a lane that no event was refused for good on.
+    /// Whether a refusal is worth a retry: storage was busy or failed (it heals), another
+    /// event of the batch stopped the write, or the stream is behind the router (after an
+    /// earlier retry) on a lane that no event was refused for good on.
     fn retry(&self, error: &StreamError) -> bool {
         match error {
-            StreamError::Storage(StorageError::Busy { .. }) => true,
+            // A storage failure passes: the site reopens it, and the stream rebuilds itself.
+            StreamError::Storage(StorageError::TypeMismatch { .. }) => false,
+            StreamError::Storage(_) | StreamError::Interrupted { .. } => true,
             StreamError::SeqGap { lane, .. } => !self.poisoned.contains(lane),
             StreamError::DependencyMissing { lane, .. } => !self.poisoned.contains(lane),
             _ => false,

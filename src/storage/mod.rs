@@ -81,6 +81,10 @@ pub enum StorageError {
     /// The group-commit writer has stopped (the storage is closing).
     #[error("storage is closed")]
     Closed,
+    /// The storage failed and was reopened while a stream held writes not acknowledged:
+    /// they may or may not be stored. The stream rebuilds itself from what is: try again.
+    #[error("storage was reopened after a failure; try again")]
+    Reopened,
     /// The write queue is full: nothing was written. Retry once earlier writes are
     /// acknowledged (this is backpressure, not a failure).
     #[error("storage write queue is full ({capacity} writes queued); retry after earlier writes complete")]
@@ -332,6 +336,12 @@ pub trait Storage: Send + Sync + 'static {
     /// The database cannot be opened (yet), or the storage was closed.
     fn reopen(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    /// How many times [`Storage::reopen`] opened the database again: a stream that saw
+    /// another number may hold in memory what the disk lost. The default is always 0.
+    fn generation(&self) -> u64 {
+        0
     }
 }
 

@@ -314,6 +314,8 @@ struct Counters {
     log_last: AtomicU64,
     /// The last log position that is durable: what the log may be read up to.
     log_durable: AtomicU64,
+    /// Times the database was reopened after a failure ([`Storage::generation`]).
+    generation: AtomicU64,
     /// The failure that stopped the writer. Once set, every storage call returns it: what
     /// sled holds in memory may be ahead of the disk, so nothing may be read or written
     /// until the database is reopened.
@@ -337,6 +339,7 @@ impl Counters {
     fn heal(&self) {
         let mut failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(error) = failed.take() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
             tracing::info!(%error, "storage reopened after a failure; serving again");
         }
     }
@@ -1083,6 +1086,10 @@ impl Storage for SledStorage {
         self.start(&mut writer, &db, data)?;
         self.stats.heal();
         Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.stats.generation.load(Ordering::Acquire)
     }
 
     fn stats(&self) -> StorageStats {

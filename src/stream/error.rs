@@ -165,6 +165,14 @@ pub enum StreamError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Not stored: another event of the same delivered batch could not be folded
+    /// ([`StreamError::ApplyPanicked`]), so none of it was written. The stream rebuilds
+    /// itself: send it again.
+    #[error("not stored: event {culprit} of the same batch could not be folded; send it again")]
+    Interrupted {
+        /// The event whose fold failed.
+        culprit: EventId,
+    },
 }
 
 impl From<crate::view::FoldError> for StreamError {

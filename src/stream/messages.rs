@@ -366,8 +366,8 @@ impl<S: Stream> StreamActor<S> {
             outcomes.push(match check {
                 Ok(Check::New(payload)) => {
                     self.note(&event);
-                    new.push(event);
                     let folded = if payload.is_some() { Delivered::Applied } else { Delivered::Unfolded };
+                    new.push(event);
                     payloads.push(payload);
                     Ok(folded)
                 }
@@ -376,10 +376,21 @@ impl<S: Stream> StreamActor<S> {
             });
         }
         if let Err(error) = self.commit(&new, payloads.iter().map(Option::as_ref), mark, ctx) {
-            for outcome in &mut outcomes {
-                if matches!(outcome, Ok(Delivered::Applied | Delivered::Unfolded)) {
-                    *outcome = Err(error.clone());
-                }
+            // Nothing of the batch was stored. Only the event whose fold failed is refused
+            // as such; the others were interrupted by it, and are sent again.
+            let culprit = match &error {
+                StreamError::ApplyPanicked { event, .. } => Some(*event),
+                _ => None,
+            };
+            let mut taken = new.iter();
+            for outcome in
+                outcomes.iter_mut().filter(|outcome| matches!(outcome, Ok(Delivered::Applied | Delivered::Unfolded)))
+            {
+                let id = taken.next().map(|event| event.id);
+                *outcome = Err(match culprit {
+                    Some(culprit) if id != Some(culprit) => StreamError::Interrupted { culprit },
+                    _ => error.clone(),
+                });
             }
         }
         outcomes

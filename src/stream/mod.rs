@@ -118,9 +118,13 @@ pub struct StreamActor<S: Stream> {
     /// Every append numbered up to this is durable. Appends are applied and flushed in
     /// queue order, so one acknowledgement vouches for all before it.
     durable: u64,
+    /// Every append numbered up to this was answered by storage, durable or failed.
+    answered: u64,
     /// Appends numbered up to this were made before the stream was last rebuilt from
     /// storage ([`StreamActor::resume`]): their answers no longer concern it.
     resumed_at: u64,
+    /// The storage's [`Storage::generation`] when the stream was last rebuilt from it.
+    generation: u64,
     /// Replies waiting for an append number to become durable, in number order.
     waiters: VecDeque<(u64, oneshot::Sender<Result<(), StorageError>>)>,
     /// Snapshots stored on disk, oldest first.
@@ -174,7 +178,9 @@ impl<S: Stream> StreamActor<S> {
             inflight_order: VecDeque::new(),
             appended: 0,
             durable: 0,
+            answered: 0,
             resumed_at: 0,
+            generation: 0,
             waiters: VecDeque::new(),
             subscribers: Vec::new(),
             next_subscriber: 0,
@@ -191,6 +197,8 @@ impl<S: Stream> StreamActor<S> {
     /// usable snapshots, then the log after the newest snapshot. Whatever was in flight is
     /// forgotten, and the answers still to come for it are ignored.
     fn resume(&mut self) -> Result<(), StreamError> {
+        // Read first: a reopen after this makes the next message rebuild again.
+        self.generation = self.storage.generation();
         let record = self.storage.open_stream(self.stream, S::TYPE_NAME)?;
         let snapshots = usable_snapshots::<S>(self.storage.as_ref(), self.stream, &record.snapshots)?;
         let newest = snapshots.last().map(|(key, _)| *key);
@@ -204,7 +212,7 @@ impl<S: Stream> StreamActor<S> {
         self.inflight.clear();
         self.inflight_index.clear();
         self.inflight_order.clear();
-        (self.durable, self.resumed_at) = (self.appended, self.appended);
+        (self.durable, self.answered, self.resumed_at) = (self.appended, self.appended, self.appended);
         self.replay_and_store(newest.map_or(Bound::Unbounded, Bound::Excluded))
     }
 
@@ -422,6 +430,7 @@ impl<S: Stream> StreamActor<S> {
 
     /// An append came back from storage.
     fn on_commit(&mut self, number: u64, result: Result<(), StorageError>, ctx: &mut Context<Self>) {
+        self.answered = self.answered.max(number);
         if number <= self.resumed_at {
             return; // made before the stream was rebuilt from storage: already accounted for
         }
@@ -471,11 +480,21 @@ impl<S: Stream> StreamActor<S> {
 
     /// The error every message gets after a failure, until the stream recovers: once its
     /// storage serves (the site reopens it after a storage failure, with backoff; after a
-    /// panicking fold it never stopped), the stream is rebuilt from what is durable, since
-    /// what it held in memory may have been ahead of the disk, and serves again.
+    /// panicking fold it never stopped) and has answered every append made, the stream is
+    /// rebuilt from what is stored, since what it held in memory may have been ahead of
+    /// the disk, and serves again. A storage reopened since the stream last looked (its
+    /// failure not heard of yet here) counts as a failure too.
     fn refusal(&mut self) -> Result<(), StreamError> {
-        let Some(error) = self.failed.clone() else { return Ok(()) };
-        if self.storage.stats().failure.is_some() {
+        let reopened = self.storage.generation() != self.generation;
+        if self.failed.is_none() && !reopened {
+            return Ok(());
+        }
+        if self.failed.is_none() {
+            self.fail(StreamError::Storage(StorageError::Reopened));
+        }
+        let error = self.failed.clone().unwrap_or(StorageError::Reopened);
+        // Appends still queued would be missed by a rebuild, and then written again.
+        if self.storage.stats().failure.is_some() || self.answered < self.appended {
             return Err(StreamError::Storage(error));
         }
         match self.resume() {
