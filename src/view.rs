@@ -429,6 +429,22 @@ mod tests {
         }
     }
 
+    /// An event of one lane at seq 1 with counter `lamport`: only its order key matters.
+    fn event(id: u128, lamport: u64) -> Event {
+        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
+        Event {
+            id: EventId::from_u128(id),
+            lane,
+            seq: Seq(1),
+            clock: [(lane, Seq(1))].into_iter().collect(),
+            lamport,
+            timestamp_ms: 0,
+            stream_type: "t".into(),
+            payload: codec::encode(&0u32).unwrap(),
+            attestation: 0,
+        }
+    }
+
     /// A commutative stream folds a late event on top: the snapshots taken after it lack
     /// it, so they go (a rewind to one, when a later write is taken back, would lose it).
     #[test]
@@ -440,18 +456,6 @@ mod tests {
             type View = Trail;
             const COMMUTATIVE: bool = true;
         }
-        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
-        let event = |id: u128, lamport: u64| Event {
-            id: EventId::from_u128(id),
-            lane,
-            seq: Seq(1),
-            clock: [(lane, Seq(1))].into_iter().collect(),
-            lamport,
-            timestamp_ms: 0,
-            stream_type: "t".into(),
-            payload: codec::encode(&0u32).unwrap(),
-            attestation: 0,
-        };
         let mut fold = Fold::<Sum>::new(1);
         let (first, late) = (event(1, 2), event(2, 1));
         assert_eq!(fold.apply(&first, Some(&1)), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));
@@ -463,18 +467,6 @@ mod tests {
 
     #[test]
     fn a_late_event_drops_the_snapshots_after_it() {
-        let lane = Lane::new(SiteId::from_u128(1), StreamId::from_u128(2));
-        let event = |id: u128, lamport: u64| Event {
-            id: EventId::from_u128(id),
-            lane,
-            seq: Seq(1),
-            clock: [(lane, Seq(1))].into_iter().collect(),
-            lamport,
-            timestamp_ms: 0,
-            stream_type: "t".into(),
-            payload: codec::encode(&0u32).unwrap(),
-            attestation: 0,
-        };
         let mut fold = Fold::<TrailStream>::new(1);
         let first = event(1, 2);
         assert_eq!(fold.apply(&first, Some(&1)), Ok(Folded::Applied { snapshot: Some(first.order_key()) }));

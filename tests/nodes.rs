@@ -55,20 +55,6 @@ fn converged(nodes: &[&Node]) {
     });
 }
 
-/// All events of `stream` at `node`, in canonical order, read page by page.
-fn history(node: &Node, stream: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut path = format!("/streams/{stream}/events?limit=7");
-    loop {
-        let page = node.get_ok(&path);
-        events.extend(page["events"].as_array().unwrap().iter().cloned());
-        if !page["more"].as_bool().unwrap() {
-            return events;
-        }
-        path = format!("/streams/{stream}/events?limit=7&after={}", page["next"].as_str().unwrap());
-    }
-}
-
 #[test]
 fn three_nodes_survive_a_kill_a_restart_and_a_cut_link() {
     let root = tempfile::tempdir().unwrap();
@@ -148,11 +134,11 @@ fn three_nodes_survive_a_kill_a_restart_and_a_cut_link() {
         for (field, value) in fields {
             assert_eq!(view.get(field), Some(value), "stream {stream}: acknowledged field {field}");
         }
-        let events = history(&a, stream);
+        let events = a.history(stream, 7);
         for node in &nodes[1..] {
             assert_eq!(streams(node), streams(&a), "node {}'s streams", node.name);
             assert_eq!(node.get_ok(&format!("/streams/{stream}"))["view"], view, "node {}: {stream}", node.name);
-            assert_eq!(history(node, stream), events, "node {}: history of {stream}", node.name);
+            assert_eq!(node.history(stream, 7), events, "node {}: history of {stream}", node.name);
         }
     }
     let written: usize = acked.0.values().map(BTreeMap::len).sum();

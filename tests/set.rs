@@ -145,20 +145,6 @@ impl Cluster<'_> {
     }
 }
 
-/// All events of `stream` at `node`, in canonical order.
-fn history(node: &Node, stream: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut path = format!("/streams/{stream}/events?limit=500");
-    loop {
-        let page = node.get_ok(&path);
-        events.extend(page["events"].as_array().unwrap().iter().cloned());
-        if !page["more"].as_bool().unwrap() {
-            return events;
-        }
-        path = format!("/streams/{stream}/events?limit=500&after={}", page["next"].as_str().unwrap());
-    }
-}
-
 #[test]
 fn three_nodes_under_kills_pauses_and_cut_links_keep_serving_and_agree() {
     let secs: u64 = std::env::var("GUNDB_SET_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
@@ -276,7 +262,7 @@ fn three_nodes_under_kills_pauses_and_cut_links_keep_serving_and_agree() {
     for stream in STREAMS {
         let view = nodes[0].get_ok(&format!("/streams/{stream}"))["view"].clone();
         largest = largest.max(view.to_string().len());
-        let events = history(&nodes[0], stream);
+        let events = nodes[0].history(stream, 500);
         for node in &nodes[1..] {
             assert_eq!(
                 node.get_ok(&format!("/streams/{stream}"))["view"],
@@ -284,7 +270,7 @@ fn three_nodes_under_kills_pauses_and_cut_links_keep_serving_and_agree() {
                 "seed {seed}: {stream} at {}",
                 node.name
             );
-            assert!(history(node, stream) == events, "seed {seed}: history of {stream} at {}", node.name);
+            assert!(node.history(stream, 500) == events, "seed {seed}: history of {stream} at {}", node.name);
         }
         let fields: BTreeMap<String, String> = acked
             .iter()

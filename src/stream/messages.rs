@@ -355,7 +355,8 @@ impl<S: Stream> StreamActor<S> {
         }
         let mark = self.ledger.mark(&events);
         let mut outcomes = Vec::with_capacity(events.len());
-        let (mut new, mut payloads) = (Vec::new(), Vec::new());
+        // The events to write, their payloads, and where their outcomes are.
+        let (mut new, mut payloads, mut at) = (Vec::new(), Vec::new(), Vec::new());
         for event in events {
             let key_at = |lane, seq| self.key_at(lane, seq);
             let check = if ids_matched {
@@ -369,6 +370,7 @@ impl<S: Stream> StreamActor<S> {
                     let folded = if payload.is_some() { Delivered::Applied } else { Delivered::Unfolded };
                     new.push(event);
                     payloads.push(payload);
+                    at.push(outcomes.len());
                     Ok(folded)
                 }
                 Ok(Check::Duplicate) => Ok(Delivered::Duplicate),
@@ -382,13 +384,9 @@ impl<S: Stream> StreamActor<S> {
                 StreamError::ApplyPanicked { event, .. } => Some(*event),
                 _ => None,
             };
-            let mut taken = new.iter();
-            for outcome in
-                outcomes.iter_mut().filter(|outcome| matches!(outcome, Ok(Delivered::Applied | Delivered::Unfolded)))
-            {
-                let id = taken.next().map(|event| event.id);
-                *outcome = Err(match culprit {
-                    Some(culprit) if id != Some(culprit) => StreamError::Interrupted { culprit },
+            for (&index, event) in at.iter().zip(&new) {
+                outcomes[index] = Err(match culprit {
+                    Some(culprit) if culprit != event.id => StreamError::Interrupted { culprit },
                     _ => error.clone(),
                 });
             }

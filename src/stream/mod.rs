@@ -272,7 +272,7 @@ impl<S: Stream> StreamActor<S> {
     ) -> Result<(), StreamError> {
         let Some(first) = events.iter().map(Event::order_key).min() else { return Ok(()) };
         let taken = match self.fold(events, payloads) {
-            Ok(taken) => taken,
+            Ok(newest) => newest,
             Err(error) => {
                 self.forget_inflight(events);
                 tracing::error!(
@@ -292,6 +292,8 @@ impl<S: Stream> StreamActor<S> {
                 self.ledger.undo(mark);
                 let from = self.ledger.fold_mut().rewind_before(first);
                 if let Err(replay) = self.replay_and_store(from.map_or(Bound::Unbounded, Bound::Excluded)) {
+                    tracing::warn!(stream = %self.stream, error = %replay,
+                        "taking back a refused write failed; the stream rebuilds itself from storage");
                     self.fail(replay);
                 }
                 return Err(error.into());
@@ -310,12 +312,12 @@ impl<S: Stream> StreamActor<S> {
             self.inflight_order.push_back((number, key));
             self.rewind_subscribers(key);
         }
-        // Snapshots are queued behind the events they cover, so no crash keeps one without them.
-        for key in taken {
-            if let Err(error) = self.store_snapshot(key) {
-                self.fail(error.clone());
-                return Err(error);
-            }
+        // Queued behind the events it covers, so no crash keeps it without them.
+        if let Some(Err(error)) = taken.map(|key| self.store_snapshot(key)) {
+            tracing::warn!(stream = %self.stream, %error,
+                "queuing a snapshot after a write failed; the stream rebuilds itself from storage");
+            self.fail(error.clone());
+            return Err(error);
         }
         Ok(())
     }
@@ -331,28 +333,28 @@ impl<S: Stream> StreamActor<S> {
     /// Folds noted `events` in canonical order; when the earliest sorts before what the
     /// view has applied, rolls back once, to the snapshot before it, and replays the log
     /// (with the events in flight, these among them) from there: one rollback per batch,
-    /// however many of its events are late. Returns the snapshots taken, for the caller to
-    /// store once the events are queued.
+    /// however many of its events are late. Returns the newest snapshot taken, for the
+    /// caller to store once the events are queued (one per batch: the older ones of it
+    /// would be thinned out anyway).
     fn fold<'p>(
         &mut self,
         events: &[Event],
         payloads: impl IntoIterator<Item = Option<&'p S::Event>>,
-    ) -> Result<Vec<OrderKey>, StreamError> {
+    ) -> Result<Option<OrderKey>, StreamError> {
         let mut sorted: Vec<(&Event, Option<&S::Event>)> = events.iter().zip(payloads).collect();
         sorted.sort_by_key(|(event, _)| event.order_key());
-        let mut taken = Vec::new();
+        let mut newest = None;
         for (event, payload) in sorted {
             match self.ledger.fold_mut().apply(event, payload)? {
-                Folded::Applied { snapshot } => taken.extend(snapshot),
+                Folded::Applied { snapshot } => newest = snapshot.or(newest),
                 Folded::Rewind { from } => {
                     self.ledger.fold_mut().rewind(from);
                     // The replay folds this event and every later one of the batch.
-                    taken.extend(self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))?);
-                    break;
+                    return Ok(self.replay_from(from.map_or(Bound::Unbounded, Bound::Excluded))?.or(newest));
                 }
             }
         }
-        Ok(taken)
+        Ok(newest)
     }
 
     /// [`StreamActor::replay_from`] of events all stored or queued, storing the snapshot taken.

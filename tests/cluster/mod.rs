@@ -196,6 +196,20 @@ impl Node {
         }
     }
 
+    /// All events of `stream`, in canonical order, read in pages of `limit`.
+    pub fn history(&self, stream: &str, limit: u32) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut path = format!("/streams/{stream}/events?limit={limit}");
+        loop {
+            let page = self.get_ok(&path);
+            events.extend(page["events"].as_array().unwrap().iter().cloned());
+            if !page["more"].as_bool().unwrap() {
+                return events;
+            }
+            path = format!("/streams/{stream}/events?limit={limit}&after={}", page["next"].as_str().unwrap());
+        }
+    }
+
     /// The summary of the node's frontier from `/health`: its lanes, events and digest.
     pub fn frontier(&self) -> Value {
         let health = self.get_ok("/health");
