@@ -4,6 +4,7 @@ use crate::codec::CodecError;
 use crate::order::OrderError;
 use crate::storage::StorageError;
 use crate::stream::StreamError;
+use crate::subscription::SubscribeError;
 
 /// Any gundb error. Boundaries return their own enums; this one is for callers that only
 /// want to report them.
@@ -21,6 +22,9 @@ pub enum Error {
     /// A stream actor refused a message.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// A site-wide subscription could not start or ended.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
     /// The actor did not answer (it stopped, or its mailbox closed).
     #[error("actor mailbox: {0}")]
     Mailbox(#[from] actix::MailboxError),

@@ -27,6 +27,7 @@ pub mod router;
 pub mod site;
 pub mod storage;
 pub mod stream;
+pub mod subscription;
 pub mod testkit;
 pub mod view;
 

@@ -143,6 +143,29 @@ pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 /// Streams one `/streams` or `/frontier` page lists at most; page with its cursor for more.
 pub const STREAMS_PAGE_MAX: u32 = 1_000;
 
+/// Pages a site-wide subscription reads ahead of its consumer: a slow consumer holds
+/// the reading back, so a subscription holds at most this many pages and the one it reads.
+pub const SUBSCRIPTION_PAGES_AHEAD: usize = 2;
+
+/// Events one page of a site-wide subscription holds at most: one blocking read of the
+/// log, one message to the consumer.
+pub const SUBSCRIPTION_PAGE_EVENTS: usize = 1_024;
+
+/// Bytes of events one page of a site-wide subscription holds (past it, the page ends
+/// with the event that filled it).
+pub const SUBSCRIPTION_PAGE_BYTES: usize = 1 << 20;
+
+/// A site-wide subscription whose read of the log failed (storage failing, being
+/// reopened) tries again after this, doubling each time up to [`SUBSCRIPTION_RETRY_MAX`].
+pub const SUBSCRIPTION_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest pause between a site-wide subscription's tries to read a failing log.
+pub const SUBSCRIPTION_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Server-sent-event subscribers (`GET /events`) one node serves at once; past it a new
+/// one gets 503. Each holds a subscription's pages and a connection.
+pub const HTTP_SUBSCRIBERS_MAX: usize = 64;
+
 /// Subscribers of one stream actor.
 pub const SUBSCRIBERS_MAX: usize = 1_024;
 

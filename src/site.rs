@@ -9,7 +9,7 @@ use crate::clock::VectorClock;
 use crate::event::Event;
 use crate::handle::StreamHandle;
 use crate::heal::Healer;
-use crate::id::{SiteId, StreamId};
+use crate::id::{LogPos, SiteId, StreamId};
 use crate::node::links::Links;
 use crate::router::{
     Equivocation, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, HeldBack, Passivation, PendingLimits,
@@ -17,6 +17,7 @@ use crate::router::{
 };
 use crate::storage::{SledConfig, SledStorage, Storage, StorageError};
 use crate::stream::StreamConfig;
+use crate::subscription::{Filter, SubscribeError, Subscription};
 use crate::view::Stream;
 use actix::{Actor, Addr, MailboxError};
 use std::path::Path;
@@ -178,6 +179,61 @@ impl Site {
     /// The stream exists with another type, or cannot be opened.
     pub async fn stream<S: Stream>(&self, stream: StreamId) -> Result<StreamHandle<S>, SiteError> {
         StreamHandle::open(self.router.clone(), stream).await
+    }
+
+    /// Every event this site holds that `filter` lets pass, in the order the site made
+    /// them durable: first those after position `after` (`LogPos(0)`: from the start),
+    /// then each new one once it is durable, local writes and replicated events alike.
+    /// Each comes with its position: store it as the consumer's checkpoint and pass it
+    /// back here to resume exactly after it, also after a restart of either side.
+    /// Positions are local to this site (another site holds the same events at other
+    /// positions). A slow consumer holds the reading back: at most
+    /// [`crate::limits::SUBSCRIPTION_PAGES_AHEAD`] pages wait for it.
+    ///
+    /// # Errors
+    /// `after` is past the end of this site's log (a checkpoint another site gave).
+    ///
+    /// # Examples
+    /// ```
+    /// use gundb::subscription::Filter;
+    /// use gundb::{Emit, EventMeta, LogPos, Site, Stream, StreamId, View};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Clone, Default, Serialize, Deserialize)]
+    /// struct Count(u64);
+    /// impl View<u64> for Count {
+    ///     fn apply_event(&mut self, n: &u64, _: &EventMeta<'_>) { self.0 += n }
+    /// }
+    /// struct Counter;
+    /// impl Stream for Counter {
+    ///     const TYPE_NAME: &'static str = "doc.subscribe_all.counter";
+    ///     type Event = u64;
+    ///     type View = Count;
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// actix::System::new().block_on(async {
+    ///     let site = Site::temporary()?;
+    ///     for n in 1..=3 {
+    ///         site.stream::<Counter>(StreamId::random()).await?.send(Emit::new(n)).await??;
+    ///     }
+    ///     let mut all = site.subscribe_all(Filter::of_type::<Counter>(), LogPos(0))?;
+    ///     let mut checkpoint = LogPos(0);
+    ///     for n in 1..=3u64 {
+    ///         let item = all.next().await.expect("three events are stored")?;
+    ///         assert_eq!(gundb::codec::decode::<u64>(&item.event.payload)?, n);
+    ///         checkpoint = item.position;
+    ///     }
+    ///     // Resuming from the checkpoint gives what follows it, once it is durable.
+    ///     let mut rest = site.subscribe_all(Filter::All, checkpoint)?;
+    ///     site.stream::<Counter>(StreamId::random()).await?.send(Emit::new(4)).await??;
+    ///     assert_eq!(rest.next().await.expect("a fourth event")?.position, LogPos(checkpoint.0 + 1));
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    pub fn subscribe_all(&self, filter: Filter, after: LogPos) -> Result<Subscription, SubscribeError> {
+        Subscription::start(Arc::clone(&self.storage), filter, after)
     }
 
     /// Everything stored at this site: every lane of every stream, at its seq, read from

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Storage in memory: nothing survives the process.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct MemoryStorage {
     streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
     /// The site's log: every event as it was applied (position = index + 1).
     log: Mutex<Vec<Event>>,
+    /// Tells site-wide subscriptions each time the log grows.
+    log_watch: watch::Sender<LogPos>,
     /// How far each peer's log is durable here.
     replicated: Mutex<HashMap<SiteId, Replicated>>,
     /// Writes held back, in order, when deferred; `None` applies at once.
@@ -112,6 +114,7 @@ impl MemoryStorage {
             next_attestation: AtomicU64::new(0),
             streams: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
+            log_watch: watch::Sender::default(),
             replicated: Mutex::new(HashMap::new()),
             held: None,
             commits: AtomicU64::new(0),
@@ -140,9 +143,17 @@ impl MemoryStorage {
                 acked += 1;
             }
         }
+        drop(streams);
+        self.publish_log_end();
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.commits.fetch_add(u64::try_from(acked).unwrap_or(u64::MAX), Ordering::Relaxed);
         acked
+    }
+
+    /// Tells site-wide subscriptions where the log ends now.
+    fn publish_log_end(&self) {
+        let end = self.log_end();
+        self.log_watch.send_if_modified(|known| std::mem::replace(known, end) != end);
     }
 
     fn write(&self, stream: StreamId, write: Write, acked: bool) -> Commit {
@@ -154,6 +165,7 @@ impl MemoryStorage {
             }
             None => {
                 lock(&self.streams).entry(stream).or_default().apply(write, &mut lock(&self.log));
+                self.publish_log_end();
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 self.flushes.fetch_add(1, Ordering::Relaxed);
                 Commit::ready(Ok(()))
@@ -240,6 +252,10 @@ impl Storage for MemoryStorage {
 
     fn log_end(&self) -> LogPos {
         LogPos(u64::try_from(lock(&self.log).len()).unwrap_or(u64::MAX))
+    }
+
+    fn watch_log_end(&self) -> watch::Receiver<LogPos> {
+        self.log_watch.subscribe()
     }
 
     fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {

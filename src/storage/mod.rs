@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Why storage failed. Clone, because one failed flush fails every write it carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -273,6 +273,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The position of the last durable event of this site's log (`LogPos(0)` when empty).
     fn log_end(&self) -> LogPos;
+
+    /// Sees [`Storage::log_end`] each time it moves: how a site-wide subscription waits
+    /// for new durable events without polling.
+    fn watch_log_end(&self) -> watch::Receiver<LogPos>;
 
     /// How far this site has made `peer`'s log durable here (nothing for a peer never read
     /// from): where replication from `peer` resumes.

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// What a write survives once acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -314,6 +315,8 @@ struct Counters {
     log_last: AtomicU64,
     /// The last log position that is durable: what the log may be read up to.
     log_durable: AtomicU64,
+    /// Tells site-wide subscriptions each time `log_durable` moves.
+    log_watch: watch::Sender<LogPos>,
     /// Times the database was reopened after a failure ([`Storage::generation`]).
     generation: AtomicU64,
     /// The failure that stopped the writer. Once set, every storage call returns it: what
@@ -323,6 +326,12 @@ struct Counters {
 }
 
 impl Counters {
+    /// The log is durable up to `position`: readers may read it, subscriptions are told.
+    fn publish_durable(&self, position: u64) {
+        self.log_durable.store(position, Ordering::Release);
+        self.log_watch.send_if_modified(|end| std::mem::replace(end, LogPos(position)) != LogPos(position));
+    }
+
     fn fail(&self, error: &StorageError) {
         let mut failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if failed.is_none() {
@@ -414,7 +423,7 @@ impl SledStorage {
     fn start(&self, writer: &mut Option<JoinHandle<()>>, db: &sled::Db, data: sled::Tree) -> Result<(), StorageError> {
         let log_last = last_log_position(&data)?;
         self.stats.log_last.store(log_last.0, Ordering::Release);
-        self.stats.log_durable.store(log_last.0, Ordering::Release);
+        self.stats.publish_durable(log_last.0);
         let mut fsync = match self.durability {
             Durability::Fsync => Some(Fsync::new(&self.path)?),
             Durability::Flush => None,
@@ -556,7 +565,7 @@ where
             stats.flushes.fetch_add(1, Ordering::Relaxed);
         }
         if failed.is_none() {
-            stats.log_durable.store(group.log_last, Ordering::Release);
+            stats.publish_durable(group.log_last);
         }
         if let Some(error) = &failed {
             stats.fail(error);
@@ -1006,6 +1015,10 @@ impl Storage for SledStorage {
 
     fn log_end(&self) -> LogPos {
         LogPos(self.stats.log_durable.load(Ordering::Acquire))
+    }
+
+    fn watch_log_end(&self) -> watch::Receiver<LogPos> {
+        self.stats.log_watch.subscribe()
     }
 
     fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {
