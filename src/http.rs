@@ -9,29 +9,43 @@
 //! | `GET /health` | the site id and a summary of its frontier: lanes, events and a digest |
 //! | `GET /frontier?after=ID&limit=N` | the stored frontier, a page of streams at a time |
 //! | `GET /metrics` | the router's counters, in Prometheus' text format |
+//! | `GET /events?after=POSITION&type=T` or `&stream=A,B` | every event this site holds (of a type, or of some streams) in position order, then live, as server-sent events |
 //!
 //! A stream's `{name}` is its id when it parses as a UUID, and otherwise a name every site
 //! maps to the same id ([`StreamId::named`]). Errors are JSON objects `{"error": reason}`:
 //! 400 for a body that is not a patch, 401 without the token an [`Access`] requires, 404 for
 //! a stream this site does not hold, 409 for a stream of another type, 413 for a body over
-//! the limit, 503 while storage is busy.
+//! the limit, 503 while storage is busy or when the node serves as many event subscribers as
+//! it may.
+//!
+//! `GET /events` answers `text/event-stream`: each event is one server-sent event whose `id:`
+//! is its position in this site's log and whose `data:` is a JSON object (`position`,
+//! `stream`, `type`, `id`, `site`, `seq`, `lamport`, `timestamp_ms`, and `patch` for a
+//! document's event, `payload_hex` for others). A browser's `EventSource` resumes after the
+//! last one it got by sending it as `Last-Event-ID`, which wins over `after`. Positions are
+//! local to the site that gave them. A comment line every
+//! [`limits::HTTP_EVENTS_KEEPALIVE`] keeps an idle subscription's connection open.
 
 use crate::doc::{Document, Patch};
 use crate::event::OrderKey;
+use crate::id::LogPos;
 use crate::id::{EventId, StreamId};
 use crate::limits;
 use crate::site::{Site, SiteError};
 use crate::storage::StorageError;
 use crate::stream::{Emit, GetView, History, StreamError};
+use crate::subscription::{Filter, PositionedEvent, SubscribeError, Subscription};
 use crate::{codec, router::RouterError};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bodies larger than this get 413 unless the node is configured otherwise.
 pub const BODY_BYTES_DEFAULT: usize = 256 << 10;
@@ -76,19 +90,33 @@ pub enum ApiError {
     /// The stream actor did not answer.
     #[error("the stream stopped: {0}")]
     Mailbox(#[from] actix::MailboxError),
+    /// The node serves as many event subscribers as it may.
+    #[error(
+        "this node serves {0} event subscribers already, its limit; close one, or start the node with a larger \
+         --max-subscribers"
+    )]
+    TooManySubscribers(usize),
+    /// The subscription could not start (a checkpoint past the end of the log).
+    #[error("{0}")]
+    Subscribe(#[from] SubscribeError),
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Body(_) | ApiError::Subscribe(SubscribeError::AheadOfLog { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::TooManySubscribers(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotADocument { .. } | ApiError::Site(SiteError::Router(RouterError::TypeMismatch { .. })) => {
                 StatusCode::CONFLICT
             }
             ApiError::Stream(StreamError::Storage(StorageError::Busy { .. })) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Site(_) | ApiError::Stream(_) | ApiError::Mailbox(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Site(_) | ApiError::Stream(_) | ApiError::Mailbox(_) | ApiError::Subscribe(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -152,69 +180,107 @@ async fn require_token(
     Ok(request.into_response(refusal).map_into_right_body())
 }
 
-/// Registers the API's routes for `site`, open to anyone who can reach them, with request
-/// bodies limited to `body_limit` bytes. Call it from the factory of an `HttpServer` (once
-/// per worker). [`routes_with`] also takes who may call them.
+/// The HTTP API of one site and its settings. Clones share one limit on event
+/// subscribers, so build it once and clone it into the `HttpServer` factory, which runs
+/// once per worker.
 ///
 /// # Examples
 /// ```no_run
 /// use actix_web::{App, HttpServer};
-/// use gundb::{http, Site};
-///
-/// #[actix_web::main]
-/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     let site = Site::open("./data")?;
-///     HttpServer::new(move || App::new().configure(http::routes(site.clone(), http::BODY_BYTES_DEFAULT)))
-///         .bind("127.0.0.1:8080")?
-///         .run()
-///         .await?;
-///     Ok(())
-/// }
-/// ```
-pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
-    routes_with(site, body_limit, Access::open())
-}
-
-/// As [`routes`], with every route but `/health` open only to whom `access` admits.
-///
-/// # Examples
-/// ```no_run
-/// use actix_web::{App, HttpServer};
-/// use gundb::http::{self, Access};
+/// use gundb::http::{Access, Api};
 /// use gundb::Site;
 ///
 /// #[actix_web::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///     let site = Site::open("./data")?;
-///     let access = Access::token(std::fs::read_to_string("./http-token")?.trim_end().as_bytes());
-///     HttpServer::new(move || {
-///         App::new().configure(http::routes_with(site.clone(), http::BODY_BYTES_DEFAULT, access.clone()))
-///     })
-///     .bind("127.0.0.1:8080")?
-///     .run()
-///     .await?;
+///     let token = std::fs::read_to_string("./http-token")?;
+///     let api = Api::new(site).access(Access::token(token.trim_end().as_bytes())).subscribers_max(16);
+///     HttpServer::new(move || App::new().configure(api.routes())).bind("127.0.0.1:8080")?.run().await?;
 ///     Ok(())
 /// }
 /// ```
-pub fn routes_with(site: Site, body_limit: usize, access: Access) -> impl FnOnce(&mut web::ServiceConfig) {
-    move |config| {
-        config
-            .app_data(web::Data::new(site))
-            .app_data(web::Data::new(BodyLimit(body_limit)))
-            .app_data(web::Data::new(access))
-            .app_data(web::PayloadConfig::new(body_limit))
-            .route("/health", web::get().to(health))
-            .service(
-                web::scope("")
-                    .wrap(from_fn(require_token))
-                    .route("/metrics", web::get().to(metrics))
-                    .route("/frontier", web::get().to(frontier))
-                    .route("/streams", web::get().to(streams))
-                    .route("/streams/{name}", web::get().to(view))
-                    .route("/streams/{name}/events", web::get().to(history))
-                    .route("/streams/{name}/events", web::post().to(append)),
-            );
+#[derive(Clone)]
+pub struct Api {
+    site: Site,
+    body_limit: usize,
+    access: Access,
+    subscribers: Subscribers,
+}
+
+/// The event subscribers a node serves at once, shared by its workers.
+#[derive(Clone)]
+struct Subscribers {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Api {
+    /// The API of `site`: open to anyone who can reach it, bodies up to
+    /// [`BODY_BYTES_DEFAULT`], [`limits::HTTP_SUBSCRIBERS_MAX`] event subscribers.
+    pub fn new(site: Site) -> Self {
+        Self {
+            site,
+            body_limit: BODY_BYTES_DEFAULT,
+            access: Access::open(),
+            subscribers: Subscribers::new(limits::HTTP_SUBSCRIBERS_MAX),
+        }
     }
+
+    /// Request bodies larger than `bytes` get 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Every route but `/health` open only to whom `access` admits.
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// At most `max` `GET /events` subscribers at once; the next gets 503.
+    pub fn subscribers_max(mut self, max: usize) -> Self {
+        self.subscribers = Subscribers::new(max);
+        self
+    }
+
+    /// Registers the routes: call it from the factory of an `HttpServer`.
+    pub fn routes(&self) -> impl FnOnce(&mut web::ServiceConfig) {
+        let api = self.clone();
+        move |config| {
+            config
+                .app_data(web::Data::new(api.site))
+                .app_data(web::Data::new(BodyLimit(api.body_limit)))
+                .app_data(web::Data::new(api.access))
+                .app_data(web::Data::new(api.subscribers))
+                .app_data(web::PayloadConfig::new(api.body_limit))
+                .route("/health", web::get().to(health))
+                .service(
+                    web::scope("")
+                        .wrap(from_fn(require_token))
+                        .route("/metrics", web::get().to(metrics))
+                        .route("/frontier", web::get().to(frontier))
+                        .route("/events", web::get().to(events))
+                        .route("/streams", web::get().to(streams))
+                        .route("/streams/{name}", web::get().to(view))
+                        .route("/streams/{name}/events", web::get().to(history))
+                        .route("/streams/{name}/events", web::post().to(append)),
+                );
+        }
+    }
+}
+
+impl Subscribers {
+    fn new(max: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))), max }
+    }
+}
+
+/// The routes of [`Api::new`]`(site).body_limit(body_limit)`: open to anyone who can reach
+/// them. Each call has its own limit on event subscribers; build an [`Api`] once to share
+/// one among an `HttpServer`'s workers.
+pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    Api::new(site).body_limit(body_limit).routes()
 }
 
 /// The largest request body accepted, in bytes.
@@ -319,6 +385,105 @@ fn parse_cursor(text: &str) -> Result<OrderKey, ApiError> {
     let timestamp_ms = part()?.parse().map_err(|_| bad())?;
     let id = part()?.parse().map(EventId).map_err(|_| bad())?;
     Ok(OrderKey { lamport, timestamp_ms, id })
+}
+
+/// The query of `GET /events`.
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// The position to start after (0: from the start).
+    after: Option<u64>,
+    /// Only events of streams of this type.
+    #[serde(rename = "type")]
+    stream_type: Option<String>,
+    /// Only events of these streams: names or ids, comma-separated.
+    stream: Option<String>,
+}
+
+/// Every event this site holds that the query asks for, as server-sent events.
+async fn events(
+    request: HttpRequest,
+    site: web::Data<Site>,
+    subscribers: web::Data<Subscribers>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let last_event_id = match request.headers().get("Last-Event-ID") {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::BadRequest("`Last-Event-ID` is the `id` of an event this site sent: a position".into())
+        })?),
+    };
+    let after = LogPos(last_event_id.or(query.after).unwrap_or(0));
+    let filter = match (&query.stream_type, &query.stream) {
+        (Some(_), Some(_)) => return Err(ApiError::BadRequest("give `type` or `stream`, not both".into())),
+        (Some(stream_type), None) => Filter::Type(stream_type.clone()),
+        (None, Some(streams)) => Filter::Streams(streams.split(',').map(stream_id).collect()),
+        (None, None) => Filter::All,
+    };
+    // A checkpoint that cannot be served is refused as such, whether or not there is room.
+    let subscription = site.subscribe_all(filter, after)?;
+    let permit = Arc::clone(&subscribers.permits)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManySubscribers(subscribers.max))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(server_sent(subscription, permit)))
+}
+
+/// The body of `GET /events`: each page of events ready as one chunk, a comment when idle
+/// for [`limits::HTTP_EVENTS_KEEPALIVE`], an `error` event if the subscription fails. The
+/// permit goes when the client does (the body is dropped).
+fn server_sent(
+    subscription: Subscription,
+    permit: OwnedSemaphorePermit,
+) -> impl futures::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
+    futures::stream::unfold(Some((subscription, permit)), |state| async move {
+        let (mut subscription, permit) = state?;
+        let next = tokio::select! {
+            next = subscription.next() => next,
+            () = tokio::time::sleep(limits::HTTP_EVENTS_KEEPALIVE) => {
+                return Some((Ok(web::Bytes::from_static(b": idle\n\n")), Some((subscription, permit))));
+            }
+        };
+        let mut chunk = String::new();
+        match next? {
+            Ok(item) => {
+                push_server_sent(&mut chunk, &item);
+                for item in subscription.buffered() {
+                    push_server_sent(&mut chunk, &item);
+                }
+            }
+            Err(error) => {
+                chunk = format!("event: error\ndata: {}\n\n", json!({ "error": error.to_string() }));
+                return Some((Ok(chunk.into()), None));
+            }
+        }
+        Some((Ok(chunk.into()), Some((subscription, permit))))
+    })
+}
+
+/// Appends `item` as one server-sent event.
+fn push_server_sent(chunk: &mut String, item: &PositionedEvent) {
+    let event = &item.event;
+    let mut data = json!({
+        "position": item.position.0,
+        "stream": event.lane.stream.to_string(),
+        "type": event.stream_type,
+        "id": event.id.to_string(),
+        "site": event.lane.site.to_string(),
+        "seq": event.seq.0,
+        "lamport": event.lamport,
+        "timestamp_ms": event.timestamp_ms,
+    });
+    let patch = (event.stream_type == <Document as crate::Stream>::TYPE_NAME)
+        .then(|| codec::decode::<Patch>(&event.payload).ok())
+        .flatten();
+    match patch {
+        Some(patch) => data["patch"] = patch.to_json(),
+        None => data["payload_hex"] = event.payload.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into(),
+    }
+    // JSON on one line: a `data:` line cannot hold a line break.
+    chunk.push_str(&format!("id: {}\ndata: {data}\n\n", item.position));
 }
 
 /// The query of a `/streams` or `/frontier` page.

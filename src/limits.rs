@@ -166,6 +166,10 @@ pub const SUBSCRIPTION_RETRY_MAX: std::time::Duration = std::time::Duration::fro
 /// one gets 503. Each holds a subscription's pages and a connection.
 pub const HTTP_SUBSCRIBERS_MAX: usize = 64;
 
+/// An idle `GET /events` connection gets a comment line this often: proxies keep it open,
+/// and a client that went away is noticed (its write fails) and its place freed.
+pub const HTTP_EVENTS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Subscribers of one stream actor.
 pub const SUBSCRIBERS_MAX: usize = 1_024;
 

@@ -127,6 +127,11 @@ impl Subscription {
         LogPos(self.read.load(Ordering::Acquire))
     }
 
+    /// The events read and not yet yielded, taken at once (none waits for the log).
+    pub fn buffered(&mut self) -> impl Iterator<Item = PositionedEvent> + '_ {
+        self.page.drain(..)
+    }
+
     /// The next event, `None` once the subscription ended.
     pub async fn next(&mut self) -> Option<Result<PositionedEvent, SubscribeError>> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await

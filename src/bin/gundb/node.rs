@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use gundb::doc::Document;
-use gundb::http::Access;
+use gundb::http::{Access, Api};
 use gundb::node::{tcp, NodeConfig};
 use gundb::Site;
 use std::io::Write as _;
@@ -40,6 +40,9 @@ pub struct NodeArgs {
     /// Request bodies larger than this get 413.
     #[arg(long, default_value_t = gundb::http::BODY_BYTES_DEFAULT)]
     max_body: usize,
+    /// `GET /events` subscribers served at once; the next gets 503.
+    #[arg(long, default_value_t = gundb::limits::HTTP_SUBSCRIBERS_MAX)]
+    max_subscribers: usize,
     /// How often a node tells its peers what it has, in milliseconds; three intervals of
     /// silence close a connection.
     #[arg(long, default_value_t = 1_000)]
@@ -74,14 +77,12 @@ async fn serve(args: NodeArgs, secret: Vec<u8>, access: Access) -> Result<()> {
     for &peer in &args.peer {
         tcp::keep_dialing(site.clone(), peer, secret.clone(), config.clone());
     }
-    let (api_site, max_body) = (site.clone(), args.max_body);
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(gundb::http::routes_with(api_site.clone(), max_body, access.clone()))
-    })
-    .workers(2)
-    .shutdown_timeout(5)
-    .bind(args.http)
-    .with_context(|| format!("serving HTTP on {}", args.http))?;
+    let api = Api::new(site.clone()).body_limit(args.max_body).access(access).subscribers_max(args.max_subscribers);
+    let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(api.routes()))
+        .workers(2)
+        .shutdown_timeout(5)
+        .bind(args.http)
+        .with_context(|| format!("serving HTTP on {}", args.http))?;
     let http = server.addrs().first().copied().context("the HTTP server bound no address")?;
     tracing::info!(site = %site.id(), %peers, %http, peers_dialed = args.peer.len(), "node started");
     // One line on stdout for scripts and tests that start nodes on port 0.
