@@ -10,6 +10,7 @@ mod rejoin;
 mod replication;
 mod report;
 mod streams;
+mod subscribe;
 mod tcp;
 
 pub use memory::child as memory_child;
@@ -24,7 +25,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The scenarios, by the names `--only` takes.
-const SCENARIOS: [&str; 8] = ["emit", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams"];
+const SCENARIOS: [&str; 9] =
+    ["emit", "subscribe", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams"];
 
 /// Streams in emit's many-streams runs when `--streams` names none: enough that writers
 /// rarely meet on one stream, and below the router's live-actor cap.
@@ -56,7 +58,7 @@ pub struct BenchArgs {
     /// Sites in the in-process replication scenario.
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Run only these scenarios (emit, codec, router, replication, rejoin, tcp, memory, streams).
+    /// Run only these scenarios (emit, subscribe, codec, router, replication, rejoin, tcp, memory, streams).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON.
@@ -198,6 +200,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         rows.append(&mut latencies);
         progress.done(format!("{} runs of {:.1} s", args.writers.len() * 3, emit_for.as_secs_f64()));
+    }
+
+    if wanted("subscribe") {
+        let progress = Progress::start(&bars, "subscribe");
+        let writers = 64;
+        let (without, with) = subscribe::emit_with_subscriber(writers, payload, emit_for, 2, &progress)?;
+        let slower = (1.0 - with / without) * 100.0;
+        rows.push(
+            Row::new(
+                "subscribe",
+                format!("durable emit, 1 stream, {writers} writers, one site-wide subscriber"),
+                with,
+                "events/s",
+                Better::Higher,
+            )
+            .against("no subscriber, same site, alternated", without)
+            .target("≤ 10% below no subscriber", slower <= 10.0),
+        );
+        let (subscribed, pages) = subscribe::catch_up(events, payload, &progress)?;
+        rows.push(
+            Row::new(
+                "subscribe",
+                format!("catch-up from position 0, {events} events"),
+                subscribed,
+                "events/s",
+                Better::Higher,
+            )
+            .against("the storage's log pages alone", pages)
+            .target("≥ 200k events/s", subscribed >= 200_000.0),
+        );
+        progress.done(format!("{slower:.1}% slower with a subscriber; catch-up {:.0} k events/s", subscribed / 1e3));
     }
 
     if wanted("codec") {
