@@ -281,3 +281,43 @@ fn a_failed_storage_shows_in_health_and_metrics_and_heals_by_itself() {
         assert_eq!(view, vec![0, 2, 100, 200]);
     });
 }
+
+/// The next event of a subscription; a guard turns a hang into a failure.
+async fn next_of(all: &mut gundb::subscription::Subscription) -> gundb::subscription::PositionedEvent {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), all.next()).await;
+    next.expect("an event comes").expect("the subscription goes on").unwrap()
+}
+
+/// A site-wide subscription spans a storage failure and the heal after it: the failed
+/// write never shows, the writes after the heal come at the next positions, once each.
+#[test]
+fn a_site_wide_subscription_goes_on_after_the_storage_heals() {
+    run_site(|| async {
+        use gundb::subscription::Filter;
+        let storage = Arc::new(SledStorage::temporary().unwrap());
+        let site = gundb::Site::with_storage(storage.clone(), gundb::SiteConfig::default()).unwrap();
+        let stream = site.stream::<TrailStream>(StreamId::from_u128(8)).await.unwrap();
+        stream.send(Emit::new(0)).await.unwrap().unwrap();
+        let mut all = site.subscribe_all(Filter::All, gundb::LogPos(0)).unwrap();
+        let first = next_of(&mut all).await;
+        assert_eq!(first.position, gundb::LogPos(1));
+
+        storage.failpoints().fail_nth(Fault::Batch, 1);
+        assert!(stream.send(Emit::new(1)).await.unwrap().is_err(), "the write failed");
+        // The healer reopens the storage; the stream rebuilds itself at its next message.
+        let healed = async {
+            loop {
+                match stream.send(Emit::new(2)).await.unwrap() {
+                    Ok(written) => return written,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+        };
+        let written = tokio::time::timeout(std::time::Duration::from_secs(20), healed).await.expect("healed");
+        let after = next_of(&mut all).await;
+        assert_eq!((after.position, after.event.id), (gundb::LogPos(2), written.id), "the failed write never shows");
+        let last = stream.send(Emit::new(3)).await.unwrap().unwrap();
+        let after = next_of(&mut all).await;
+        assert_eq!((after.position, after.event.id), (gundb::LogPos(3), last.id));
+    });
+}
