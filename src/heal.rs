@@ -5,24 +5,11 @@
 //! is durable. Stream actors that failed rebuild themselves from storage at their next
 //! message ([`crate::StreamActor`]), the router and the nodes retry what was refused.
 
+use crate::limits;
 use crate::storage::Storage;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often the healer looks at the storage's health: a lock and a few atomics.
-const CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// The pause before the first attempt to reopen, doubled after each attempt that failed or
-/// was followed by another failure soon (see [`QUIET`]), up to [`DELAY_MAX`].
-const DELAY_FIRST: Duration = Duration::from_millis(100);
-
-/// The longest pause between attempts.
-const DELAY_MAX: Duration = Duration::from_secs(30);
-
-/// Healthy this long after a reopen, the storage is healed: the next failure starts the
-/// backoff over.
-const QUIET: Duration = Duration::from_secs(60);
 
 /// Reopens a failed storage with backoff (see the module documentation).
 pub(crate) struct Healer {
@@ -39,7 +26,7 @@ pub(crate) struct Healer {
 
 impl Healer {
     pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage, delay: DELAY_FIRST, due: None, reopening: false, healed_at: None }
+        Self { storage, delay: limits::HEAL_RETRY_FIRST, due: None, reopening: false, healed_at: None }
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
@@ -48,8 +35,8 @@ impl Healer {
         }
         let now = Instant::now();
         let Some(failure) = self.storage.stats().failure else {
-            if self.healed_at.is_some_and(|at| now.duration_since(at) >= QUIET) {
-                (self.delay, self.healed_at) = (DELAY_FIRST, None);
+            if self.healed_at.is_some_and(|at| now.duration_since(at) >= limits::HEAL_QUIET) {
+                (self.delay, self.healed_at) = (limits::HEAL_RETRY_FIRST, None);
             }
             return;
         };
@@ -66,7 +53,7 @@ impl Healer {
             healer.due = None;
             // Whether it worked or not, the next attempt (a failure soon after a reopen
             // included) waits longer.
-            healer.delay = (healer.delay * 2).min(DELAY_MAX);
+            healer.delay = (healer.delay * 2).min(limits::HEAL_RETRY_MAX);
             match outcome {
                 Ok(Ok(())) => healer.healed_at = Some(Instant::now()),
                 Ok(Err(error)) => {
@@ -82,6 +69,6 @@ impl Actor for Healer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(CHECK_EVERY, Self::check);
+        ctx.run_interval(limits::HEAL_CHECK_EVERY, Self::check);
     }
 }

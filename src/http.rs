@@ -47,14 +47,9 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Bodies larger than this get 413 unless the node is configured otherwise.
-pub const BODY_BYTES_DEFAULT: usize = 256 << 10;
-
-/// Events a history page holds unless the request asks for fewer or more.
-const HISTORY_PAGE_DEFAULT: u32 = 100;
-
-/// Streams a `/streams` or `/frontier` page holds unless the request asks for fewer or more.
-const STREAMS_PAGE_DEFAULT: u32 = 100;
+/// Bodies larger than this get 413 unless configured otherwise
+/// ([`limits::HTTP_BODY_BYTES_DEFAULT`]).
+pub const BODY_BYTES_DEFAULT: usize = limits::HTTP_BODY_BYTES_DEFAULT;
 
 /// Why a request failed; each maps to a status code and a JSON body naming the reason.
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +346,7 @@ async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let stream = existing(&site, &name)?;
     let after = page.after.as_deref().map(parse_cursor).transpose()?;
-    let limit = page.limit.unwrap_or(HISTORY_PAGE_DEFAULT).clamp(1, limits::HISTORY_LIMIT_MAX);
+    let limit = page.limit.unwrap_or(limits::HTTP_HISTORY_PAGE_DEFAULT).clamp(1, limits::HISTORY_LIMIT_MAX);
     let reply = site.stream::<Document>(stream).await?.send(History { after, limit }).await??;
     let events: Vec<Value> = reply
         .events
@@ -505,7 +500,7 @@ fn streams_page(site: &Site, page: &StreamsPage) -> Result<StreamsAndNext, ApiEr
             ApiError::BadRequest(format!("`after` is the `next` stream id of an earlier page; got {text:?}"))
         })?),
     };
-    let limit = page.limit.unwrap_or(STREAMS_PAGE_DEFAULT).clamp(1, limits::STREAMS_PAGE_MAX);
+    let limit = page.limit.unwrap_or(limits::HTTP_STREAMS_PAGE_DEFAULT).clamp(1, limits::STREAMS_PAGE_MAX);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let streams = site.storage().streams_page(after, limit).map_err(SiteError::from)?;
     let next = if streams.len() == limit { streams.last().map(|(id, _)| id.to_string()) } else { None };

@@ -228,6 +228,85 @@ pub const SLED_CACHE_BYTES: u64 = 16 << 20;
 /// this in the database: changing it makes existing databases refuse to open.
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
+// --- Timings: healing, links, retries ---
+
+/// How often a site's healer looks at its storage's health: a lock and a few atomics.
+pub const HEAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The pause before the healer's first attempt to reopen a failed storage, doubled after
+/// each attempt that failed or was followed by another failure soon (within
+/// [`HEAL_QUIET`]), up to [`HEAL_RETRY_MAX`]: a disk that stays broken is not hammered.
+pub const HEAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest pause between the healer's attempts to reopen a failed storage.
+pub const HEAL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Healthy this long after a reopen, the storage counts as healed: the next failure starts
+/// the healer's backoff over.
+pub const HEAL_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often a node says `Hello` unless configured otherwise (`NodeConfig::hello_every`,
+/// `gundb node --hello-ms`): how soon a silent link is noticed, at a few bytes a second.
+pub const HELLO_EVERY_DEFAULT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hellos a link's liveness check remembers (when each came and how much the peer had
+/// heard by then), whatever the hello rate and grace: one is kept per 1/32 of the grace at
+/// most, so about 33 cover a grace and the bound is never reached.
+pub const LIVENESS_HELLOS_MAX: usize = 64;
+
+/// Hello intervals of silence after which a TCP connection is taken for dead and closed
+/// (a live peer says hello every interval; a slow link still moves bytes).
+pub const HELLOS_MISSED_MAX: u32 = 3;
+
+/// How long a frame may go unanswered before it is sent again unless configured
+/// otherwise (`NodeConfig::resend_after`): well past a round trip under load, so a slow
+/// answer is not taken for a loss.
+pub const RESEND_AFTER_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The first pause before dialing a peer again after a failed dial or a lost connection,
+/// doubled up to [`DIAL_RETRY_MAX`] (plus up to [`DIAL_JITTER_MS`] of jitter, so that many
+/// sites do not retry in step).
+pub const DIAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The longest pause between dials to a peer; also the pause after a peer refused us (a
+/// wrong secret or version does not get better by retrying fast).
+pub const DIAL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Random milliseconds added to each pause between dials, at most.
+pub const DIAL_JITTER_MS: u8 = 50;
+
+/// The first pause after a failed `accept` (out of file descriptors, say), doubled up to
+/// [`ACCEPT_PAUSE_MAX`]: the listener neither spins nor stops.
+pub const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The longest pause after failed `accept`s.
+pub const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The first pause while waiting for sled to release a database's lock (see
+/// [`SLED_LOCK_WAIT`]), doubled up to [`SLED_LOCK_RETRY_MAX`].
+pub const SLED_LOCK_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The longest pause while waiting for sled to release a database's lock.
+pub const SLED_LOCK_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The largest Noise message (fixed by the Noise specification, section 3): the bound on
+/// every sealed frame chunk of an authenticated link.
+pub const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
+
+// --- HTTP API defaults ---
+
+/// Request bodies larger than this get 413 unless the node is configured otherwise
+/// (`--max-body`): a patch is a handful of fields.
+pub const HTTP_BODY_BYTES_DEFAULT: usize = 256 << 10;
+
+/// Events a history page holds unless the request asks for fewer or more (at most
+/// [`HISTORY_LIMIT_MAX`]).
+pub const HTTP_HISTORY_PAGE_DEFAULT: u32 = 100;
+
+/// Streams a `/streams` or `/frontier` page holds unless the request asks for fewer or
+/// more (at most [`STREAMS_PAGE_MAX`]).
+pub const HTTP_STREAMS_PAGE_DEFAULT: u32 = 100;
+
 const _: () = assert!(PAYLOAD_BYTES_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX < SLED_SEGMENT_BYTES / 4);
 const _: () = assert!(RUN_BYTES_MAX < SLED_SEGMENT_BYTES / 4);

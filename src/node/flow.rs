@@ -283,10 +283,6 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Hellos remembered, whatever the hello rate and grace: one is kept per 1/32 of the
-    /// grace at most, so about 33 cover a grace and the bound is never reached.
-    const SAID_MAX: usize = 64;
-
     /// The connection opened at `now`, with `said` frames said to the peer (the first
     /// `Want`): not live until a hello says the peer heard them.
     pub fn opened(&mut self, now: u64, said: u64) {
@@ -307,7 +303,7 @@ impl Liveness {
         if self.said.back().is_none_or(|&(at, _)| now.saturating_sub(at) >= spacing) {
             self.said.push_back((now, said));
         }
-        if self.said.len() > Self::SAID_MAX {
+        if self.said.len() > limits::LIVENESS_HELLOS_MAX {
             self.said.pop_front();
         }
         self.live
@@ -924,7 +920,7 @@ mod tests {
         for now in 1..1_000 {
             assert!(live.hello(now, now, now, 500), "heard everything at {now}");
         }
-        assert!(live.said.len() <= Liveness::SAID_MAX);
+        assert!(live.said.len() <= limits::LIVENESS_HELLOS_MAX);
         let stalled = (1_000..2_000).find(|&now| !live.hello(now, 999, now, 500));
         // Within a grace and one sample's spacing (1/32 of it) of the stall.
         assert!(stalled.is_some_and(|at| at <= 1_500 + 500 / 32), "doubted within a grace: {stalled:?}");

@@ -37,6 +37,7 @@ pub use self::source::SourceNode;
 use crate::attest::Attestation;
 use crate::event::Event;
 use crate::id::{LogPos, SiteId};
+use crate::limits;
 use crate::router::{FrontierAdvanced, Listen};
 use crate::site::Site;
 use actix::prelude::*;
@@ -138,7 +139,7 @@ impl NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { hello_every: Some(Duration::from_secs(1)), resend_after: Duration::from_secs(5) }
+        Self { hello_every: Some(limits::HELLO_EVERY_DEFAULT), resend_after: limits::RESEND_AFTER_DEFAULT }
     }
 }
 

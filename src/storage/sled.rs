@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
@@ -761,7 +760,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
 /// sled's, once the lock is still taken after the wait or on any other failure.
 pub fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
     let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(1);
+    let mut pause = limits::SLED_LOCK_RETRY_FIRST;
     loop {
         match config.open() {
             // sled reports the taken lock as `ErrorKind::Other` with this message.
@@ -771,7 +770,7 @@ pub fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
             {
                 tracing::debug!(%error, "the database's lock is still taken: waiting for it");
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
+                pause = (pause * 2).min(limits::SLED_LOCK_RETRY_MAX);
             }
             opened => return opened,
         }

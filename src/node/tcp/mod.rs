@@ -29,7 +29,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::Bytes;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-pub use noise::NOISE_MESSAGE_BYTES_MAX;
 use noise::{Role, Seal, Session};
 
 /// The wire protocol version this build speaks. Version 10 names each side's site by its
@@ -251,18 +250,18 @@ where
 pub fn serve(site: Site, listener: TcpListener, secret: Vec<u8>, config: NodeConfig) {
     actix::spawn(async move {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(limits::HANDSHAKES_MAX));
-        let mut pause = ACCEPT_PAUSE_MIN;
+        let mut pause = limits::ACCEPT_PAUSE_MIN;
         loop {
             let socket = match listener.accept().await {
                 Ok((socket, _)) => socket,
                 Err(error) => {
                     tracing::warn!(%error, pause_ms = pause.as_millis(), "accepting a connection failed; retrying");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                    pause = (pause * 2).min(limits::ACCEPT_PAUSE_MAX);
                     continue;
                 }
             };
-            pause = ACCEPT_PAUSE_MIN;
+            pause = limits::ACCEPT_PAUSE_MIN;
             let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
                 tracing::warn!(max = limits::HANDSHAKES_MAX, "closed a connection: too many handshakes under way");
                 continue;
@@ -314,28 +313,24 @@ async fn dial_watched(
     Ok((connect(site, endpoint, config), closed))
 }
 
-/// The first pause after a failed accept, and the longest.
-const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
-
-/// How long a connection may stay silent before it is taken for dead: three hello
-/// intervals (none without periodic hellos).
+/// How long a connection may stay silent before it is taken for dead:
+/// [`limits::HELLOS_MISSED_MAX`] hello intervals (none without periodic hellos).
 fn idle_limit(config: &NodeConfig) -> Option<Duration> {
-    config.hello_every.map(|every| every * 3)
+    config.hello_every.map(|every| every * limits::HELLOS_MISSED_MAX)
 }
 
 /// Keeps `site` connected to the peer at `addr` for as long as its actix system runs:
 /// dials, and after a failure or a lost connection dials again, backing off
-/// exponentially from 50 ms to 10 s with random jitter so that many sites do not retry
-/// in step. Every new connection starts with catch-up.
+/// exponentially from [`limits::DIAL_RETRY_FIRST`] to [`limits::DIAL_RETRY_MAX`] with random
+/// jitter so that many sites do not retry in step. Every new connection starts with catch-up.
 pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeConfig) {
     actix::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = limits::DIAL_RETRY_FIRST;
         loop {
             match dial_watched(&site, addr, &secret, config.clone()).await {
                 Ok((_connection, closed)) => {
                     tracing::info!(%addr, "connected to peer");
-                    backoff = Duration::from_millis(50);
+                    backoff = limits::DIAL_RETRY_FIRST;
                     let _ = closed.await; // the socket closed: dial again
                     tracing::info!(%addr, "connection to peer lost; dialing again");
                 }
@@ -347,13 +342,14 @@ pub fn keep_dialing(site: Site, addr: SocketAddr, secret: Vec<u8>, config: NodeC
                     | TcpError::Reflected),
                 ) => {
                     tracing::warn!(%addr, %error, "peer refused");
-                    backoff = Duration::from_secs(10);
+                    backoff = limits::DIAL_RETRY_MAX;
                 }
                 Err(error) => tracing::debug!(%addr, %error, "dial failed; retrying"),
             }
-            let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 50);
+            let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % u64::from(limits::DIAL_JITTER_MS);
+            let jitter = Duration::from_millis(jitter);
             tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff = (backoff * 2).min(limits::DIAL_RETRY_MAX);
         }
     });
 }

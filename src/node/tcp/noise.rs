@@ -15,7 +15,7 @@
 //! listener holds the secret only when that frame opens.
 //!
 //! After the handshake every frame is sealed (ChaCha20-Poly1305) in Noise transport
-//! messages of at most [`NOISE_MESSAGE_BYTES_MAX`], each numbered by an implicit
+//! messages of at most [`limits::NOISE_MESSAGE_BYTES_MAX`], each numbered by an implicit
 //! counter: a message replayed, reordered, dropped or altered on the way does not open,
 //! and the link is closed.
 
@@ -34,16 +34,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::bytes::Bytes;
 use zeroize::Zeroizing;
 
-/// The largest Noise message (fixed by the Noise specification, section 3): the bound on
-/// every frame of an authenticated link.
-pub const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
-
 /// The authentication tag each sealed message carries (ChaCha20-Poly1305's).
 const TAG_BYTES: usize = 16;
 
 /// Frame bytes per sealed message: the largest message, less its tag and the byte that
 /// says whether the frame goes on in the next message.
-const CHUNK_BYTES: usize = NOISE_MESSAGE_BYTES_MAX - TAG_BYTES - 1;
+const CHUNK_BYTES: usize = limits::NOISE_MESSAGE_BYTES_MAX - TAG_BYTES - 1;
 
 /// The first thing each side sends, in the clear. Its first field is the version, in
 /// every version to come, so that any two versions can name each other's.
@@ -118,7 +114,7 @@ async fn send<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>, bytes: Vec<
 
 /// Runs the handshake on a fresh socket as `role`, for the site of `keys`: versions, then
 /// Noise (with its link key), then identities (signed with its signing key). On success
-/// the wire takes frames up to [`NOISE_MESSAGE_BYTES_MAX`].
+/// the wire takes frames up to [`limits::NOISE_MESSAGE_BYTES_MAX`].
 pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     wire: &mut Wire<T>,
     role: Role,
@@ -176,7 +172,7 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     let transport = Arc::new(noise.into_stateless_transport_mode().map_err(snow_error("finishing the handshake"))?);
     let mut seal = Seal { transport: Arc::clone(&transport), nonce: 0, plain: Vec::new() };
     let mut open = Open { transport, nonce: 0, plain: Vec::new(), frame: Vec::new() };
-    wire.codec_mut().set_max_frame_length(NOISE_MESSAGE_BYTES_MAX);
+    wire.codec_mut().set_max_frame_length(limits::NOISE_MESSAGE_BYTES_MAX);
 
     let ours =
         Identity { key: keys.public_key(), signature: keys.signing().sign(&identity_message(role, &handshake_hash)) };
@@ -327,7 +323,7 @@ mod tests {
             for frame in &frames {
                 messages.extend(seal.seal(frame).unwrap());
             }
-            prop_assert!(messages.iter().all(|m| m.len() <= NOISE_MESSAGE_BYTES_MAX));
+            prop_assert!(messages.iter().all(|m| m.len() <= limits::NOISE_MESSAGE_BYTES_MAX));
             prop_assert_eq!(open_all(&mut open, &messages).unwrap(), frames);
         }
     }
