@@ -74,7 +74,10 @@ fn main() -> Result<()> {
              only INTEGER PRIMARY KEY CHECK (only = 0), site TEXT NOT NULL, position INTEGER NOT NULL);",
     )?;
     tx.commit()?;
-    let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
+    // The node sends a comment line every 15 s on an idle feed: a longer silence is a dead
+    // connection.
+    let agent =
+        ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout_read(Duration::from_secs(35)).build();
     let site = node_site(&agent, &args.node)?;
     let followed: Option<String> = db.query_row("SELECT site FROM checkpoint", [], |row| row.get(0)).optional()?;
     match followed {
@@ -95,14 +98,27 @@ fn main() -> Result<()> {
     // The node may restart or a connection drop: start again from the checkpoint.
     let mut pause = Duration::from_millis(100);
     loop {
-        match follow(&agent, &args, &mut db) {
-            Ok(()) => eprintln!("the feed ended; reconnecting"),
-            Err(error) => eprintln!("following {} failed: {error}; reconnecting in {pause:?}", args.node),
+        let error = follow(&agent, &args, &site, &mut db, &mut pause);
+        if error.is::<OtherSite>() {
+            return Err(error);
         }
+        eprintln!("following {} failed: {error}; reconnecting in {pause:?}", args.node);
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(10));
     }
 }
+
+/// The node at the address is another site than the one the read model follows.
+#[derive(Debug)]
+struct OtherSite(String);
+
+impl std::fmt::Display for OtherSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; run with --rebuild to follow this node", self.0)
+    }
+}
+
+impl std::error::Error for OtherSite {}
 
 /// The id of the site the node serves.
 fn node_site(agent: &ureq::Agent, node: &str) -> Result<String> {
@@ -111,12 +127,41 @@ fn node_site(agent: &ureq::Agent, node: &str) -> Result<String> {
 }
 
 /// Reads the node's feed of document events after the checkpoint and applies it, a
-/// transaction per batch, until the connection ends.
-fn follow(agent: &ureq::Agent, args: &Args, db: &mut Connection) -> Result<()> {
+/// transaction per batch, until the connection ends; returns why it ended. The feed is
+/// asked for as the site the model follows: a node that is another refuses it (409).
+fn follow(
+    agent: &ureq::Agent,
+    args: &Args,
+    site: &str,
+    db: &mut Connection,
+    pause: &mut Duration,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    match feed(agent, args, site, db, pause) {
+        Ok(never) => match never {},
+        Err(error) => error,
+    }
+}
+
+fn feed(
+    agent: &ureq::Agent,
+    args: &Args,
+    site: &str,
+    db: &mut Connection,
+    pause: &mut Duration,
+) -> Result<std::convert::Infallible> {
     let after: i64 = db.query_row("SELECT position FROM checkpoint", [], |row| row.get(0))?;
-    let url = format!("http://{}/events?type=gundb.document&after={after}", args.node);
-    let mut feed = Feed { lines: BufReader::new(agent.get(&url).call()?.into_reader()) };
+    let url = format!("http://{}/events?type=gundb.document&after={after}&site={site}", args.node);
+    let response = match agent.get(&url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(409, response)) => {
+            let body: Value = response.into_json()?;
+            return Err(Box::new(OtherSite(body["error"].as_str().unwrap_or("another site").to_owned())));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut feed = Feed { lines: BufReader::new(response.into_reader()) };
     eprintln!("following {} after position {after}", args.node);
+    *pause = Duration::from_millis(100); // connected: the next failure starts the backoff over
     loop {
         let first = feed.next()?;
         let tx = db.transaction()?;
@@ -184,14 +229,16 @@ impl Feed {
                 }
             } else if let Some(json) = line.strip_prefix("data: ") {
                 data = Some(serde_json::from_str(json)?);
-            } else if line.starts_with("event: error") {
+            } else if line.starts_with("event: gundb-error") {
                 return Err(format!("the node ended the feed: {line}").into());
             }
         }
     }
 
-    /// Whether more of the feed is already read from the connection.
+    /// Whether a whole event is already read from the connection (not a comment, nor a
+    /// part of one): taking it does not wait for the network.
     fn ready(&self) -> bool {
-        !self.lines.buffer().is_empty()
+        let buffered = self.lines.buffer();
+        !buffered.starts_with(b":") && buffered.windows(2).any(|two| two == b"\n\n")
     }
 }

@@ -5,6 +5,7 @@
 //! during decoding), rejects trailing bytes (bincode 2 ignores them silently) and returns a
 //! [`CodecError`], never a panic. Swapping the encoder means changing this file only.
 
+use crate::error::Cause;
 use crate::limits;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,10 +49,10 @@ pub enum CodecError {
     },
     /// The bytes are not a value of the expected type.
     #[error("malformed input: {0}")]
-    Malformed(String),
+    Malformed(#[source] Cause),
     /// The value cannot be encoded (for example a map serializer without a known length).
     #[error("cannot encode value: {0}")]
-    Encode(String),
+    Encode(#[source] Cause),
 }
 
 /// Encodes `value` as a version byte followed by its bincode encoding.
@@ -79,7 +80,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.clear();
     out.push(FORMAT_VERSION);
-    bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(Cause::new(e)))?;
     if out.len() > limits::FRAME_BYTES_MAX {
         return Err(CodecError::Oversized { len: out.len(), max: limits::FRAME_BYTES_MAX });
     }
@@ -136,7 +137,7 @@ pub fn decode_view<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// As [`encode`].
 pub fn encode_run_item<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(Cause::new(e)))?;
     if out.len() > limits::FRAME_BYTES_MAX {
         return Err(CodecError::Oversized { len: out.len(), max: limits::FRAME_BYTES_MAX });
     }
@@ -149,7 +150,7 @@ pub fn encode_run_item<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Code
 /// # Errors
 /// As [`encode_run_item`].
 pub fn push_run_item<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(Cause::new(e)))?;
     Ok(())
 }
 
@@ -189,7 +190,7 @@ pub fn decode_run<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, CodecErro
 
 fn encode_limited<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| CodecError::Encode(Cause::new(e)))?;
     if out.len() > max {
         return Err(CodecError::Oversized { len: out.len(), max });
     }
@@ -238,7 +239,7 @@ fn decode_error(error: bincode::error::DecodeError, max: usize) -> CodecError {
     match error {
         DecodeError::UnexpectedEnd { additional } => CodecError::Truncated { missing: additional },
         DecodeError::LimitExceeded => CodecError::Oversized { len: max + 1, max },
-        other => CodecError::Malformed(other.to_string()),
+        other => CodecError::Malformed(Cause::new(other)),
     }
 }
 

@@ -22,8 +22,11 @@
 //! is its position in this site's log and whose `data:` is a JSON object (`position`,
 //! `stream`, `type`, `id`, `site`, `seq`, `lamport`, `timestamp_ms`, and `patch` for a
 //! document's event, `payload_hex` for others). A browser's `EventSource` resumes after the
-//! last one it got by sending it as `Last-Event-ID`, which wins over `after`. Positions are
-//! local to the site that gave them. A comment line every
+//! last one it got by sending it as `Last-Event-ID`, which wins over `after` (on a node
+//! without a token: `EventSource` cannot send `Authorization`). Positions are local to the
+//! site that gave them: the response names its site in a `Gundb-Site` header, and
+//! `&site=ID` makes a node that is another site refuse with 409. A failure of the feed
+//! ends it with an event named `gundb-error`. A comment line every
 //! [`limits::HTTP_EVENTS_KEEPALIVE`] keeps an idle subscription's connection open.
 
 use crate::doc::{Document, Patch};
@@ -91,6 +94,17 @@ pub enum ApiError {
          --max-subscribers"
     )]
     TooManySubscribers(usize),
+    /// The checkpoint names another site than this node's: positions are local to a site.
+    #[error(
+        "the checkpoint is from site {named}, and this node is site {site}: positions are local to a site; start \
+         again from 0 to follow this one"
+    )]
+    OtherSite {
+        /// The site the request named.
+        named: String,
+        /// This node's site.
+        site: crate::SiteId,
+    },
     /// The subscription could not start (a checkpoint past the end of the log).
     #[error("{0}")]
     Subscribe(#[from] SubscribeError),
@@ -103,6 +117,7 @@ impl ResponseError for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::TooManySubscribers(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OtherSite { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotADocument { .. } | ApiError::Site(SiteError::Router(RouterError::TypeMismatch { .. })) => {
@@ -392,6 +407,8 @@ struct EventsQuery {
     stream_type: Option<String>,
     /// Only events of these streams: names or ids, comma-separated.
     stream: Option<String>,
+    /// The site the checkpoint is from: refused if this node is another.
+    site: Option<String>,
 }
 
 /// Every event this site holds that the query asks for, as server-sent events.
@@ -414,14 +431,25 @@ async fn events(
         (None, Some(streams)) => Filter::Streams(streams.split(',').map(stream_id).collect()),
         (None, None) => Filter::All,
     };
+    // Positions are local to a site: a checkpoint of another is refused, not misread.
+    if let Some(named) = &query.site {
+        if named.parse().ok().map(crate::SiteId) != Some(site.id()) {
+            return Err(ApiError::OtherSite { named: named.clone(), site: site.id() });
+        }
+    }
     // A checkpoint that cannot be served is refused as such, whether or not there is room.
-    let subscription = site.subscribe_all(filter, after)?;
+    let end = site.storage().log_end();
+    if after > end {
+        return Err(SubscribeError::AheadOfLog { after, end }.into());
+    }
     let permit = Arc::clone(&subscribers.permits)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManySubscribers(subscribers.max))?;
+    let subscription = site.subscribe_all(filter, after)?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("Gundb-Site", site.id().to_string()))
         .streaming(server_sent(subscription, permit)))
 }
 
@@ -449,7 +477,8 @@ fn server_sent(
                 }
             }
             Err(error) => {
-                chunk = format!("event: error\ndata: {}\n\n", json!({ "error": error.to_string() }));
+                // Not `error`: that name is `EventSource`'s own, for a lost connection.
+                chunk = format!("event: gundb-error\ndata: {}\n\n", json!({ "error": error.to_string() }));
                 return Some((Ok(chunk.into()), None));
             }
         }

@@ -33,7 +33,7 @@ pub mod view;
 
 pub use attest::Attestation;
 pub use clock::{Causality, VectorClock};
-pub use error::Error;
+pub use error::{Cause, Error};
 pub use event::{Dependencies, Event, EventMeta, OrderKey};
 pub use handle::StreamHandle;
 pub use id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};

@@ -144,7 +144,8 @@ pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 pub const STREAMS_PAGE_MAX: u32 = 1_000;
 
 /// Pages a site-wide subscription reads ahead of its consumer: a slow consumer holds
-/// the reading back, so a subscription holds at most this many pages and the one it reads.
+/// the reading back, so a subscription holds at most this many pages, the one waiting to
+/// be sent and the one the consumer is taking.
 pub const SUBSCRIPTION_PAGES_AHEAD: usize = 2;
 
 /// Events one page of a site-wide subscription holds at most: one blocking read of the

@@ -12,12 +12,15 @@
 //! A subscription reads the log a page at a time on a blocking thread, only what is
 //! durable, and hands pages to the consumer through a channel of
 //! [`limits::SUBSCRIPTION_PAGES_AHEAD`] pages: a slow consumer holds the reading back
-//! rather than have it buffer without bound. At the end of the log it waits for the
-//! storage to say the log moved ([`Storage::watch_log_end`]).
+//! rather than have it buffer without bound (it holds at most those pages, the one waiting
+//! to be sent and the one the consumer is taking). At the end of the log it waits for the
+//! storage to say the log moved ([`Storage::watch_log_end`]); when the storage closes, it
+//! ends.
 //!
 //! [`Site::subscribe_all`]: crate::Site::subscribe_all
 //! [`Storage::watch_log_end`]: crate::storage::Storage::watch_log_end
 
+use crate::error::Cause;
 use crate::event::Event;
 use crate::id::{LogPos, StreamId};
 use crate::limits;
@@ -28,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Which events a site-wide subscription delivers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +86,9 @@ pub enum SubscribeError {
         /// The last durable position of the log.
         end: LogPos,
     },
+    /// Called outside a tokio runtime: the reading has nowhere to run.
+    #[error("a site-wide subscription starts inside the site's actix System (a tokio runtime); this call came from outside one")]
+    NoRuntime,
     /// The log could not be read for good (a stored event that does not decode): the
     /// subscription ends after the last event read.
     #[error("reading the site's log after {after}: {source}")]
@@ -115,14 +121,16 @@ impl Subscription {
         if after > end {
             return Err(SubscribeError::AheadOfLog { after, end });
         }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SubscribeError::NoRuntime)?;
         let (sender, pages) = mpsc::channel(limits::SUBSCRIPTION_PAGES_AHEAD);
         let read = Arc::new(AtomicU64::new(after.0));
-        tokio::spawn(read_log(storage, filter, after, sender, Arc::clone(&read)));
+        runtime.spawn(read_log(storage, filter, after, sender, Arc::clone(&read)));
         Ok(Self { pages, page: VecDeque::new(), read })
     }
 
-    /// How far the subscription has read the site's log, ahead of what it yielded by at
-    /// most [`limits::SUBSCRIPTION_PAGES_AHEAD`] pages and the one it is handing over.
+    /// How far the subscription has read the site's log: ahead of what it yielded by at
+    /// most [`limits::SUBSCRIPTION_PAGES_AHEAD`] pages, the one waiting to be sent and the
+    /// rest of the one being taken.
     pub fn read_upto(&self) -> LogPos {
         LogPos(self.read.load(Ordering::Acquire))
     }
@@ -159,14 +167,49 @@ impl futures::Stream for Subscription {
     }
 }
 
-/// Whether a failed read of the log may pass: storage that failed heals by reopening,
-/// a busy one frees up; a stored event that does not decode stays so.
+/// Whether a failed read of the log may pass: storage that failed heals by reopening
+/// (a read racing the reopen finds it closed for a moment), a busy one frees up; a stored
+/// event that does not decode stays so.
 fn passes(error: &StorageError) -> bool {
-    !matches!(error, StorageError::Codec(_) | StorageError::Corrupt(_) | StorageError::Format { .. })
+    !matches!(
+        error,
+        StorageError::Codec(_)
+            | StorageError::Corrupt(_)
+            | StorageError::Format { .. }
+            | StorageError::Interrupted { .. }
+    )
+}
+
+/// What a wait of the reading ended with.
+enum Woken {
+    /// The log's durable end moved (or the pause is over).
+    Moved,
+    /// The storage closed for good, or the consumer went: the reading ends.
+    Ended,
+}
+
+/// Waits until the log's end moves, `pause` is over (if given), or the consumer goes.
+async fn wait(
+    log_end: &mut watch::Receiver<LogPos>,
+    pause: Option<std::time::Duration>,
+    sender: &mpsc::Sender<Result<Vec<PositionedEvent>, SubscribeError>>,
+) -> Woken {
+    let paused = async {
+        match pause {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        moved = log_end.changed() => if moved.is_ok() { Woken::Moved } else { Woken::Ended },
+        () = paused => Woken::Moved,
+        () = sender.closed() => Woken::Ended,
+    }
 }
 
 /// The subscription's reading: a page of the log at a time, on a blocking thread, sent
-/// on once the consumer has room; at the end of the log, a wait for it to move.
+/// on once the consumer has room; at the end of the log, a wait for it to move. Ends when
+/// the consumer drops the subscription or the storage closes.
 async fn read_log(
     storage: Arc<dyn Storage>,
     filter: Filter,
@@ -176,55 +219,62 @@ async fn read_log(
 ) {
     let mut log_end = storage.watch_log_end();
     let mut pause = limits::SUBSCRIPTION_RETRY_FIRST;
-    loop {
+    // A filter may pass nothing of many pages: the consumer's leaving is checked at
+    // every page, not only when a page is sent.
+    while !sender.is_closed() {
         if after >= *log_end.borrow_and_update() {
-            tokio::select! {
-                moved = log_end.changed() => {
-                    if moved.is_err() {
-                        return; // the storage is gone
-                    }
-                }
-                () = sender.closed() => return,
+            match wait(&mut log_end, None, &sender).await {
+                Woken::Moved => continue,
+                Woken::Ended => return,
             }
-            continue;
         }
         let reader = Arc::clone(&storage);
         let reading = tokio::task::spawn_blocking(move || {
             reader.log_after(after, limits::SUBSCRIPTION_PAGE_EVENTS, limits::SUBSCRIPTION_PAGE_BYTES)
         });
-        let page = match reading.await {
-            Ok(Ok(page)) => page,
-            Ok(Err(StorageError::Closed)) | Err(_) => return, // closing, or the runtime is
-            Ok(Err(error)) if passes(&error) => {
+        let read_page = reading.await.unwrap_or_else(|error| {
+            Err(StorageError::Interrupted { what: "reading the log for a subscription", cause: Cause::new(error) })
+        });
+        let page = match read_page {
+            Ok(page) => page,
+            // Closed for good: the storage dropped the log end's sender.
+            Err(StorageError::Closed) if log_end.has_changed().is_err() => return,
+            Err(error) if passes(&error) => {
                 tracing::warn!(%error, %after, retry_in = ?pause, "a site-wide subscription could not read the log; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = sender.closed() => return,
+                // The storage healing moves the log end: no need to wait out the pause.
+                if let Woken::Ended = wait(&mut log_end, Some(pause), &sender).await {
+                    return;
                 }
                 pause = (pause * 2).min(limits::SUBSCRIPTION_RETRY_MAX);
                 continue;
             }
-            Ok(Err(source)) => {
+            Err(source) => {
                 tracing::error!(error = %source, %after, "a site-wide subscription ends: the log does not read");
                 let _ = sender.send(Err(SubscribeError::Storage { after, source })).await;
                 return;
             }
         };
         pause = limits::SUBSCRIPTION_RETRY_FIRST;
-        if page.last == after {
-            // Nothing past `after` although the log end moved past it (a read racing a
-            // reopen): wait for the next move rather than read again at once.
-            tokio::select! {
-                moved = log_end.changed() => {
-                    if moved.is_err() {
-                        return;
-                    }
-                }
-                () = sender.closed() => return,
+        let first = after.0 + 1;
+        // A page holds the events at the positions after `after`, up to `last`, each once.
+        if page.last.0.checked_sub(after.0) != u64::try_from(page.events.len()).ok() {
+            let source = StorageError::Corrupt(format!(
+                "the log page after {after} ends at {} but holds {} events",
+                page.last,
+                page.events.len()
+            ));
+            tracing::error!(error = %source, "a site-wide subscription ends: the log does not read");
+            let _ = sender.send(Err(SubscribeError::Storage { after, source })).await;
+            return;
+        }
+        if page.events.is_empty() {
+            // The log end moved past `after` but nothing reads there yet (a read racing a
+            // reopen): read again at the next move.
+            if let Woken::Ended = wait(&mut log_end, None, &sender).await {
+                return;
             }
             continue;
         }
-        let first = after.0 + 1;
         after = page.last;
         read.store(after.0, Ordering::Release);
         let events: Vec<PositionedEvent> = (first..)

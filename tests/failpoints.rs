@@ -321,3 +321,30 @@ fn a_site_wide_subscription_goes_on_after_the_storage_heals() {
         assert_eq!((after.position, after.event.id), (gundb::LogPos(3), last.id));
     });
 }
+
+/// A read of the log that fails in the middle of a catch-up is tried again: every event
+/// comes once, at its position.
+#[test]
+fn a_subscription_tries_a_failed_read_again() {
+    run_site(|| async {
+        use gundb::subscription::Filter;
+        let storage = Arc::new(SledStorage::temporary().unwrap());
+        let site = gundb::Site::with_storage(storage.clone(), gundb::SiteConfig::default()).unwrap();
+        let stream = site.stream::<TrailStream>(StreamId::from_u128(9)).await.unwrap();
+        let events = 3 * gundb::limits::SUBSCRIPTION_PAGE_EVENTS as u64;
+        for chunk in 0..events / 1_000 + 1 {
+            let numbers: Vec<u64> = (chunk * 1_000..((chunk + 1) * 1_000).min(events)).collect();
+            if !numbers.is_empty() {
+                stream.send(gundb::Decide::new(move |_| Ok::<_, String>(numbers))).await.unwrap().unwrap();
+            }
+        }
+        // The site is idle: its next reads are the subscription's pages, and the second fails.
+        storage.failpoints().fail_nth(Fault::Read, 2);
+        let mut all = site.subscribe_all(Filter::All, gundb::LogPos(0)).unwrap();
+        for position in 1..=events {
+            let item = next_of(&mut all).await;
+            assert_eq!(item.position, gundb::LogPos(position));
+            assert_eq!(gundb::codec::decode::<u64>(&item.event.payload).unwrap(), position - 1);
+        }
+    });
+}

@@ -363,7 +363,7 @@ fn a_reflected_or_looped_handshake_is_refused() {
             }
         });
         let refused = dial(&a, mirror_addr, SECRET, NodeConfig::default()).await.expect_err("a mirror is refused");
-        assert!(matches!(refused, TcpError::Handshake(_)), "{refused:?}");
+        assert!(matches!(refused, TcpError::Handshake { .. }), "{refused:?}");
 
         // A loop: the node's dial relayed to its own listener.
         let (relay, _) = recording_proxy(addr).await;

@@ -3,6 +3,7 @@
 use super::{opener, Equivocation, HeldBack, Open, Opener, Router, RouterError, RouterMetrics, Waiter};
 use crate::attest::Attestation;
 use crate::clock::VectorClock;
+use crate::error::Cause;
 use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
@@ -214,7 +215,8 @@ impl Handler<GetFrontier> for Router {
         let storage = Arc::clone(&self.storage);
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || stored_frontier(storage.as_ref())).await;
-            let mut frontier = read.map_err(|e| StorageError::Sled(format!("reading the frontier stopped: {e}")))??;
+            let interrupted = |e| StorageError::Interrupted { what: "reading the frontier", cause: Cause::new(e) };
+            let mut frontier = read.map_err(interrupted)??;
             for (lane, durable) in in_flight {
                 frontier.set(lane, frontier.get(lane).min(durable));
             }

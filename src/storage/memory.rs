@@ -29,8 +29,9 @@ pub struct MemoryStorage {
     streams: Mutex<BTreeMap<StreamId, MemoryStream>>,
     /// The site's log: every event as it was applied (position = index + 1).
     log: Mutex<Vec<Event>>,
-    /// Tells site-wide subscriptions each time the log grows.
-    log_watch: watch::Sender<LogPos>,
+    /// Tells site-wide subscriptions each time the log grows; taken by `close`, which
+    /// ends them.
+    log_watch: Mutex<Option<watch::Sender<LogPos>>>,
     /// How far each peer's log is durable here.
     replicated: Mutex<HashMap<SiteId, Replicated>>,
     /// Writes held back, in order, when deferred; `None` applies at once.
@@ -114,7 +115,7 @@ impl MemoryStorage {
             next_attestation: AtomicU64::new(0),
             streams: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
-            log_watch: watch::Sender::default(),
+            log_watch: Mutex::new(Some(watch::Sender::default())),
             replicated: Mutex::new(HashMap::new()),
             held: None,
             commits: AtomicU64::new(0),
@@ -150,10 +151,17 @@ impl MemoryStorage {
         acked
     }
 
-    /// Tells site-wide subscriptions where the log ends now.
+    /// Tells site-wide subscriptions where the log ends now. Only forward: two writers
+    /// may publish in either order.
     fn publish_log_end(&self) {
         let end = self.log_end();
-        self.log_watch.send_if_modified(|known| std::mem::replace(known, end) != end);
+        if let Some(log_watch) = lock(&self.log_watch).as_ref() {
+            log_watch.send_if_modified(|known| {
+                let moved = end > *known;
+                *known = (*known).max(end);
+                moved
+            });
+        }
     }
 
     fn write(&self, stream: StreamId, write: Write, acked: bool) -> Commit {
@@ -255,7 +263,16 @@ impl Storage for MemoryStorage {
     }
 
     fn watch_log_end(&self) -> watch::Receiver<LogPos> {
-        self.log_watch.subscribe()
+        match lock(&self.log_watch).as_ref() {
+            Some(log_watch) => log_watch.subscribe(),
+            None => watch::channel(self.log_end()).1, // closed: its sender is gone already
+        }
+    }
+
+    /// Ends the site-wide subscriptions; everything else goes on working (nothing to
+    /// release).
+    fn close(&self) {
+        lock(&self.log_watch).take();
     }
 
     fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {

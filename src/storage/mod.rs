@@ -24,6 +24,7 @@ pub use self::sled::{open_waiting_for_lock, Durability, SledConfig, SledStorage}
 use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::codec::CodecError;
+use crate::error::Cause;
 use crate::event::{Event, OrderKey};
 use crate::id::{Lane, LogPos, Seq, SiteId, StreamId};
 use std::collections::HashSet;
@@ -38,14 +39,30 @@ use tokio::sync::{oneshot, watch};
 /// Why storage failed. Clone, because one failed flush fails every write it carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
-    /// sled reported an I/O or corruption error. The database may be unusable: restart
-    /// the site to recover what was durable.
+    /// sled reported an I/O or corruption error. The database may be unusable: the site
+    /// reopens it to recover what was durable.
     #[error("sled: {0}")]
-    Sled(String),
-    /// Making writes durable failed (flush or fsync). Their outcome is unknown: they may
-    /// or may not survive a crash. Restart the site.
-    #[error("flush failed: {0}")]
-    Flush(String),
+    Sled(#[source] Cause),
+    /// Making writes durable failed (sled's flush, or the fsync after it). Their outcome is
+    /// unknown: they may or may not survive a crash. The site reopens the database.
+    #[error("{step} failed: {cause}")]
+    Flush {
+        /// What failed: `"sled's flush"`, `"fsync"`.
+        step: &'static str,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
+    /// A read on a blocking thread did not finish (it panicked, or the runtime is
+    /// stopping).
+    #[error("{what} stopped: {cause}")]
+    Interrupted {
+        /// The read.
+        what: &'static str,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
     /// The database was written in another storage format than this build's. Nothing was
     /// read or changed.
     #[error(
@@ -102,15 +119,15 @@ pub enum StorageError {
     /// A fault injected by the `failpoints` feature.
     #[error("injected fault: {0}")]
     Injected(&'static str),
-    /// The site's keys beside the database could not be read or made
-    /// ([`crate::keys::KeyError`], as text).
+    /// The site's keys beside the database could not be read or made (a
+    /// [`crate::keys::KeyError`]).
     #[error("{0}")]
-    Key(String),
+    Key(#[source] Cause),
 }
 
 impl From<crate::keys::KeyError> for StorageError {
     fn from(error: crate::keys::KeyError) -> Self {
-        StorageError::Key(error.to_string())
+        StorageError::Key(Cause::new(error))
     }
 }
 

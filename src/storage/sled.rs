@@ -21,6 +21,7 @@ use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
 use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
 use crate::attest::Attestation;
 use crate::clock::VectorClock;
+use crate::error::Cause;
 use crate::event::{heads_of, Event, OrderKey};
 use crate::id::{EventId, Lane, LogPos, Seq, SiteId, StreamId};
 use crate::keys::SiteKeys;
@@ -314,8 +315,9 @@ struct Counters {
     log_last: AtomicU64,
     /// The last log position that is durable: what the log may be read up to.
     log_durable: AtomicU64,
-    /// Tells site-wide subscriptions each time `log_durable` moves.
-    log_watch: watch::Sender<LogPos>,
+    /// Tells site-wide subscriptions each time `log_durable` moves; taken when the storage
+    /// closes, which ends them. `None` in a writer's tests.
+    log_watch: Mutex<Option<watch::Sender<LogPos>>>,
     /// Times the database was reopened after a failure ([`Storage::generation`]).
     generation: AtomicU64,
     /// The failure that stopped the writer. Once set, every storage call returns it: what
@@ -328,7 +330,9 @@ impl Counters {
     /// The log is durable up to `position`: readers may read it, subscriptions are told.
     fn publish_durable(&self, position: u64) {
         self.log_durable.store(position, Ordering::Release);
-        self.log_watch.send_if_modified(|end| std::mem::replace(end, LogPos(position)) != LogPos(position));
+        if let Some(log_watch) = lock(&self.log_watch).as_ref() {
+            log_watch.send_if_modified(|end| std::mem::replace(end, LogPos(position)) != LogPos(position));
+        }
     }
 
     fn fail(&self, error: &StorageError) {
@@ -406,7 +410,7 @@ impl SledStorage {
             path,
             cache_bytes: config.cache_bytes,
             durability: config.durability,
-            stats: Arc::new(Counters::default()),
+            stats: Arc::new(Counters { log_watch: Mutex::new(Some(watch::Sender::default())), ..Counters::default() }),
             claims: Claims::default(),
             recent_keys: RecentKeys::default(),
             #[cfg(feature = "failpoints")]
@@ -585,10 +589,10 @@ fn flush_durably(
     fsync: Option<&mut Fsync>,
     before_fsync: impl FnOnce() -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    db.flush().map_err(|e| StorageError::Flush(e.to_string()))?;
+    db.flush().map_err(|e| StorageError::Flush { step: "sled's flush", cause: Cause::new(e) })?;
     if let Some(fsync) = fsync {
         before_fsync()?;
-        fsync.sync().map_err(|e| StorageError::Flush(format!("fsync: {e}")))?;
+        fsync.sync().map_err(|e| StorageError::Flush { step: "fsync", cause: Cause::new(e) })?;
     }
     Ok(())
 }
@@ -787,12 +791,12 @@ fn last_log_position(data: &sled::Tree) -> Result<LogPos, StorageError> {
 }
 
 fn io_error(error: std::io::Error) -> StorageError {
-    StorageError::Sled(error.to_string())
+    StorageError::Sled(Cause::new(error))
 }
 
 impl From<sled::Error> for StorageError {
     fn from(error: sled::Error) -> Self {
-        StorageError::Sled(error.to_string())
+        StorageError::Sled(Cause::new(error))
     }
 }
 
@@ -1017,7 +1021,10 @@ impl Storage for SledStorage {
     }
 
     fn watch_log_end(&self) -> watch::Receiver<LogPos> {
-        self.stats.log_watch.subscribe()
+        match lock(&self.stats.log_watch).as_ref() {
+            Some(log_watch) => log_watch.subscribe(),
+            None => watch::channel(self.log_end()).1, // closed: its sender is gone already
+        }
     }
 
     fn replicated(&self, peer: SiteId) -> Result<Replicated, StorageError> {
@@ -1077,6 +1084,7 @@ impl Storage for SledStorage {
         let mut writer = lock(&self.writer);
         self.closed.store(true, Ordering::Release);
         self.stop(&mut writer);
+        lock(&self.stats.log_watch).take(); // ends the site-wide subscriptions
     }
 
     fn reopen(&self) -> Result<(), StorageError> {
@@ -1371,8 +1379,10 @@ mod tests {
     fn a_failed_flush_fails_every_append_it_carried() {
         let (op, mut done) = write(1);
         let queue = queue_of(vec![op]);
-        write_loop(&queue, &Counters::default(), None, |_| Ok(()), || Err(StorageError::Flush("disk on fire".into())));
-        assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush(_))));
+        let on_fire =
+            || Err(StorageError::Flush { step: "fsync", cause: Cause::new(std::io::Error::other("disk on fire")) });
+        write_loop(&queue, &Counters::default(), None, |_| Ok(()), on_fire);
+        assert!(matches!(done.try_recv().unwrap(), Err(StorageError::Flush { .. })));
     }
 
     /// The frontier is read back from the index: each lane's highest seq.

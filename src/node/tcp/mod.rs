@@ -11,6 +11,7 @@ mod noise;
 
 use super::transport::Endpoint;
 use super::{connect, Connection, NodeConfig};
+use crate::error::Cause;
 use crate::id::SiteId;
 use crate::keys::SiteKeys;
 use crate::limits;
@@ -73,11 +74,40 @@ pub enum TcpError {
     Reflected,
     /// An authenticated peer's message did not open (altered, replayed or reordered on
     /// the way), or was malformed: the link is closed.
-    #[error("sealed frame: {0}")]
-    Sealed(String),
+    #[error("sealed frame: {reason}{}", because(cause))]
+    Sealed {
+        /// What was wrong.
+        reason: String,
+        /// Noise's error, when it refused the message.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// A handshake message did not decode, or the peer hung up during the handshake.
-    #[error("handshake: {0}")]
-    Handshake(String),
+    #[error("handshake: {reason}{}", because(cause))]
+    Handshake {
+        /// What was wrong.
+        reason: String,
+        /// The error of Noise or of the codec, when one refused a message.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+/// `": cause"`, or nothing.
+fn because(cause: &Option<Cause>) -> String {
+    cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
+}
+
+impl TcpError {
+    /// A sealed message refused for `reason`, by `cause` if given.
+    fn sealed(reason: impl Into<String>, cause: Option<Cause>) -> Self {
+        TcpError::Sealed { reason: reason.into(), cause }
+    }
+
+    /// A handshake refused for `reason`, by `cause` if given.
+    fn handshake(reason: impl Into<String>, cause: Option<Cause>) -> Self {
+        TcpError::Handshake { reason: reason.into(), cause }
+    }
 }
 
 type Wire<T = Watched<TcpStream>> = Framed<T, LengthDelimitedCodec>;
@@ -143,7 +173,7 @@ async fn next<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>) -> Result<V
     match wire.next().await {
         Some(Ok(bytes)) => Ok(bytes.to_vec()),
         Some(Err(error)) => Err(TcpError::Io(error)),
-        None => Err(TcpError::Handshake("the peer hung up".into())),
+        None => Err(TcpError::handshake("the peer hung up", None)),
     }
 }
 
@@ -308,7 +338,7 @@ async fn dial_watched(
     let handshake = noise::handshake(&mut wire, Role::Dialer, site.storage().keys(), secret);
     let session = tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| TcpError::Handshake("timed out".into()))??;
+        .map_err(|_| TcpError::handshake("timed out", None))??;
     let (endpoint, closed) = bridge(wire, session, idle_limit(&config));
     Ok((connect(site, endpoint, config), closed))
 }

@@ -21,6 +21,7 @@
 
 use super::{next, TcpError, Wire, PROTOCOL_VERSION};
 use crate::codec;
+use crate::error::Cause;
 use crate::id::SiteId;
 use crate::keys::{SiteKeys, NOISE_PARAMS};
 use crate::limits;
@@ -105,7 +106,7 @@ fn psk(secret: &[u8]) -> Zeroizing<[u8; 32]> {
 }
 
 fn snow_error(stage: &'static str) -> impl Fn(snow::Error) -> TcpError {
-    move |error| TcpError::Handshake(format!("{stage}: {error}"))
+    move |error| TcpError::handshake(stage, Some(Cause::new(error)))
 }
 
 async fn send<T: AsyncRead + AsyncWrite + Unpin>(wire: &mut Wire<T>, bytes: Vec<u8>) -> Result<(), TcpError> {
@@ -122,10 +123,10 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     secret: &[u8],
 ) -> Result<Session, TcpError> {
     let (site, key) = (keys.site_id(), keys.link());
-    send(wire, codec::encode(&Preface { version: PROTOCOL_VERSION }).map_err(|e| TcpError::Handshake(e.to_string()))?)
-        .await?;
-    let peer: Preface =
-        codec::decode_leading(&next(wire).await?).map_err(|e| TcpError::Handshake(format!("not a gundb peer: {e}")))?;
+    let preface = codec::encode(&Preface { version: PROTOCOL_VERSION });
+    send(wire, preface.map_err(|e| TcpError::handshake("encoding our preface", Some(Cause::new(e))))?).await?;
+    let peer: Preface = codec::decode_leading(&next(wire).await?)
+        .map_err(|e| TcpError::handshake("not a gundb peer", Some(Cause::new(e))))?;
     if peer.version != PROTOCOL_VERSION {
         return Err(TcpError::Version { peer: peer.version, ours: PROTOCOL_VERSION });
     }
@@ -159,7 +160,9 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
                 Err(snow::Error::Decrypt) if turn == 2 => {
                     return Err(TcpError::Unauthenticated { stage: "the dialer's last handshake message" });
                 }
-                Err(error) => return Err(TcpError::Handshake(format!("handshake message {}: {error}", turn + 1))),
+                Err(error) => {
+                    return Err(TcpError::handshake(format!("handshake message {}", turn + 1), Some(Cause::new(error))))
+                }
             }
         }
     }
@@ -176,7 +179,7 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
 
     let ours =
         Identity { key: keys.public_key(), signature: keys.signing().sign(&identity_message(role, &handshake_hash)) };
-    let ours = codec::encode(&ours).map_err(|e| TcpError::Handshake(e.to_string()))?;
+    let ours = codec::encode(&ours).map_err(|e| TcpError::handshake("encoding our identity", Some(Cause::new(e))))?;
     for message in seal.seal(&ours)? {
         wire.send(message).await?;
     }
@@ -185,16 +188,16 @@ pub(super) async fn handshake<T: AsyncRead + AsyncWrite + Unpin>(
     // link instead refused the dialer's secret.
     let received = match next(wire).await {
         Ok(received) => received,
-        Err(TcpError::Handshake(_)) if role == Role::Dialer => {
+        Err(TcpError::Handshake { .. }) if role == Role::Dialer => {
             return Err(TcpError::Unauthenticated { stage: "the listener closed the link after the handshake" });
         }
         Err(error) => return Err(error),
     };
     let unauthenticated = |_| TcpError::Unauthenticated { stage: "the peer's first sealed frame" };
     let frame = open.open(&received).map_err(unauthenticated)?;
-    let frame = frame.ok_or(TcpError::Handshake("the peer's identity spans several messages".into()))?;
+    let frame = frame.ok_or_else(|| TcpError::handshake("the peer's identity spans several messages", None))?;
     let theirs: Identity =
-        codec::decode(&frame).map_err(|e| TcpError::Handshake(format!("the peer's identity: {e}")))?;
+        codec::decode(&frame).map_err(|e| TcpError::handshake("the peer's identity", Some(Cause::new(e))))?;
     let peer = SiteId::of_key(&theirs.key);
     if peer == site {
         return Err(TcpError::Reflected);
@@ -229,12 +232,14 @@ impl Seal {
             let len = self
                 .transport
                 .write_message(self.nonce, &self.plain, &mut message)
-                .map_err(|error| TcpError::Sealed(format!("sealing: {error}")))?;
+                .map_err(|error| TcpError::sealed("sealing", Some(Cause::new(error))))?;
             message.truncate(len);
             // 2^64 messages would take millennia at any link speed; a link that got there
             // is closed rather than reuse a nonce.
-            self.nonce =
-                self.nonce.checked_add(1).ok_or(TcpError::Sealed("the link's message counter ran out".into()))?;
+            self.nonce = self
+                .nonce
+                .checked_add(1)
+                .ok_or_else(|| TcpError::sealed("the link's message counter ran out", None))?;
             messages.push(Bytes::from(message));
         }
         Ok(messages)
@@ -260,22 +265,22 @@ impl Open {
     /// [`limits::WIRE_FRAME_BYTES_MAX`].
     pub fn open(&mut self, message: &[u8]) -> Result<Option<Vec<u8>>, TcpError> {
         self.plain.resize(message.len(), 0);
-        let len = self
-            .transport
-            .read_message(self.nonce, message, &mut self.plain)
-            .map_err(|error| TcpError::Sealed(format!("message {} did not open: {error}", self.nonce)))?;
-        self.nonce = self.nonce.checked_add(1).ok_or(TcpError::Sealed("the link's message counter ran out".into()))?;
+        let len = self.transport.read_message(self.nonce, message, &mut self.plain).map_err(|error| {
+            TcpError::sealed(format!("message {} did not open", self.nonce), Some(Cause::new(error)))
+        })?;
+        self.nonce =
+            self.nonce.checked_add(1).ok_or_else(|| TcpError::sealed("the link's message counter ran out", None))?;
         let Some((&last, chunk)) = self.plain[..len].split_first() else {
-            return Err(TcpError::Sealed("an empty message".into()));
+            return Err(TcpError::sealed("an empty message", None));
         };
         if self.frame.len() + chunk.len() > limits::WIRE_FRAME_BYTES_MAX {
-            return Err(TcpError::Sealed(format!("a frame over {} bytes", limits::WIRE_FRAME_BYTES_MAX)));
+            return Err(TcpError::sealed(format!("a frame over {} bytes", limits::WIRE_FRAME_BYTES_MAX), None));
         }
         self.frame.extend_from_slice(chunk);
         match last {
             0 => Ok(None),
             1 => Ok(Some(std::mem::take(&mut self.frame))),
-            other => Err(TcpError::Sealed(format!("a message whose end marker is {other}"))),
+            other => Err(TcpError::sealed(format!("a message whose end marker is {other}"), None)),
         }
     }
 }
@@ -335,19 +340,19 @@ mod tests {
         // Altered: one bit of the ciphertext flipped.
         let mut altered = first[0].to_vec();
         altered[3] ^= 1;
-        assert!(matches!(open.open(&altered), Err(TcpError::Sealed(_))));
+        assert!(matches!(open.open(&altered), Err(TcpError::Sealed { .. })));
 
         let ((mut seal, _), (_, mut open)) = linked();
         let first = seal.seal(b"one").unwrap();
         assert_eq!(open.open(&first[0]).unwrap(), Some(b"one".to_vec()));
         // Replayed: the same message again.
-        assert!(matches!(open.open(&first[0]), Err(TcpError::Sealed(_))));
+        assert!(matches!(open.open(&first[0]), Err(TcpError::Sealed { .. })));
 
         let ((mut seal, _), (_, mut open)) = linked();
         let _first = seal.seal(b"one").unwrap();
         let second = seal.seal(b"two").unwrap();
         // Reordered: the second message before the first.
-        assert!(matches!(open.open(&second[0]), Err(TcpError::Sealed(_))));
+        assert!(matches!(open.open(&second[0]), Err(TcpError::Sealed { .. })));
     }
 
     #[test]
@@ -355,6 +360,6 @@ mod tests {
         let ((mut seal_a, mut open_a), _) = linked();
         let message = seal_a.seal(b"to b").unwrap();
         // A's own message handed back to A (a reflection) does not open.
-        assert!(matches!(open_a.open(&message[0]), Err(TcpError::Sealed(_))));
+        assert!(matches!(open_a.open(&message[0]), Err(TcpError::Sealed { .. })));
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// The scenarios, by the names `--only` takes.
 const SCENARIOS: [&str; 9] =
-    ["emit", "subscribe", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams"];
+    ["emit", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams", "subscribe"];
 
 /// Streams in emit's many-streams runs when `--streams` names none: enough that writers
 /// rarely meet on one stream, and below the router's live-actor cap.
@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// Sites in the in-process replication scenario.
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Run only these scenarios (emit, subscribe, codec, router, replication, rejoin, tcp, memory, streams).
+    /// Run only these scenarios (emit, codec, router, replication, rejoin, tcp, memory, streams, subscribe).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON.
