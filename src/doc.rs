@@ -11,12 +11,35 @@
 //! decoded (a peer could send any bytes), because the binary codec cannot carry
 //! `serde_json::Value` itself.
 
-use crate::event::{EventMeta, OrderKey};
+use crate::event::{Event, EventMeta, OrderKey};
 use crate::limits;
 use crate::view::{Stream, View};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+/// `event` as a JSON object: its stream, type, id, site, seq, Lamport counter and time,
+/// and its payload: `patch` for a document's event that decodes, `payload_hex` for any
+/// other. What `GET /events` and `gundb inspect` show.
+pub fn event_json(event: &Event) -> Value {
+    let mut json = serde_json::json!({
+        "stream": event.lane.stream.to_string(),
+        "type": event.stream_type,
+        "id": event.id.to_string(),
+        "site": event.lane.site.to_string(),
+        "seq": event.seq.0,
+        "lamport": event.lamport,
+        "timestamp_ms": event.timestamp_ms,
+    });
+    let patch = (event.stream_type == Document::TYPE_NAME)
+        .then(|| crate::codec::decode::<Patch>(&event.payload).ok())
+        .flatten();
+    match patch {
+        Some(patch) => json["patch"] = patch.to_json(),
+        None => json["payload_hex"] = event.payload.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into(),
+    }
+    json
+}
 
 /// The JSON document stream type.
 ///

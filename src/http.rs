@@ -298,7 +298,7 @@ struct BodyLimit(usize);
 
 /// The id a path's `{name}` stands for.
 fn stream_id(name: &str) -> StreamId {
-    name.parse().map(StreamId).unwrap_or_else(|_| StreamId::named(name))
+    StreamId::from_name_or_id(name)
 }
 
 /// The stream `name` names, if this site holds it as a document.
@@ -488,24 +488,8 @@ fn server_sent(
 
 /// Appends `item` as one server-sent event.
 fn push_server_sent(chunk: &mut String, item: &PositionedEvent) {
-    let event = &item.event;
-    let mut data = json!({
-        "position": item.position.0,
-        "stream": event.lane.stream.to_string(),
-        "type": event.stream_type,
-        "id": event.id.to_string(),
-        "site": event.lane.site.to_string(),
-        "seq": event.seq.0,
-        "lamport": event.lamport,
-        "timestamp_ms": event.timestamp_ms,
-    });
-    let patch = (event.stream_type == <Document as crate::Stream>::TYPE_NAME)
-        .then(|| codec::decode::<Patch>(&event.payload).ok())
-        .flatten();
-    match patch {
-        Some(patch) => data["patch"] = patch.to_json(),
-        None => data["payload_hex"] = event.payload.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into(),
-    }
+    let mut data = crate::doc::event_json(&item.event);
+    data["position"] = item.position.0.into();
     // JSON on one line: a `data:` line cannot hold a line break.
     chunk.push_str(&format!("id: {}\ndata: {data}\n\n", item.position));
 }

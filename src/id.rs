@@ -76,6 +76,13 @@ impl StreamId {
         const NAMESPACE: Uuid = Uuid::from_u128(0x6775_6e64_622d_7374_7265_616d_2d6e_616d);
         Self(Uuid::new_v5(&NAMESPACE, name.as_bytes()))
     }
+
+    /// The stream `text` names: the id it spells when it parses as a UUID, otherwise the
+    /// id every site derives from it as a name ([`StreamId::named`]). What `gundb node`'s
+    /// paths and `gundb inspect` take.
+    pub fn from_name_or_id(text: &str) -> Self {
+        text.parse().map(StreamId).unwrap_or_else(|_| StreamId::named(text))
+    }
 }
 uuid_newtype!(
     /// One event. Two different events never share an id; copies of one event do.

@@ -1,10 +1,11 @@
 //! The `gundb` command line: `gundb demo` plays the partition story with three sites;
-//! `gundb node` runs a site as a server; `gundb throughput` measures durable writes into
-//! one stream.
+//! `gundb node` runs a site as a server; `gundb inspect` looks into a site's database;
+//! `gundb bench` and `gundb throughput` measure.
 
 mod bench;
 mod crash_writer;
 mod demo;
+mod inspect;
 mod node;
 mod throughput;
 
@@ -34,6 +35,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Measure throughput, latency and memory against this machine's own limits.
     Bench(bench::BenchArgs),
+    /// Look into a site's database (read only): its site id and sizes, its streams, one
+    /// stream's events and view.
+    Inspect(inspect::InspectArgs),
     /// The process the crash-loop test kills again and again (see tests/crash.rs).
     #[command(hide = true)]
     CrashWriter {
@@ -91,6 +95,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::CrashWriter { data, acks, storage_faults } => crash_writer::run(data, acks, storage_faults),
         Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
         Command::BenchStreamsChild { streams, writers, payload } => bench::streams_child(streams, writers, payload),
