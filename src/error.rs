@@ -5,6 +5,7 @@
 use crate::attest::AttestError;
 use crate::codec::CodecError;
 use crate::doc::PatchError;
+#[cfg(feature = "http")]
 use crate::http::ApiError;
 use crate::keys::KeyError;
 use crate::node::tcp::TcpError;
@@ -85,6 +86,7 @@ pub enum Error {
     #[error(transparent)]
     Tcp(#[from] TcpError),
     /// An HTTP request failed.
+    #[cfg(feature = "http")]
     #[error(transparent)]
     Api(#[from] ApiError),
     /// A [`crate::Decide`] closure said no: its reason.

@@ -161,7 +161,7 @@ impl<S: Stream> Fold<S> {
 
     /// Test-only switch for a planted bug: fold late events on top instead of rolling
     /// back. Exists so tests can show that the convergence checks catch it.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn plant_bug_skip_rollback(&mut self) {
         self.rollback = false;
     }

@@ -168,7 +168,7 @@ impl Intake {
 
     /// Test-only switch for a planted bug: take frames that do not follow on, so events
     /// between are never asked for. Exists so the simulation can show it catches it.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn plant_bug_take_gaps(&mut self) {
         self.takes_gaps = true;
     }
@@ -470,7 +470,7 @@ impl Origins {
     /// Test-only switch for a planted bug: an origin no longer skipped is asked for from
     /// where the others are, not from where it was left. Exists so the simulation can show
     /// it catches it.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn plant_bug_resume_at_upto(&mut self) {
         self.resumes_at_upto = true;
     }

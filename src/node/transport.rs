@@ -8,7 +8,7 @@
 //! duplicates, delays (reorders) frames and partitions the link, one way or both, under a
 //! [`Faults`] control; tests and the demo use it.
 
-use crate::testkit::Rng;
+use crate::rng::Rng;
 use crossbeam::channel as crossbeam_channel;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

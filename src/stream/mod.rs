@@ -54,7 +54,7 @@ pub struct StreamConfig {
     pub mailbox_capacity: usize,
     /// Test-only planted bug: fold late events on top instead of rolling back, so tests can
     /// show that their convergence checks catch it.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub planted_bug_skip_rollback: bool,
 }
 
@@ -63,6 +63,7 @@ impl Default for StreamConfig {
         Self {
             snapshot_every: limits::SNAPSHOT_EVERY,
             mailbox_capacity: limits::STREAM_MAILBOX_MAX,
+            #[cfg(feature = "testing")]
             planted_bug_skip_rollback: false,
         }
     }
@@ -203,7 +204,9 @@ impl<S: Stream> StreamActor<S> {
         let snapshots = usable_snapshots::<S>(self.storage.as_ref(), self.stream, &record.snapshots)?;
         let newest = snapshots.last().map(|(key, _)| *key);
         self.snapshots = snapshots.iter().map(|(key, _)| *key).collect();
+        #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
         let mut fold = Fold::resume(self.config.snapshot_every, snapshots);
+        #[cfg(feature = "testing")]
         if self.config.planted_bug_skip_rollback {
             fold.plant_bug_skip_rollback();
         }

@@ -1,4 +1,4 @@
-//! The crash loop: a writer process (`gundb crash-writer`) on a real sled folder emits and
+//! The crash loop: a writer process (`gundb-crash-writer`) on a real sled folder emits and
 //! delivers events durably and is killed with SIGKILL at a random moment, some kills
 //! landing during its recovery; then the folder is opened here and checked, and the
 //! writer restarts. After every kill: every acknowledged write is present, no lane has a
@@ -100,8 +100,8 @@ fn nothing_acknowledged_is_lost_across_hundreds_of_kill_9s() {
     let mut seen = HashMap::new();
     let (mut during_recovery, mut healed, mut last) = (0, 0, Checked { events: 0, acked: 0 });
     for cycle in 0..cycles {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gundb"));
-        command.arg("crash-writer").arg("--data").arg(&data).arg("--acks").arg(&acks);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gundb-crash-writer"));
+        command.arg("--data").arg(&data).arg("--acks").arg(&acks);
         // Reopening takes a few hundred milliseconds: those runs live longer.
         let faults = cfg!(feature = "failpoints") && cycle % 4 == 1;
         if faults {

@@ -20,7 +20,7 @@ use gundb::{Emit, GetView, Site, StreamId};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,11 +142,11 @@ fn rows_of(m: &Streams, payload: usize) -> Result<Vec<Row>> {
     Ok(vec![rate, cost, reads, rss, disk, reopen, catch_up])
 }
 
-/// Runs the child (`gundb bench-streams-child`) for `streams` streams and reads its report.
+/// Runs the child (this binary with [`super::CHILD`] = `streams`) for `streams` streams
+/// and reads its report.
 fn measure(streams: u64, writers: u64, payload: usize, progress: &Progress) -> Result<Streams> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["bench-streams-child", "--streams", &streams.to_string()])
-        .args(["--writers", &writers.to_string(), "--payload", &payload.to_string()])
+    let mut child = super::child_command("streams")?
+        .args([streams.to_string(), writers.to_string(), payload.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cluster;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use cluster::{Node, Start};

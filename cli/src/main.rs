@@ -2,12 +2,7 @@
 //! `gundb node` runs a site as a server; `gundb inspect` looks into a site's database;
 //! `gundb bench` and `gundb throughput` measure.
 
-mod bench;
-mod crash_writer;
-mod demo;
-mod inspect;
-mod node;
-mod throughput;
+use gundb_cli::{bench, demo, inspect, node, throughput};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,36 +33,6 @@ enum Command {
     /// Look into a site's database (read only): its site id and sizes, its streams, one
     /// stream's events and view.
     Inspect(inspect::InspectArgs),
-    /// The process the crash-loop test kills again and again (see tests/crash.rs).
-    #[command(hide = true)]
-    CrashWriter {
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        acks: PathBuf,
-        /// Fails a storage flush every few tens of milliseconds, so the site keeps healing
-        /// (needs the `failpoints` feature).
-        #[arg(long)]
-        storage_faults: bool,
-    },
-    /// The memory scenario's child process (run by `gundb bench`).
-    #[command(hide = true)]
-    BenchMemoryChild {
-        #[arg(long)]
-        events: u64,
-        #[arg(long)]
-        payload: usize,
-    },
-    /// The streams scenario's child process, one per stream count (run by `gundb bench`).
-    #[command(hide = true)]
-    BenchStreamsChild {
-        #[arg(long)]
-        streams: u64,
-        #[arg(long)]
-        writers: u64,
-        #[arg(long)]
-        payload: usize,
-    },
     /// Write events into one stream with concurrent writers; print the view and throughput.
     Throughput {
         /// Events to write in all.
@@ -92,13 +57,15 @@ fn main() -> Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+    // `gundb bench` measures memory in child processes of this binary, started with this
+    // variable set rather than a subcommand users would see.
+    if let Some(child) = bench::child_from_env() {
+        return child;
+    }
     match Cli::parse().command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Inspect(args) => inspect::run(args),
-        Command::CrashWriter { data, acks, storage_faults } => crash_writer::run(data, acks, storage_faults),
-        Command::BenchMemoryChild { events, payload } => bench::memory_child(events, payload),
-        Command::BenchStreamsChild { streams, writers, payload } => bench::streams_child(streams, writers, payload),
         Command::Demo { data, seed } => demo::run(data, seed),
         Command::Throughput { events, writers, data, no_fsync } => {
             throughput::run(events, writers.max(1), data, no_fsync)

@@ -8,7 +8,7 @@ use gundb::{Decide, Site, StreamId};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// What the child reports.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,10 +30,10 @@ pub struct Memory {
 const BATCH: u64 = 64;
 const WRITERS: u64 = 16;
 
-/// Runs the child (`gundb bench-memory-child`) and reads its report.
+/// Runs the child (this binary with [`super::CHILD`] = `memory`) and reads its report.
 pub fn measure(events: u64, payload: usize, progress: &Progress) -> Result<Memory> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["bench-memory-child", "--events", &events.to_string(), "--payload", &payload.to_string()])
+    let mut child = super::child_command("memory")?
+        .args([events.to_string(), payload.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -13,10 +13,7 @@ mod streams;
 mod subscribe;
 mod tcp;
 
-pub use memory::child as memory_child;
-pub use streams::child as streams_child;
-
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use gundb::{EventMeta, Stream, View};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use report::{Better, Machine, Report, Row};
@@ -126,6 +123,32 @@ impl Progress {
     fn done(&self, summary: String) {
         self.0.finish_with_message(summary);
     }
+}
+
+/// The variable that makes this binary a bench child process: `memory` or `streams`,
+/// its numbers as arguments. Not a subcommand: nobody but `gundb bench` starts one.
+pub const CHILD: &str = "GUNDB_BENCH_CHILD";
+
+/// A command starting this binary as a bench child of `kind`.
+fn child_command(kind: &str) -> Result<std::process::Command> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command.env(CHILD, kind);
+    Ok(command)
+}
+
+/// When this process is a bench child ([`CHILD`] set), runs it and returns its outcome.
+pub fn child_from_env() -> Option<Result<()>> {
+    let kind = std::env::var(CHILD).ok()?;
+    let numbers: Vec<String> = std::env::args().skip(1).collect();
+    let number = |index: usize| -> Result<u64> {
+        let text = numbers.get(index).with_context(|| format!("{CHILD}={kind}: argument {index} is missing"))?;
+        text.parse().with_context(|| format!("{CHILD}={kind}: {text:?} is not a number"))
+    };
+    Some(match kind.as_str() {
+        "memory" => (|| memory::child(number(0)?, usize::try_from(number(1)?)?))(),
+        "streams" => (|| streams::child(number(0)?, number(1)?, usize::try_from(number(2)?)?))(),
+        other => Err(anyhow::anyhow!("{CHILD}={other}: no such bench child (memory, streams)")),
+    })
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {

@@ -1,4 +1,4 @@
-//! `gundb crash-writer`: the process the crash-loop test (`tests/crash.rs`) kills with
+//! `gundb-crash-writer`: the process the crash-loop test (`tests/crash.rs`) kills with
 //! SIGKILL over and over. It opens a site on `--data`, prints `ready` once recovery is
 //! done, and then writes for ever: four local writers emit, and a fifth delivers events of
 //! another site's lane, all durably. Each acknowledged local write is appended to `--acks`
