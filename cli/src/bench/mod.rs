@@ -125,6 +125,11 @@ impl Progress {
     }
 }
 
+/// Rounds of emit without and with a site-wide subscriber, alternated: one 3 s run varies
+/// by 10% on this machine, about the size of the effect measured, so each side is the mean
+/// of several.
+const SUBSCRIBE_ROUNDS: u32 = 4;
+
 /// The variable that makes this binary a bench child process: `memory` or `streams`,
 /// its numbers as arguments. Not a subcommand: nobody but `gundb bench` starts one.
 pub const CHILD: &str = "GUNDB_BENCH_CHILD";
@@ -228,7 +233,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if wanted("subscribe") {
         let progress = Progress::start(&bars, "subscribe");
         let writers = 64;
-        let (without, with) = subscribe::emit_with_subscriber(writers, payload, emit_for, 2, &progress)?;
+        let (without, with) = subscribe::emit_with_subscriber(writers, payload, emit_for, SUBSCRIBE_ROUNDS, &progress)?;
         let slower = (1.0 - with / without) * 100.0;
         rows.push(
             Row::new(
