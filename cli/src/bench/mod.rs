@@ -5,6 +5,7 @@
 
 mod core;
 mod emit;
+mod http;
 mod memory;
 mod rejoin;
 mod replication;
@@ -22,8 +23,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The scenarios, by the names `--only` takes.
-const SCENARIOS: [&str; 9] =
-    ["emit", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams", "subscribe"];
+const SCENARIOS: [&str; 10] =
+    ["emit", "codec", "router", "replication", "rejoin", "tcp", "memory", "streams", "subscribe", "http"];
 
 /// Streams in emit's many-streams runs when `--streams` names none: enough that writers
 /// rarely meet on one stream, and below the router's live-actor cap.
@@ -55,7 +56,7 @@ pub struct BenchArgs {
     /// Sites in the in-process replication scenario.
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Run only these scenarios (emit, codec, router, replication, rejoin, tcp, memory, streams, subscribe).
+    /// Run only these scenarios (emit, codec, router, replication, rejoin, tcp, memory, streams, subscribe, http).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON.
@@ -259,6 +260,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .target("≥ 200k events/s", subscribed >= 200_000.0),
         );
         progress.done(format!("{slower:.1}% slower with a subscriber; catch-up {:.0} k events/s", subscribed / 1e3));
+    }
+
+    if wanted("http") {
+        let progress = Progress::start(&bars, "http");
+        let writers = 64;
+        let (http, in_process) = http::rates(writers, emit_for, &progress)?;
+        rows.push(
+            Row::new(
+                "http",
+                format!("{writers} connections posting a patch each to one gundb node, each waiting for its 201"),
+                http,
+                "writes/s",
+                Better::Higher,
+            )
+            .against(format!("the same patches emitted in process, {writers} writers"), in_process)
+            .target("≥ ½ of in-process emit", http >= in_process / 2.0),
+        );
+        progress.done(format!("{:.1} k writes/s over HTTP, {:.1} k in process", http / 1e3, in_process / 1e3));
     }
 
     if wanted("codec") {

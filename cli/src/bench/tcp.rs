@@ -82,14 +82,14 @@ fn events_held(agent: &ureq::Agent, http: SocketAddr) -> Result<u64> {
 }
 
 /// A `gundb node` child process, killed when dropped.
-struct NodeProcess {
+pub(super) struct NodeProcess {
     child: Child,
-    peers: SocketAddr,
-    http: SocketAddr,
+    pub(super) peers: SocketAddr,
+    pub(super) http: SocketAddr,
 }
 
 impl NodeProcess {
-    fn start(data: &Path, secret: &Path, peer: Option<SocketAddr>) -> Result<Self> {
+    pub(super) fn start(data: &Path, secret: &Path, peer: Option<SocketAddr>) -> Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command.arg("node").arg("--data").arg(data).arg("--secret-file").arg(secret);
         command.args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
