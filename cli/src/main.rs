@@ -52,11 +52,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    // Logs go to stderr, at `info` unless RUST_LOG says otherwise.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+    gundb_cli::init_logs();
     // `gundb bench` measures memory in child processes of this binary, started with this
     // variable set rather than a subcommand users would see.
     if let Some(child) = bench::child_from_env() {

@@ -126,6 +126,30 @@ impl Progress {
     }
 }
 
+/// Writes `per_stream` `Blob` events of `payload` bytes into each of `streams` streams of
+/// type `S` named `{prefix}-{n}` at `site`, durably, in `Decide` batches of `batch`.
+async fn write_batches<S: gundb::Stream<Event = Blob>>(
+    site: &gundb::Site,
+    prefix: &str,
+    streams: u64,
+    per_stream: u64,
+    batch: u64,
+    payload: usize,
+) -> Result<()> {
+    for n in 0..streams {
+        let stream = site.stream::<S>(gundb::StreamId::named(&format!("{prefix}-{n}"))).await?;
+        let mut left = per_stream;
+        while left > 0 {
+            let count = usize::try_from(left.min(batch))?;
+            left -= left.min(batch);
+            let events = vec![Blob(vec![7; payload]); count];
+            let decide = gundb::Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(events));
+            stream.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Rounds of emit without and with a site-wide subscriber, alternated: one 3 s run varies
 /// by 10% on this machine, about the size of the effect measured, so each side is the mean
 /// of several.

@@ -8,7 +8,7 @@ use super::replication::{connect_on, site_on_own_thread, stop_threads};
 use super::{Blob, Count, Progress};
 use anyhow::{Context as _, Result};
 use gundb::node::transport::in_process;
-use gundb::{Decide, Site, Stream, StreamId};
+use gundb::{Site, Stream};
 use std::time::{Duration, Instant};
 
 /// `Blob` events whose order matters to the view (so late ones roll it back).
@@ -28,18 +28,7 @@ const OWN_PER_STREAM: u64 = 10;
 
 /// Writes `per_stream` events into each of the [`STREAMS`] streams at `site`, in batches.
 async fn write(site: &Site, per_stream: u64, payload: usize) -> Result<()> {
-    for n in 0..STREAMS {
-        let stream = site.stream::<Ordered>(StreamId::named(&format!("bench-rejoin-{n}"))).await?;
-        let mut left = per_stream;
-        while left > 0 {
-            let count = usize::try_from(left.min(100))?;
-            left -= left.min(100);
-            let decide =
-                Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
-            stream.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-    }
-    Ok(())
+    super::write_batches::<Ordered>(site, "bench-rejoin", STREAMS, per_stream, 100, payload).await
 }
 
 /// Events per second missed, from connecting until both sites hold everything.

@@ -5,7 +5,7 @@
 use super::{Blob, Progress};
 use anyhow::{Context as _, Result};
 use gundb::subscription::Filter;
-use gundb::{Decide, Emit, LogPos, Site, StreamId};
+use gundb::{Emit, LogPos, Site, StreamId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,18 +89,7 @@ pub fn catch_up(events: u64, payload: usize, progress: &Progress) -> Result<(f64
     actix::System::new().block_on(async move {
         let site = Site::temporary()?;
         progress.say(format!("catch-up: writing {events} events into 100 streams"));
-        let per_stream = events.div_ceil(100);
-        for n in 0..100 {
-            let stream = site.stream::<Blob>(StreamId::named(&format!("bench-catch-up-{n}"))).await?;
-            let mut left = per_stream;
-            while left > 0 {
-                let count = usize::try_from(left.min(1_000))?;
-                left -= left.min(1_000);
-                let decide =
-                    Decide::new(move |_: &_| Ok::<_, std::convert::Infallible>(vec![Blob(vec![7; payload]); count]));
-                stream.send(decide).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-        }
+        super::write_batches::<Blob>(&site, "bench-catch-up", 100, events.div_ceil(100), 1_000, payload).await?;
         let end = site.storage().log_end();
         progress.say(format!("catch-up: the storage's pages over {} events", end.0));
         let storage = Arc::clone(site.storage());

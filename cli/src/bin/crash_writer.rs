@@ -20,9 +20,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    gundb_cli::init_logs();
     let args = Args::parse();
     gundb_cli::crash_writer::run(args.data, args.acks, args.storage_faults)
 }
