@@ -31,6 +31,7 @@
 
 use crate::doc::{Document, Patch};
 use crate::event::OrderKey;
+use crate::handle::StreamHandle;
 use crate::id::LogPos;
 use crate::id::{EventId, StreamId};
 use crate::limits;
@@ -47,7 +48,8 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bodies larger than this get 413 unless configured otherwise
@@ -259,6 +261,7 @@ impl Api {
         let api = self.clone();
         move |config| {
             config
+                .app_data(web::Data::new(Handles::new(api.site.clone())))
                 .app_data(web::Data::new(api.site))
                 .app_data(web::Data::new(BodyLimit(api.body_limit)))
                 .app_data(web::Data::new(api.access))
@@ -272,9 +275,15 @@ impl Api {
                         .route("/frontier", web::get().to(frontier))
                         .route("/events", web::get().to(events))
                         .route("/streams", web::get().to(streams))
-                        .route("/streams/{name}", web::get().to(view))
-                        .route("/streams/{name}/events", web::get().to(history))
-                        .route("/streams/{name}/events", web::post().to(append)),
+                        // One resource for both methods, before the view's: a path is
+                        // matched (a regular expression) once per resource it is tried
+                        // against, a cost each write pays.
+                        .service(
+                            web::resource("/streams/{name}/events")
+                                .route(web::post().to(append))
+                                .route(web::get().to(history)),
+                        )
+                        .route("/streams/{name}", web::get().to(view)),
                 );
         }
     }
@@ -291,6 +300,40 @@ impl Subscribers {
 /// one among an `HttpServer`'s workers.
 pub fn routes(site: Site, body_limit: usize) -> impl FnOnce(&mut web::ServiceConfig) {
     Api::new(site).body_limit(body_limit).routes()
+}
+
+/// The document stream handles of one worker (the routes are registered once per
+/// worker), at most [`limits::HTTP_HANDLES_MAX`].
+struct Handles {
+    site: Site,
+    open: Mutex<HashMap<StreamId, StreamHandle<Document>>>,
+}
+
+impl Handles {
+    fn new(site: Site) -> Self {
+        Self { site, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// A handle on document stream `stream`: the one kept, or a new one, kept.
+    async fn get(&self, stream: StreamId) -> Result<StreamHandle<Document>, SiteError> {
+        if let Some(handle) = self.lock().get(&stream) {
+            return Ok(handle.clone());
+        }
+        let handle = self.site.stream::<Document>(stream).await?;
+        let mut open = self.lock();
+        if open.len() >= limits::HTTP_HANDLES_MAX {
+            if let Some(&dropped) = open.keys().next() {
+                open.remove(&dropped);
+            }
+        }
+        open.insert(stream, handle.clone());
+        Ok(handle)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, StreamHandle<Document>>> {
+        // The map is consistent at every await and panic point: a poisoned lock's is usable.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The largest request body accepted, in bytes.
@@ -314,7 +357,7 @@ fn existing(site: &Site, name: &str) -> Result<StreamId, ApiError> {
 }
 
 async fn append(
-    site: web::Data<Site>,
+    handles: web::Data<Handles>,
     limit: web::Data<BodyLimit>,
     name: web::Path<String>,
     body: Result<web::Bytes, actix_web::Error>,
@@ -325,7 +368,7 @@ async fn append(
     })?;
     let patch = Patch::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = stream_id(&name);
-    let emitted = site.stream::<Document>(stream).await?.send(Emit::new(patch)).await??;
+    let emitted = handles.get(stream).await?.send(Emit::new(patch)).await??;
     Ok(HttpResponse::Created().json(json!({
         "stream": stream.to_string(),
         "id": emitted.id.to_string(),
@@ -334,9 +377,9 @@ async fn append(
     })))
 }
 
-async fn view(site: web::Data<Site>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let stream = existing(&site, &name)?;
-    let reply = site.stream::<Document>(stream).await?.send(GetView::new()).await??;
+async fn view(handles: web::Data<Handles>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let stream = existing(&handles.site, &name)?;
+    let reply = handles.get(stream).await?.send(GetView::new()).await??;
     let events: u64 = reply.frontier.iter().map(|(_, seq)| seq.0).sum();
     Ok(HttpResponse::Ok().json(json!({
         "stream": stream.to_string(),
@@ -355,14 +398,14 @@ struct Page {
 }
 
 async fn history(
-    site: web::Data<Site>,
+    handles: web::Data<Handles>,
     name: web::Path<String>,
     page: web::Query<Page>,
 ) -> Result<HttpResponse, ApiError> {
-    let stream = existing(&site, &name)?;
+    let stream = existing(&handles.site, &name)?;
     let after = page.after.as_deref().map(parse_cursor).transpose()?;
     let limit = page.limit.unwrap_or(limits::HTTP_HISTORY_PAGE_DEFAULT).clamp(1, limits::HISTORY_LIMIT_MAX);
-    let reply = site.stream::<Document>(stream).await?.send(History { after, limit }).await??;
+    let reply = handles.get(stream).await?.send(History { after, limit }).await??;
     let events: Vec<Value> = reply
         .events
         .iter()

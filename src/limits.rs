@@ -171,6 +171,12 @@ pub const HTTP_SUBSCRIBERS_MAX: usize = 64;
 /// and a client that went away is noticed (its write fails) and its place freed.
 pub const HTTP_EVENTS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Document stream handles one HTTP worker keeps open between requests, so that a write
+/// to a stream written lately goes straight to its actor rather than through the router
+/// first. Past it an arbitrary one is dropped (it is opened again when needed); a handle
+/// is a few pointers, and holding one does not keep its stream's actor in memory.
+pub const HTTP_HANDLES_MAX: usize = 1_024;
+
 /// Subscribers of one stream actor.
 pub const SUBSCRIBERS_MAX: usize = 1_024;
 

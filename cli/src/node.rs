@@ -43,6 +43,10 @@ pub struct NodeArgs {
     /// `GET /events` subscribers served at once; the next gets 503.
     #[arg(long, default_value_t = gundb::limits::HTTP_SUBSCRIBERS_MAX)]
     max_subscribers: usize,
+    /// Threads serving HTTP requests [default: one fewer than the cores, at least one: the
+    /// site's own threads (its actors, the commit writer) take about a core under load].
+    #[arg(long)]
+    http_workers: Option<usize>,
     /// How often a node tells its peers what it has, in milliseconds; three intervals of
     /// silence close a connection.
     #[arg(long, default_value_t = 1_000)]
@@ -79,7 +83,9 @@ async fn serve(args: NodeArgs, secret: Vec<u8>, access: Access) -> Result<()> {
     }
     let api = Api::new(site.clone()).body_limit(args.max_body).access(access).subscribers_max(args.max_subscribers);
     let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(api.routes()))
-        .workers(2)
+        .workers(args.http_workers.unwrap_or_else(default_http_workers).max(1))
+        // A response is written once its write is durable: send it at once.
+        .tcp_nodelay(true)
         .shutdown_timeout(5)
         .bind(args.http)
         .with_context(|| format!("serving HTTP on {}", args.http))?;
@@ -106,4 +112,9 @@ fn read_secret(path: &PathBuf, what: &str, holds: &str) -> Result<Vec<u8>> {
         bail!("{what} {} is empty; put {holds} in it", path.display());
     }
     Ok(secret)
+}
+
+/// One fewer HTTP worker than the cores, at least one.
+fn default_http_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1)).max(1)
 }
