@@ -58,7 +58,7 @@ impl Lanes {
     }
 
     /// (delivered, durable) of `lane` as far as memory knows it.
-    fn known(&self, lane: Lane) -> Option<(Seq, Seq)> {
+    pub(super) fn known(&self, lane: Lane) -> Option<(Seq, Seq)> {
         if let Some(pinned) = self.pinned.get(&lane) {
             return Some((pinned.delivered, pinned.durable));
         }

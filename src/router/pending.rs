@@ -351,12 +351,13 @@ impl Pending {
         }
     }
 
-    /// Records that `lane` is delivered up to `seq` by another path (a local write, or a
-    /// stream's own recovery), releasing what waited. Lower seqs are ignored. When storage
-    /// cannot say how far the lane is stored, nothing changes: the lane is read again when
-    /// next needed, and holds no waiters (those pin their lanes in memory).
+    /// Records that `lane` is delivered and durable up to `seq` by another path (a local
+    /// write, or a stream's own recovery), releasing what waited. Lower seqs are ignored.
     pub fn observe(&mut self, lane: Lane, seq: Seq) {
-        let Some((mut delivered, _)) = self.lanes.read(lane) else { return };
+        // A lane memory does not hold has no copy held and nothing waiting on it (both pin
+        // their lanes): storage has the write, and the lane is read from there when next
+        // needed. Reading it now would cost a lookup per write to a stream not seen lately.
+        let Some((mut delivered, _)) = self.lanes.known(lane) else { return };
         while delivered < seq {
             let next = delivered.next();
             // A copy held for that slot is obsolete: drop the event and leave a tombstone
@@ -637,6 +638,30 @@ mod tests {
         assert_eq!(p.insert(event(4, a, 3, &[])).unwrap(), Insert::Ready, "freed places are reused safely");
         p.rewind(a, Seq(1));
         assert_eq!(p.delivered_seq(a), Seq(1));
+    }
+
+    /// A local write to a lane the buffer does not hold reads no storage (one lookup per
+    /// write to each new stream otherwise); the lane is read when next needed, and a copy of
+    /// the write arriving then is known as delivered.
+    #[test]
+    fn observing_a_lane_not_in_memory_reads_it_later_not_now() {
+        let a = lane(1);
+        let reads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let store = Store::default();
+        let (counted, seen) = (Arc::clone(&reads), store.clone());
+        let mut p = Pending::new(
+            PendingLimits::default(),
+            Box::new(move |lane| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(seen.0.lock().unwrap().get(lane))
+            }),
+        );
+        store.0.lock().unwrap().set(a, Seq(1)); // written and durable here
+        p.observe(a, Seq(1));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 0, "no read for a lane not in memory");
+        assert_eq!(p.insert(event(1, a, 1, &[])).unwrap(), Insert::Delivered, "read when needed");
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(p.insert(event(2, a, 2, &[])).unwrap(), Insert::Ready);
     }
 
     /// A lane that events wait on stays in memory however many other lanes pass through:

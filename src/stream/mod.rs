@@ -211,11 +211,17 @@ impl<S: Stream> StreamActor<S> {
             fold.plant_bug_skip_rollback();
         }
         let site = self.storage.site_id();
+        // Every lane with a stored event is in the frontier: without one (a new stream)
+        // there is no log to read, which spares each new stream a scan.
+        let stored_nothing = record.frontier.is_empty();
         self.ledger = Ledger::new(site, self.stream, record.frontier, record.heads, record.lamport, fold);
         self.inflight.clear();
         self.inflight_index.clear();
         self.inflight_order.clear();
         (self.durable, self.answered, self.resumed_at) = (self.appended, self.appended, self.appended);
+        if stored_nothing {
+            return Ok(());
+        }
         self.replay_and_store(newest.map_or(Bound::Unbounded, Bound::Excluded))
     }
 
