@@ -11,11 +11,10 @@ use crate::id::{LogPos, SiteId};
 use crate::limits;
 use crate::router::{BatchSent, FrontierAdvanced};
 use crate::site::Site;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, WantedPage};
 use crate::stream::clock_ms;
 use actix::prelude::*;
 use std::collections::HashSet;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Sends to one peer.
@@ -78,8 +77,13 @@ impl SourceNode {
         let Some(after) = self.window.next_after(limits::UNACKED_FRAMES_MAX, limits::UNACKED_BYTES_MAX) else {
             return;
         };
-        // No more than a frame takes: the rest would be decoded for nothing.
-        let page = match self.site.storage().log_after(after, limits::CATCHUP_BATCH_MAX, limits::CATCHUP_BATCH_BYTES) {
+        // No more than a frame takes: the rest would be decoded for nothing. What the peer
+        // does not want (its own events, origins it has from elsewhere) storage passes
+        // over, unread where it can.
+        let (peer, filter) = (self.peer, &self.filter);
+        let wanted = |origin: SiteId, pos: LogPos| Some(origin) != peer && filter.sends(origin, pos);
+        let storage = self.site.storage();
+        let page = match storage.log_wanted(after, limits::CATCHUP_BATCH_MAX, limits::CATCHUP_BATCH_BYTES, &wanted) {
             Ok(page) => page,
             Err(error) => {
                 // The next notice or resend check tries again.
@@ -87,12 +91,10 @@ impl SourceNode {
                 return;
             }
         };
-        let storage = Arc::clone(self.site.storage());
         let mut attestations = Vec::new();
         let mut carried = HashSet::new();
         let mut unread = None;
-        let sends = |event: &Event, pos| Some(event.lane.site) != self.peer && self.filter.sends(event.lane.site, pos);
-        let (events, last) = fill_frame(page.events, after, sends, |event| {
+        let (events, last) = fill_frame(page, |event| {
             if unread.is_some() || !carried.insert((event.lane.site, event.attestation)) {
                 return 0;
             }
@@ -162,31 +164,21 @@ impl SourceNode {
     }
 }
 
-/// The frame that follows `after`: the page's events that `sends` lets through (given
-/// each event and its position), cut at [`limits::CATCHUP_BATCH_BYTES`] of payload and
-/// attestations (after the event that fills it; `attestation` gives the bytes of an event's
-/// attestation when the frame does not carry it yet, else 0). Returns the events kept and
-/// the position of the last event covered.
-fn fill_frame(
-    page: Vec<Event>,
-    after: LogPos,
-    sends: impl Fn(&Event, LogPos) -> bool,
-    mut attestation: impl FnMut(&Event) -> usize,
-) -> (Vec<Event>, LogPos) {
+/// The events of `page` for one frame, and the last position the frame covers: the
+/// page's last, or the event that brings the frame to [`limits::CATCHUP_BATCH_BYTES`]
+/// with `attestation`, the bytes of the attestation an event brings along (0 when it is
+/// in the frame already).
+fn fill_frame(page: WantedPage, mut attestation: impl FnMut(&Event) -> usize) -> (Vec<Event>, LogPos) {
     let mut events = Vec::new();
     let mut bytes = 0;
-    let mut last = after;
-    for event in page {
-        last = LogPos(last.0 + 1);
-        if sends(&event, last) {
-            bytes += event.size() + attestation(&event);
-            events.push(event);
-        }
+    for (pos, event) in page.events {
+        bytes += event.size() + attestation(&event);
+        events.push(event);
         if bytes >= limits::CATCHUP_BATCH_BYTES {
-            break;
+            return (events, pos);
         }
     }
-    (events, last)
+    (events, page.last)
 }
 
 impl Actor for SourceNode {
@@ -294,18 +286,15 @@ mod tests {
     use crate::id::{Lane, Seq, StreamId};
 
     #[test]
-    fn a_frame_leaves_out_the_peers_own_events_but_covers_their_positions() {
-        let (ours, theirs) = (SiteId::from_u128(1), SiteId::from_u128(2));
+    fn a_frame_ends_at_its_byte_limit_or_covers_the_whole_page() {
         let stream = StreamId::from_u128(7);
-        let page: Vec<Event> = [(ours, 1), (theirs, 1), (ours, 2)]
-            .into_iter()
-            .map(|(site, seq)| crate::testkit::event(u128::from(seq), Lane::new(site, stream), seq, &[], seq, 0))
-            .collect();
-        let (events, last) = fill_frame(page, LogPos(10), |event, _| event.lane.site != theirs, |_| 0);
-        assert_eq!(last, LogPos(13), "three positions covered");
-        assert_eq!(
-            events.iter().map(|e| (e.lane.site, e.seq)).collect::<Vec<_>>(),
-            vec![(ours, Seq(1)), (ours, Seq(2))]
-        );
+        let site = SiteId::from_u128(1);
+        let event = |seq| crate::testkit::event(u128::from(seq), Lane::new(site, stream), seq, &[], seq, 0);
+        let page = WantedPage { events: vec![(LogPos(11), event(1)), (LogPos(13), event(2))], last: LogPos(20) };
+        let (events, last) = fill_frame(page.clone(), |_| 0);
+        assert_eq!((events.len(), last), (2, LogPos(20)), "the positions nobody wanted are covered too");
+        let (events, last) = fill_frame(page, |_| limits::CATCHUP_BATCH_BYTES);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [Seq(1)]);
+        assert_eq!(last, LogPos(11), "the frame ends with the event that fills it");
     }
 }

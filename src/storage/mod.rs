@@ -164,6 +164,15 @@ pub struct LogPage {
     pub last: LogPos,
 }
 
+/// What a peer wants of a page of a site's log ([`Storage::log_wanted`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WantedPage {
+    /// The events wanted, with their positions, in log order.
+    pub events: Vec<(LogPos, Event)>,
+    /// The last position the page covers, wanted or not (the start when it covers none).
+    pub last: LogPos,
+}
+
 /// How far a site holds a peer's log, per origin site ([`Storage::replicated`]): where
 /// replication from the peer resumes. O(sites), whatever the number of streams.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -287,6 +296,28 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// A read failure, or a stored event that does not decode.
     fn log_after(&self, after: LogPos, limit: usize, bytes: usize) -> Result<LogPage, StorageError>;
+
+    /// [`Storage::log_after`] for a peer that takes only some of it: of the next `limit`
+    /// positions at most, the events `wanted` keeps (by origin site and position), each
+    /// with its position, up to `bytes` of them. `wanted` must keep every later position
+    /// of an origin once it keeps one, as a peer's filter does; then a storage may pass
+    /// over what nobody wants without reading it (sled: a log entry none of whose blocks
+    /// is wanted), so relaying costs what it sends.
+    ///
+    /// # Errors
+    /// A read failure, or a wanted event that does not decode.
+    fn log_wanted(
+        &self,
+        after: LogPos,
+        limit: usize,
+        bytes: usize,
+        wanted: &dyn Fn(SiteId, LogPos) -> bool,
+    ) -> Result<WantedPage, StorageError> {
+        let page = self.log_after(after, limit, bytes)?;
+        let events =
+            (after.0 + 1..).map(LogPos).zip(page.events).filter(|(pos, event)| wanted(event.lane.site, *pos)).collect();
+        Ok(WantedPage { events, last: page.last })
+    }
 
     /// The position of the last durable event of this site's log (`LogPos(0)` when empty).
     fn log_end(&self) -> LogPos;

@@ -18,7 +18,9 @@
 
 use super::blocks::Blocks;
 use super::layout::{self, DATA_TREE, FORMAT_KEY, SITE_ID_KEY, STORAGE_FORMAT};
-use super::{Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord};
+use super::{
+    Append, Claims, Commit, LogPage, Replicated, Storage, StorageError, StorageStats, StreamRecord, WantedPage,
+};
 use crate::attest::Attestation;
 use crate::clock::VectorClock;
 use crate::error::Cause;
@@ -516,6 +518,96 @@ impl SledStorage {
         }
     }
 
+    /// The log after `after`: at most `limit` positions, ending with the event that
+    /// brings the bytes read to `bytes`; with `wanted`, only the events it keeps, and an
+    /// entry none of whose blocks it keeps (at the entry's last position: `wanted` keeps
+    /// every later position once it keeps one) is passed over unread.
+    fn read_log(
+        &self,
+        after: LogPos,
+        limit: usize,
+        bytes: usize,
+        wanted: Option<&dyn Fn(SiteId, LogPos) -> bool>,
+    ) -> Result<WantedPage, StorageError> {
+        self.check(Access::Read)?;
+        let durable = self.stats.log_durable.load(Ordering::Acquire);
+        let mut page = WantedPage { events: Vec::new(), last: after };
+        if after.0 >= durable || limit == 0 {
+            return Ok(page);
+        }
+        // The entry holding `after + 1` starts at or before it.
+        let from = layout::log_key(LogPos(after.0 + 1));
+        let start = match self.data()?.range(&layout::LOG_PREFIX[..]..=&from[..]).next_back() {
+            Some(entry) => entry?.0,
+            None => sled::IVec::from(&from[..]),
+        };
+        let end = layout::prefix_end(&layout::LOG_PREFIX);
+        let mut types: HashMap<StreamId, String> = HashMap::new();
+        let (mut passed, mut taken) = (0, 0);
+        for entry in self.data()?.range(start..sled::IVec::from(end)) {
+            let (key, value) = entry?;
+            let first = layout::parse_log_key(&key)?;
+            if first.0 > durable {
+                break; // written, not yet flushed
+            }
+            let (count, blocks) = layout::split_log_entry(&value)?;
+            if let Some(wanted) = wanted {
+                let entry_last = LogPos(first.0 + count.saturating_sub(1));
+                let mut unwanted = true;
+                for block in blocks.clone() {
+                    unwanted &= !wanted(layout::parse_block_ref(block)?.0.site, entry_last);
+                }
+                if unwanted && entry_last > after {
+                    // Its positions from the page's next one on, up to the limit.
+                    let next = first.0.max(after.0 + 1);
+                    let covered = usize::try_from(entry_last.0 - next + 1).unwrap_or(usize::MAX);
+                    let room = limit - passed;
+                    page.last = LogPos(next + u64::try_from(covered.min(room)).unwrap_or(u64::MAX) - 1);
+                    passed += covered.min(room);
+                    if passed == limit {
+                        return Ok(page);
+                    }
+                    continue;
+                }
+            }
+            let mut events = Vec::new();
+            for block in blocks {
+                let (lane, last) = layout::parse_block_ref(block)?;
+                let stream_type = match types.get(&lane.stream) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let known = self.type_of(lane.stream)?.unwrap_or_default();
+                        types.insert(lane.stream, known.clone());
+                        known
+                    }
+                };
+                let Some(bytes) = self.data()?.get(block)? else {
+                    return Err(StorageError::Corrupt(format!(
+                        "log entry {first} names a missing block of {lane} at {last}"
+                    )));
+                };
+                events.extend(layout::decode_block(lane, &stream_type, &bytes)?);
+            }
+            // Canonical order is causal: what an event depends on comes first.
+            events.sort_by_key(Event::order_key);
+            for (pos, event) in (first.0..).map(LogPos).zip(events) {
+                if pos <= after {
+                    continue;
+                }
+                passed += 1;
+                page.last = pos;
+                if wanted.is_none_or(|wanted| wanted(event.lane.site, pos)) {
+                    taken += event.size();
+                    page.events.push((pos, event));
+                }
+                if passed == limit || taken >= bytes {
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
     /// `stream`'s blocks, read as its stored type.
     fn blocks<'a>(&self, stream: StreamId, stream_type: &'a str) -> Result<Blocks<'a>, StorageError> {
         Ok(Blocks { data: self.data()?, stream, stream_type })
@@ -959,61 +1051,18 @@ impl Storage for SledStorage {
     }
 
     fn log_after(&self, after: LogPos, limit: usize, bytes: usize) -> Result<LogPage, StorageError> {
-        self.check(Access::Read)?;
-        let durable = self.stats.log_durable.load(Ordering::Acquire);
-        let mut page = LogPage { events: Vec::new(), last: after };
-        if after.0 >= durable || limit == 0 {
-            return Ok(page);
-        }
-        // The entry holding `after + 1` starts at or before it.
-        let from = layout::log_key(LogPos(after.0 + 1));
-        let start = match self.data()?.range(&layout::LOG_PREFIX[..]..=&from[..]).next_back() {
-            Some(entry) => entry?.0,
-            None => sled::IVec::from(&from[..]),
-        };
-        let end = layout::prefix_end(&layout::LOG_PREFIX);
-        let mut types: HashMap<StreamId, String> = HashMap::new();
-        let mut taken = 0;
-        for entry in self.data()?.range(start..sled::IVec::from(end)) {
-            let (key, value) = entry?;
-            let first = layout::parse_log_key(&key)?;
-            if first.0 > durable {
-                break; // written, not yet flushed
-            }
-            let (_, blocks) = layout::split_log_entry(&value)?;
-            let mut events = Vec::new();
-            for block in blocks {
-                let (lane, last) = layout::parse_block_ref(block)?;
-                let stream_type = match types.get(&lane.stream) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let known = self.type_of(lane.stream)?.unwrap_or_default();
-                        types.insert(lane.stream, known.clone());
-                        known
-                    }
-                };
-                let Some(bytes) = self.data()?.get(block)? else {
-                    return Err(StorageError::Corrupt(format!(
-                        "log entry {first} names a missing block of {lane} at {last}"
-                    )));
-                };
-                events.extend(layout::decode_block(lane, &stream_type, &bytes)?);
-            }
-            // Canonical order is causal: what an event depends on comes first.
-            events.sort_by_key(Event::order_key);
-            for (pos, event) in (first.0..).zip(events) {
-                if pos <= after.0 {
-                    continue;
-                }
-                taken += event.size();
-                page.events.push(event);
-                page.last = LogPos(pos);
-                if page.events.len() == limit || taken >= bytes {
-                    return Ok(page);
-                }
-            }
-        }
-        Ok(page)
+        let page = self.read_log(after, limit, bytes, None)?;
+        Ok(LogPage { events: page.events.into_iter().map(|(_, event)| event).collect(), last: page.last })
+    }
+
+    fn log_wanted(
+        &self,
+        after: LogPos,
+        limit: usize,
+        bytes: usize,
+        wanted: &dyn Fn(SiteId, LogPos) -> bool,
+    ) -> Result<WantedPage, StorageError> {
+        self.read_log(after, limit, bytes, Some(wanted))
     }
 
     fn log_end(&self) -> LogPos {
