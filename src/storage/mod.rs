@@ -299,7 +299,8 @@ pub trait Storage: Send + Sync + 'static {
 
     /// [`Storage::log_after`] for a peer that takes only some of it: of the next `limit`
     /// positions at most, the events `wanted` keeps (by origin site and position), each
-    /// with its position, up to `bytes` of them. `wanted` must keep every later position
+    /// with its position, ending with the event that brings the bytes read to `bytes` (a
+    /// storage that passes over unwanted events counts the wanted ones only). `wanted` must keep every later position
     /// of an origin once it keeps one, as a peer's filter does; then a storage may pass
     /// over what nobody wants without reading it (sled: a log entry none of whose blocks
     /// is wanted), so relaying costs what it sends.
