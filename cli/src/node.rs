@@ -10,6 +10,7 @@ use gundb::node::{tcp, NodeConfig};
 use gundb::Site;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ pub struct NodeArgs {
     /// Threads serving HTTP requests [default: one fewer than the cores, at least one: the
     /// site's own threads (its actors, the commit writer) take about a core under load].
     #[arg(long)]
-    http_workers: Option<usize>,
+    http_workers: Option<NonZeroUsize>,
     /// How often a node tells its peers what it has, in milliseconds; three intervals of
     /// silence close a connection.
     #[arg(long, default_value_t = 1_000)]
@@ -83,7 +84,7 @@ async fn serve(args: NodeArgs, secret: Vec<u8>, access: Access) -> Result<()> {
     }
     let api = Api::new(site.clone()).body_limit(args.max_body).access(access).subscribers_max(args.max_subscribers);
     let server = actix_web::HttpServer::new(move || actix_web::App::new().configure(api.routes()))
-        .workers(args.http_workers.unwrap_or_else(default_http_workers).max(1))
+        .workers(args.http_workers.unwrap_or_else(default_http_workers).get())
         // A response is written once its write is durable: send it at once.
         .tcp_nodelay(true)
         .shutdown_timeout(5)
@@ -115,6 +116,7 @@ fn read_secret(path: &PathBuf, what: &str, holds: &str) -> Result<Vec<u8>> {
 }
 
 /// One fewer HTTP worker than the cores, at least one.
-fn default_http_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1)).max(1)
+fn default_http_workers() -> NonZeroUsize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cores - 1).unwrap_or(NonZeroUsize::MIN)
 }

@@ -84,11 +84,15 @@ fn load(http: SocketAddr, connections: u64, duration: Duration) -> Result<u64> {
     })
 }
 
+/// The largest response the load generator reads: a write's answer is a few hundred bytes.
+const RESPONSE_BYTES_MAX: usize = 64 << 10;
+
 /// Reads one HTTP/1.1 response with a `Content-Length` body from `socket`, using `buffer`,
 /// and returns its status code.
 async fn read_response(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<u16> {
     buffer.clear();
     loop {
+        ensure!(buffer.len() < RESPONSE_BYTES_MAX, "a response past {RESPONSE_BYTES_MAX} bytes");
         let mut chunk = [0u8; 4096];
         let read = socket.read(&mut chunk).await?;
         ensure!(read > 0, "the node closed an HTTP connection");
