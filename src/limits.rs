@@ -56,6 +56,13 @@ pub const COMMIT_QUEUE_MAX: usize = 16_384;
 /// `DECIDE_EVENTS_MAX` events, so a merged batch is bounded too, if generously.
 pub const GROUP_OPS_MAX: usize = 4_096;
 
+/// How often the group-commit writer looks for a new sled page-table snapshot to make its
+/// name durable (sled renames it in without syncing the folder). Missing one costs only
+/// reopen time after a crash within this window (sled scans its log instead), never
+/// acknowledged data, so it is not paid in every group: a directory read per group took
+/// a tenth of a one-writer commit's syscalls.
+pub const SNAPSHOT_NAMES_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bytes of events a storage block (a run of one lane's events written together) takes
 /// before the next event starts another block. A block holds at most this plus one event,
 /// under a quarter sled segment, so blocks never go to sled's blob files either.

@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
@@ -704,6 +705,8 @@ struct Fsync {
     folder: PathBuf,
     /// The snapshot names the folder held when it was last synced.
     snapshots: Vec<std::ffi::OsString>,
+    /// When the snapshot names were last compared.
+    names_checked: Instant,
     blobs: PathBuf,
     /// The newest blob the pass before the last one saw (`None`: none yet).
     floor: Option<i64>,
@@ -720,6 +723,7 @@ impl Fsync {
             db,
             folder: path.to_owned(),
             snapshots: Vec::new(),
+            names_checked: Instant::now(),
             blobs: path.join("blobs"),
             floor: None,
             newest: None,
@@ -732,9 +736,14 @@ impl Fsync {
         self.db.sync_all()?;
         // sled renames a new page-table snapshot into place (and deletes the old one)
         // without syncing the folder: a crash could keep neither name, and a reopen would
-        // then scan the whole log. A few names to compare per pass; a sync when they change.
-        if self.snapshot_names()? != self.snapshots {
-            self.sync_folder()?;
+        // then scan the whole log. That costs reopen time, not acknowledged data, so the
+        // names are compared at most every `SNAPSHOT_NAMES_CHECK_EVERY`, not in every pass
+        // (two directory reads out of a pass's few syscalls); a sync when they changed.
+        if self.names_checked.elapsed() >= limits::SNAPSHOT_NAMES_CHECK_EVERY {
+            self.names_checked = Instant::now();
+            if self.snapshot_names()? != self.snapshots {
+                self.sync_folder()?;
+            }
         }
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
@@ -1315,22 +1324,30 @@ mod tests {
         assert_eq!(fsync.newest, Some(12));
     }
 
-    /// sled renames its page-table snapshot into the folder without syncing it: the pass
-    /// after a rename syncs the folder and notes the new name (one being generated does
-    /// not count).
+    /// sled renames its page-table snapshot into the folder without syncing it: the first
+    /// pass `SNAPSHOT_NAMES_CHECK_EVERY` after the last look syncs the folder and notes the
+    /// new name (one being generated does not count); passes sooner do not look.
     #[test]
     fn the_fsync_pass_syncs_the_folder_after_sled_renames_a_snapshot() {
+        // Ages the last look instead of waiting for it to age.
+        let look_due = |fsync: &mut Fsync| {
+            fsync.names_checked = Instant::now().checked_sub(limits::SNAPSHOT_NAMES_CHECK_EVERY).unwrap();
+        };
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("db"), b"db").unwrap();
         std::fs::write(dir.path().join("snap.0000000000000010"), b"old").unwrap();
         let mut fsync = Fsync::new(dir.path()).unwrap();
         assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000010")]);
         std::fs::write(dir.path().join("snap.0000000000000020.generating"), b"new").unwrap();
+        look_due(&mut fsync);
         fsync.sync().unwrap();
         assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000010")]);
         std::fs::rename(dir.path().join("snap.0000000000000020.generating"), dir.path().join("snap.0000000000000020"))
             .unwrap();
         std::fs::remove_file(dir.path().join("snap.0000000000000010")).unwrap();
+        fsync.sync().unwrap();
+        assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000010")], "the last look is recent");
+        look_due(&mut fsync);
         fsync.sync().unwrap();
         assert_eq!(fsync.snapshots, vec![std::ffi::OsString::from("snap.0000000000000020")], "synced after the rename");
     }
