@@ -68,6 +68,52 @@ fn two_sites_catch_up_then_stream() {
     });
 }
 
+/// A site catching up on streams it has never held stores each one's first event without
+/// starting an actor for it (an actor's start was most of the cost of each new stream);
+/// the views come out right when first read, for streams of one event and of several,
+/// and for streams that then take more events live. A forged counter on a new stream's
+/// first event is refused as an actor would refuse it, and leaves no stream behind.
+#[test]
+fn a_site_catching_up_on_new_streams_starts_no_actor_for_them() {
+    run_site(|| async {
+        let (a, b) = (Site::temporary().unwrap(), Site::temporary().unwrap());
+        let id = |n: u64| StreamId::from_u128(u128::from(n) + 1_000);
+        for n in 0..200 {
+            write(&a, id(n), n..n + 1).await;
+        }
+        b.register::<TrailStream>().await.unwrap();
+        let (end_a, end_b) = in_process(4);
+        let _ab = connect(&a, end_a, quiet());
+        let _ba = connect(&b, end_b, quiet());
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        let metrics = b.metrics().await.unwrap();
+        assert_eq!((metrics.delivered, metrics.refused, metrics.streams_live_max), (200, 0, 0), "{metrics:?}");
+
+        // Live: new streams of several events each, and more events into streams B holds.
+        for n in 200..220 {
+            write(&a, id(n), 0..5).await;
+        }
+        for n in 0..20 {
+            write(&a, id(n), 100..103).await;
+        }
+        until_covers(&b, &a.frontier().await.unwrap()).await;
+        for n in 0..220 {
+            assert_eq!(view(&b, id(n)).await, view(&a, id(n)).await, "stream {n}");
+        }
+        let metrics = b.metrics().await.unwrap();
+        assert_eq!((metrics.delivered, metrics.refused, metrics.unfolded), (360, 0, 0), "{metrics:?}");
+
+        // A new stream's first event whose counter is not one above what it depends on.
+        let forged_stream = StreamId::from_u128(99);
+        let mut forged = vec![common::remote_event(common::remote_lane(66, forged_stream), 1, 7, 0)];
+        let attestations = gundb::testkit::attest(&mut forged);
+        b.receive(forged, attestations).await.unwrap();
+        let metrics = b.metrics().await.unwrap();
+        assert_eq!((metrics.refused, metrics.malformed), (1, 1), "{metrics:?}");
+        assert_eq!(b.storage().stream_type(forged_stream).unwrap(), None, "nothing stored of it");
+    });
+}
+
 /// The same over bounded crossbeam channels between threads.
 #[test]
 fn two_sites_replicate_over_crossbeam_channels() {

@@ -31,12 +31,13 @@ pub use self::pending::{Contested, Insert, Pending, PendingLimits, PendingStats,
 pub use crate::attest::Equivocation;
 
 use crate::attest::Attestation;
-use crate::event::Event;
+use crate::codec;
+use crate::event::{Event, OrderKey};
 use crate::id::{EventId, Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::stream::{
-    DeliverIdsMatched, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable,
+    check_lamport, DeliverIdsMatched, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable,
 };
 use crate::view::Stream;
 use actix::dev::SendError;
@@ -129,8 +130,15 @@ pub struct RouterMetrics {
     pub passivated: u64,
 }
 
+/// What the router knows of one registered stream type: how to open an actor of it, and
+/// whether a payload decodes into its events (for events stored without an actor).
+struct Opener {
+    open: Box<OpenFn>,
+    decodes: fn(&[u8]) -> bool,
+}
+
 /// Opens a stream actor of one registered type.
-type Opener = Box<dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Opened, StreamError> + Send>;
+type OpenFn = dyn Fn(Arc<dyn Storage>, StreamId, StreamConfig) -> Result<Opened, StreamError> + Send;
 
 /// An open stream actor: how to deliver to it, its gate, and its typed address for the site.
 struct Opened {
@@ -145,7 +153,7 @@ struct Opened {
 }
 
 fn opener<S: Stream>() -> Opener {
-    Box::new(|storage, stream, config| {
+    let open = Box::new(|storage, stream, config| {
         let addr = StreamActor::<S>::open_with(storage, stream, config)?.start();
         Ok(Opened {
             stream_type: S::TYPE_NAME,
@@ -156,7 +164,8 @@ fn opener<S: Stream>() -> Opener {
             used_ms: 0,
             typed: Box::new(addr),
         })
-    })
+    });
+    Opener { open, decodes: |payload| codec::decode::<S::Event>(payload).is_ok() }
 }
 
 /// The router actor of one site.
@@ -180,6 +189,9 @@ pub struct Router {
     /// Appends of unregistered streams not yet durable, per stream. A stream actor may
     /// only open on a stream once they are: it loads what storage holds.
     relaying: HashMap<StreamId, u32>,
+    /// The order keys of events stored without an actor, not durable yet: what later events
+    /// of their streams depend on and storage may not show yet.
+    relayed_keys: HashMap<(Lane, Seq), OrderKey>,
     /// `OpenStream` requests waiting for a stream's relayed appends.
     open_waiters: HashMap<StreamId, Vec<oneshot::Sender<()>>>,
     /// The latest events held back, with the dependency each waited for.
@@ -248,6 +260,7 @@ impl Router {
             advanced: false,
             rewound: false,
             relaying: HashMap::new(),
+            relayed_keys: HashMap::new(),
             open_waiters: HashMap::new(),
             journal: VecDeque::new(),
             equivocations: Equivocations::default(),
@@ -319,8 +332,8 @@ impl Router {
         if !self.room_for_one(ctx) {
             return Ok(Open::Later(name));
         }
-        let Some(open) = self.registry.get(stream_type) else { return Ok(Open::Unregistered) };
-        let opened = open(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
+        let Some(opener) = self.registry.get(stream_type) else { return Ok(Open::Unregistered) };
+        let opened = (opener.open)(Arc::clone(&self.storage), stream, self.stream_config.clone())?;
         self.follow(&opened, ctx);
         self.streams.insert(stream, opened);
         self.touch(stream);
@@ -408,11 +421,13 @@ impl Router {
     }
 
     /// An event whose slot is delivered here: a copy, or an equivocation if another id
-    /// holds it. When the one delivered is not stored yet (still in flight to its stream),
-    /// the stream, which knows what it has in flight, tells which.
+    /// holds it. When the one delivered is not stored yet: if the router stored it without
+    /// an actor, it knows its key; if it is in flight to its stream, the stream, which
+    /// knows what it has in flight, tells which.
     fn receive_delivered(&mut self, event: Event) {
         let (lane, seq) = (event.lane, event.seq);
-        match self.storage.key_at(lane.stream, lane, seq) {
+        let stored_without_actor = self.relayed_keys.get(&(lane, seq)).copied();
+        match stored_without_actor.map_or_else(|| self.storage.key_at(lane.stream, lane, seq), |key| Ok(Some(key))) {
             // The same id with another counter or time is a forgery of the event kept.
             Ok(Some(kept)) if kept != event.order_key() => self.equivocation(lane, seq, kept.id, false, Ok(event)),
             Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {
@@ -461,10 +476,26 @@ impl Router {
     }
 
     /// Moves every ready event to its stream's outbox (or stores it, if its type is not
-    /// registered here), marking it delivered so that its successors are ready at once.
+    /// registered here or it starts a new stream), marking it delivered so that its
+    /// successors are ready at once.
     pub(super) fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
         while let Some(event) = self.pending.take_ready() {
             let (lane, seq) = (event.lane, event.seq);
+            match self.starts_new_stream(&event) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.store_without_actor(event, &[], ctx); // a new stream has no snapshot
+                    continue;
+                }
+                Err(StorageError::TypeMismatch { .. }) => {
+                    self.refuse_for_good(lane, seq, "its stream has another type here");
+                    continue;
+                }
+                Err(_) => {
+                    self.refuse_for_now(lane, seq);
+                    continue;
+                }
+            }
             match self.open(lane.stream, &event.stream_type, ctx) {
                 Ok(Open::Ready(stream_type) | Open::Later(stream_type)) if stream_type == event.stream_type => {
                     // An actor not open yet takes it from the outbox once it is.
@@ -473,7 +504,9 @@ impl Router {
                     // Its stream applies in mailbox order, so its own successors may follow.
                     self.pending.mark_delivered(lane, seq);
                 }
-                Ok(Open::Ready(_) | Open::Later(_)) => self.refuse_for_good(lane, seq),
+                Ok(Open::Ready(_) | Open::Later(_)) => {
+                    self.refuse_for_good(lane, seq, "its stream has another type here");
+                }
                 Ok(Open::Unregistered) => self.store_unregistered(event, ctx),
                 Err(_) => self.refuse_for_now(lane, seq),
             }
@@ -584,26 +617,84 @@ impl Router {
         }
     }
 
+    /// Whether `event` is the first of a new stream of a registered type that no actor
+    /// holds. Then it is stored without one: there is no view
+    /// yet to fold it into, and the stream's first actor loads it from storage, so a site
+    /// catching up on many streams of one event each starts no actor at all (an actor's
+    /// start was most of the cost of each). Not while an actor holds the stream, stops, or
+    /// has events queued, nor while events stored without an actor are not durable yet:
+    /// those keep their paths.
+    fn starts_new_stream(&self, event: &Event) -> Result<bool, StorageError> {
+        let stream = event.lane.stream;
+        if !self.registry.contains_key(event.stream_type.as_str())
+            || self.streams.contains_key(&stream)
+            || self.is_passivating(stream)
+            || self.relaying.contains_key(&stream)
+            || self.outboxes.has_queued(stream)
+        {
+            return Ok(false);
+        }
+        // Its type is stored with its first event: none, and none on its way, makes it new.
+        Ok(self.storage.stream_type(stream)?.is_none())
+    }
+
     /// Stores an event of a type this site has not registered, without folding it.
     fn store_unregistered(&mut self, event: Event, ctx: &mut Context<Self>) {
         let (lane, seq) = (event.lane, event.seq);
-        match self.storage.declare_stream(lane.stream, &event.stream_type) {
-            Ok(()) => {}
-            Err(StorageError::TypeMismatch { .. }) => return self.refuse_for_good(lane, seq),
-            Err(_) => return self.refuse_for_now(lane, seq),
-        }
         // Snapshots of an earlier run (the type was registered then) that the event sorts
         // before lack it: once the type registers, the stream must not resume from them.
         let Ok(stale) = self.storage.snapshots_from(lane.stream, event.order_key()) else {
             return self.refuse_for_now(lane, seq);
         };
-        let append = Append { events: std::slice::from_ref(&event), stale_snapshots: &stale };
+        self.store_without_actor(event, &stale, ctx);
+    }
+
+    /// Appends `event` (dropping the `stale` snapshots) with no actor to fold it, marks it
+    /// delivered, and settles it once durable. Its stream's actor opens only after that
+    /// (see `relaying`), and then loads it. First it makes the checks an actor would make
+    /// that the buffer has not: the Lamport counter, whatever the type (every site must
+    /// take or refuse an event alike, whether it folds its type or not), the stream's type,
+    /// and, for a registered type, whether the payload decodes (counted unfolded if not).
+    /// The stream is declared only once the event is taken, so refused events leave
+    /// nothing behind.
+    fn store_without_actor(&mut self, event: Event, stale: &[OrderKey], ctx: &mut Context<Self>) {
+        let (lane, seq, key) = (event.lane, event.seq, event.order_key());
+        let (storage, in_flight) = (self.storage.as_ref(), &self.relayed_keys);
+        let checked = check_lamport(
+            &event,
+            // The buffer released it only once its own stream's dependencies were delivered.
+            |_| Seq(u64::MAX),
+            |lane, seq| match in_flight.get(&(lane, seq)) {
+                Some(key) => Ok(Some(*key)),
+                None => storage.key_at(lane.stream, lane, seq),
+            },
+        );
+        if let Err(error) = checked {
+            if self.retry(&error) {
+                return self.refuse_for_now(lane, seq);
+            }
+            return self.refuse_for_good(lane, seq, &error.to_string());
+        }
+        match self.storage.declare_stream(lane.stream, &event.stream_type) {
+            Ok(()) => {}
+            Err(StorageError::TypeMismatch { .. }) => {
+                return self.refuse_for_good(lane, seq, "its stream has another type here");
+            }
+            Err(_) => return self.refuse_for_now(lane, seq),
+        }
+        let delivered = match self.registry.get(event.stream_type.as_str()) {
+            Some(opener) if !(opener.decodes)(&event.payload) => Delivered::Unfolded,
+            _ => Delivered::Applied,
+        };
+        let append = Append { events: std::slice::from_ref(&event), stale_snapshots: stale };
         match self.storage.append(lane.stream, append) {
             Ok(commit) => {
                 self.pending.mark_delivered(lane, seq);
                 *self.relaying.entry(lane.stream).or_default() += 1;
+                self.relayed_keys.insert((lane, seq), key);
                 self.then(ctx, commit, move |result, router, ctx| {
-                    router.settle(lane, seq, result.map(|()| Delivered::Applied).map_err(StreamError::Storage));
+                    router.relayed_keys.remove(&(lane, seq));
+                    router.settle(lane, seq, result.map(|()| delivered).map_err(StreamError::Storage));
                     router.relayed_durable(lane.stream);
                     router.release(ctx);
                 });
@@ -665,15 +756,15 @@ impl Router {
         self.rewound = true;
     }
 
-    /// Refuses a taken event for good (another type than its stream's here): asking again
-    /// would bring the same bytes back for ever, so its lane stops here at this site, and
-    /// whoever waits for it is answered.
-    fn refuse_for_good(&mut self, lane: Lane, seq: Seq) {
+    /// Refuses a taken event for good (for example another type than its stream's here):
+    /// asking again would bring the same bytes back for ever, so its lane stops here at
+    /// this site, and whoever waits for it is answered.
+    fn refuse_for_good(&mut self, lane: Lane, seq: Seq, why: &str) {
         self.pending.abandon(lane, seq);
         self.metrics.refused += 1;
         self.metrics.malformed += 1;
         if self.poisoned.insert(lane) {
-            tracing::warn!(%lane, seq = seq.0, "refused an event for good: its stream has another type here; the lane stops here at this site");
+            tracing::warn!(%lane, seq = seq.0, "refused an event for good: {why}; the lane stops here at this site");
         }
         self.advanced = true;
     }

@@ -43,6 +43,46 @@ pub struct Ledger<S: Stream> {
     fold: Fold<S>,
 }
 
+/// Checks that `event`'s Lamport counter is exactly one more than the largest among what
+/// it depends on directly: its lane's previous event and what its clock names (their
+/// pasts hold the rest, and the largest counter of its past is among theirs). A larger
+/// counter would let a peer push the stream towards its limit (or sort its event after
+/// writes that did not see it), a smaller one would sort it before what it depends on.
+/// `delivered` says how far a lane of its own stream is delivered here; `key_at` finds
+/// the order keys of delivered events.
+///
+/// # Errors
+/// [`StreamError::DependencyMissing`], [`StreamError::LamportNotNext`], or a failed read.
+pub(crate) fn check_lamport<D, F>(event: &Event, delivered: D, key_at: F) -> Result<(), StreamError>
+where
+    D: Fn(Lane) -> Seq,
+    F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
+{
+    let mut largest = 0;
+    for (lane, seq) in event.clock.iter() {
+        // The event's own entry is itself; the dependency there is the seq before.
+        let needed = if lane == event.lane { Seq(seq.0 - 1) } else { seq };
+        if needed == Seq::ZERO {
+            continue;
+        }
+        if lane.stream == event.lane.stream && delivered(lane) < needed {
+            return Err(StreamError::DependencyMissing { event: event.id, lane, needed, delivered: delivered(lane) });
+        }
+        // Another stream's is durable here before the router delivers this one.
+        let dependency = key_at(lane, needed)?.ok_or(StreamError::DependencyMissing {
+            event: event.id,
+            lane,
+            needed,
+            delivered: Seq::ZERO,
+        })?;
+        largest = largest.max(dependency.lamport);
+    }
+    if event.lamport != largest + 1 {
+        return Err(StreamError::LamportNotNext { event: event.id, lamport: event.lamport, expected: largest + 1 });
+    }
+    Ok(())
+}
+
 impl<S: Stream> Ledger<S> {
     /// A ledger of `stream` at `site`, resuming from `frontier`, `heads` (events whose
     /// pasts make up the frontier: [`crate::event::heads_of`] the lanes' last events),
@@ -216,39 +256,7 @@ impl<S: Stream> Ledger<S> {
         if event.seq != delivered.next() {
             return Err(StreamError::SeqGap { lane: event.lane, expected: delivered.next(), got: event.seq });
         }
-        // What it depends on directly: its lane's previous event and what its clock names.
-        // Their pasts hold the rest, and the largest counter of its past is among theirs.
-        let mut largest = 0;
-        for (lane, seq) in event.clock.iter() {
-            // The event's own entry is itself; the dependency there is the seq before.
-            let needed = if lane == event.lane { Seq(seq.0 - 1) } else { seq };
-            if needed == Seq::ZERO {
-                continue;
-            }
-            let own = lane.stream == self.stream;
-            if own && !self.frontier.covers(lane, needed) {
-                return Err(StreamError::DependencyMissing {
-                    event: event.id,
-                    lane,
-                    needed,
-                    delivered: self.frontier.get(lane),
-                });
-            }
-            // Another stream's is durable here before the router delivers this one.
-            let dependency = key_at(lane, needed)?.ok_or(StreamError::DependencyMissing {
-                event: event.id,
-                lane,
-                needed,
-                delivered: Seq::ZERO,
-            })?;
-            largest = largest.max(dependency.lamport);
-        }
-        // Exactly one more: a larger counter would let a peer push the stream towards its
-        // limit (or sort its event after writes that did not see it), a smaller one would
-        // sort it before what it depends on.
-        if event.lamport != largest + 1 {
-            return Err(StreamError::LamportNotNext { event: event.id, lamport: event.lamport, expected: largest + 1 });
-        }
+        check_lamport(event, |lane| self.frontier.get(lane), key_at)?;
         Ok(Check::New(codec::decode(&event.payload).ok()))
     }
 

@@ -22,6 +22,7 @@ pub use self::durable::{Durable, WatchDurable};
 pub use self::error::StreamError;
 pub(crate) use self::gate::clock_ms;
 pub use self::gate::{Entry, Gate};
+pub(crate) use self::ledger::check_lamport;
 use self::ledger::Mark;
 pub use self::ledger::{Check, Ledger};
 pub(crate) use self::messages::DeliverIdsMatched;
