@@ -20,8 +20,9 @@ use crate::stream::StreamConfig;
 use crate::subscription::{Filter, SubscribeError, Subscription};
 use crate::view::Stream;
 use actix::{Actor, Addr, MailboxError};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Why a site operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,8 @@ pub struct Site {
     links: Links,
     /// Shared by every clone: the last one dropped closes the storage.
     _closer: Arc<CloseOnDrop>,
+    /// Stream types registered through `stream`, so each is registered once.
+    registered: Arc<Mutex<HashSet<&'static str>>>,
 }
 
 /// Closes a site's storage when the last handle to the site is dropped, as
@@ -125,7 +128,15 @@ impl Site {
         let router = Router::new(Arc::clone(&storage), config.pending, config.stream, config.passivation).start();
         let healer = Healer::new(Arc::clone(&storage)).start();
         let closer = Arc::new(CloseOnDrop(Arc::clone(&storage)));
-        Ok(Self { id: storage.site_id(), storage, router, _healer: healer, links: Links::default(), _closer: closer })
+        Ok(Self {
+            id: storage.site_id(),
+            storage,
+            router,
+            _healer: healer,
+            links: Links::default(),
+            _closer: closer,
+            registered: Arc::default(),
+        })
     }
 
     /// Closes the site: what its streams queued is written and acknowledged, then the
@@ -176,9 +187,17 @@ impl Site {
     /// idle: the next message starts it again.
     ///
     /// # Errors
-    /// The stream exists with another type, or cannot be opened.
+    /// The stream is stored with another type, or storage cannot be read.
     pub async fn stream<S: Stream>(&self, stream: StreamId) -> Result<StreamHandle<S>, SiteError> {
-        StreamHandle::open(self.router.clone(), stream).await
+        let stored = self.storage.stream_type(stream)?;
+        if let Some(stored) = stored.as_ref().filter(|stored| *stored != S::TYPE_NAME) {
+            return Err(RouterError::TypeMismatch { stream, stored: stored.clone(), requested: S::TYPE_NAME }.into());
+        }
+        if self.registered.lock().unwrap_or_else(PoisonError::into_inner).insert(S::TYPE_NAME) {
+            // Queued ahead of anything the handle sends, so no round trip to wait for.
+            self.router.do_send(Register::of::<S>());
+        }
+        Ok(StreamHandle::new(self.router.clone(), stream, stored.is_none()))
     }
 
     /// Every event this site holds that `filter` lets pass, in the order the site made

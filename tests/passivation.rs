@@ -22,9 +22,10 @@ fn id(n: u64) -> StreamId {
     StreamId::from_u128(u128::from(n) + 1)
 }
 
-/// 10,000 streams touched by 32 concurrent writers at a site that keeps 100 actors alive:
-/// never more than 100 are alive, the rest were passivated, and every handle obtained
-/// before its actor stopped still reads the right view and writes on in the same lane.
+/// 10,000 streams touched by 32 concurrent writers (a write, which starts no actor on a
+/// new stream, then a read, which does) at a site that keeps 100 actors alive: never more
+/// than 100 are alive, the rest were passivated, and every handle obtained before its
+/// actor stopped still reads the right view and writes on in the same lane.
 #[test]
 fn a_site_keeps_at_most_live_max_actors_and_old_handles_keep_working() {
     const STREAMS: u64 = 10_000;
@@ -39,6 +40,7 @@ fn a_site_keeps_at_most_live_max_actors_and_old_handles_keep_working() {
                 for n in (writer..STREAMS).step_by(usize::try_from(WRITERS).unwrap()) {
                     let handle = site.stream::<TrailStream>(id(n)).await.unwrap();
                     handle.send(Emit::new(n)).await.unwrap().unwrap();
+                    assert_eq!(handle.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![n]));
                     let live = site.metrics().await.unwrap().streams_live;
                     assert!(live <= 100, "{live} stream actors alive, at most 100 allowed");
                     handles.push((n, handle));
@@ -78,6 +80,8 @@ fn idle_actors_stop_and_come_back_on_their_next_message() {
         for n in 0..10 {
             let handle = site.stream::<TrailStream>(id(n)).await.unwrap();
             handle.send(Emit::new(n)).await.unwrap().unwrap();
+            // The first write to a new stream starts no actor; a read does.
+            assert_eq!(handle.send(GetView::new()).await.unwrap().unwrap().view, Trail(vec![n]));
             handles.push(handle);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -143,8 +147,9 @@ fn writers_racing_passivation_lose_nothing() {
 }
 
 /// HTTP writes go through the handles a worker keeps: at a site that keeps 2 actors
-/// alive, rounds of writes to 5 documents passivate actors under those handles, and every
-/// write still lands in its lane, in order, and in the view.
+/// alive, rounds of writes to 5 documents passivate actors under those handles (from the
+/// second round: a new document's first write starts no actor), and every write still
+/// lands in its lane, in order, and in the view.
 #[test]
 fn http_writes_through_kept_handles_survive_passivation() {
     use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
@@ -167,7 +172,7 @@ fn http_writes_through_kept_handles_survive_passivation() {
         }
         let metrics = site.metrics().await.unwrap();
         assert!(metrics.streams_live_max <= 2, "at most 2 alive at once, saw {}", metrics.streams_live_max);
-        assert!(metrics.passivated >= (DOCS - 2) * ROUNDS, "{} passivated", metrics.passivated);
+        assert!(metrics.passivated >= (DOCS - 2) * (ROUNDS - 1), "{} passivated", metrics.passivated);
         for doc in 0..DOCS {
             let get = TestRequest::get().uri(&format!("/streams/doc-{doc}")).to_request();
             let view: serde_json::Value = read_body_json(call_service(&app, get).await).await;

@@ -294,6 +294,69 @@ fn a_panicking_view_stops_its_stream_only_and_reopening_does_not_crash() {
     });
 }
 
+/// The first write to a stream the site holds no event of starts no actor: the router
+/// stores it, stamped as the actor would stamp it (seq 1, a Lamport counter one above
+/// what it depends on, its dependencies in its clock), and answers once it is durable and
+/// in the frontier. Later writes go to the stream's actor, which loads the first from
+/// storage; two handles racing to write first both land, one after the other; a first
+/// write whose fold panics stores nothing; and a handle of another type than the one
+/// stored is refused.
+#[test]
+fn the_first_write_to_a_new_stream_starts_no_actor() {
+    run_site(|| async {
+        let site = Site::temporary().unwrap();
+        let id = |n: u64| StreamId::from_u128(u128::from(n) + 100);
+        let mut firsts = Vec::new();
+        for n in 0..50 {
+            let emitted = site.stream::<TrailStream>(id(n)).await.unwrap().send(Emit::new(n)).await;
+            let emitted = emitted.unwrap().unwrap();
+            assert_eq!((emitted.seq.0, emitted.lamport), (1, 1), "stream {n}");
+            firsts.push(emitted);
+        }
+        let metrics = site.metrics().await.unwrap();
+        assert_eq!((metrics.emitted, metrics.streams_live_max), (50, 0), "{metrics:?}");
+        let target: VectorClock = firsts.iter().flat_map(|e| e.clock.iter()).collect();
+        until_covers(&site, &target).await;
+
+        // Depending on another stream's event: named in its clock, counted above it.
+        let later = site.stream::<TrailStream>(id(0)).await.unwrap();
+        let second = later.send(Emit::new(1000)).await.unwrap().unwrap();
+        assert_eq!((second.seq.0, second.lamport), (2, 2), "the actor took the first from storage");
+        let dependent = site.stream::<TrailStream>(id(60)).await.unwrap();
+        let emitted = dependent.send(Emit::new(7).depending_on(&second.dependencies())).await.unwrap().unwrap();
+        assert_eq!((emitted.seq.0, emitted.lamport), (1, 3));
+        assert!(emitted.clock.covers(second.clock.iter().next().unwrap().0, second.seq), "{emitted:?}");
+        assert_eq!(
+            views(&site, &[id(0), id(60)]).await,
+            BTreeMap::from([(id(0), Trail(vec![0, 1000])), (id(60), Trail(vec![7]))])
+        );
+
+        // Two handles on one new stream write at once: both land, at seqs 1 and 2.
+        let (a, b) =
+            (site.stream::<TrailStream>(id(70)).await.unwrap(), site.stream::<TrailStream>(id(70)).await.unwrap());
+        let (first, second) = futures::join!(a.send(Emit::new(1)), b.send(Emit::new(2)));
+        let mut seqs = [first.unwrap().unwrap().seq.0, second.unwrap().unwrap().seq.0];
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2]);
+        let mut both = views(&site, &[id(70)]).await[&id(70)].0.clone();
+        both.sort_unstable();
+        assert_eq!(both, vec![1, 2]);
+
+        // A fold that panics stores nothing and takes no seq.
+        let fragile = site.stream::<FragileStream>(id(80)).await.unwrap();
+        let panicked = fragile.send(Emit::new(13)).await.unwrap().unwrap_err();
+        assert!(matches!(panicked, gundb::StreamError::ApplyPanicked { .. }), "{panicked:?}");
+        assert_eq!(site.storage().stream_type(id(80)).unwrap(), None);
+        assert_eq!(fragile.send(Emit::new(1)).await.unwrap().unwrap().seq.0, 1);
+
+        let refused = site.stream::<FragileStream>(id(0)).await.unwrap_err();
+        assert!(
+            matches!(refused, gundb::SiteError::Router(gundb::router::RouterError::TypeMismatch { .. })),
+            "{refused}"
+        );
+    });
+}
+
 /// `Site::close` writes what was queued and releases the database: the folder opens again
 /// at once in the same process, with every acknowledged write, while the old handles still
 /// exist; they then fail with `Closed`.

@@ -8,7 +8,7 @@ use crate::event::Event;
 use crate::id::{Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Storage, StorageError};
-use crate::stream::{Durable, Entry, StreamActor};
+use crate::stream::{Durable, Emit, Emitted, Entry, StreamActor, StreamError};
 use crate::view::Stream;
 use actix::prelude::*;
 use std::marker::PhantomData;
@@ -85,6 +85,34 @@ impl<S: Stream> Handler<OpenStream<S>> for Router {
         Box::pin(async move {
             let _ = ready.await;
             router.send(OpenStream::<S>::new(stream)).await.map_err(|_| RouterError::Closed)?
+        })
+    }
+}
+
+/// A handle's first write to a stream that held no event when the handle was made. The
+/// router stores it itself, starting no actor, when the stream still holds none here and
+/// none is on its way; otherwise it gives the write back (`Err`), for the stream's actor.
+pub(crate) struct WriteNew<S: Stream>(pub StreamId, pub Emit<S>);
+
+impl<S: Stream> Message for WriteNew<S> {
+    type Result = Result<Result<Emitted, StreamError>, Emit<S>>;
+}
+
+impl<S: Stream> Handler<WriteNew<S>> for Router {
+    type Result = ResponseFuture<Result<Result<Emitted, StreamError>, Emit<S>>>;
+
+    fn handle(&mut self, WriteNew(stream, emit): WriteNew<S>, ctx: &mut Context<Self>) -> Self::Result {
+        self.registry.entry(S::TYPE_NAME).or_insert_with(opener::<S>);
+        // A failed read goes to the actor too, which reports it.
+        if !matches!(self.holds_nothing_of(stream), Ok(true)) {
+            return Box::pin(async move { Err(emit) });
+        }
+        let written = self.write_first(stream, &emit, ctx);
+        Box::pin(async move {
+            Ok(match written {
+                Ok(answered) => answered.await.unwrap_or(Err(StreamError::Storage(StorageError::Closed))),
+                Err(error) => Err(error),
+            })
         })
     }
 }

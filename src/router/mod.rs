@@ -2,7 +2,9 @@
 //! delivered here, then hands each to the stream actor of its stream (starting it on first
 //! use from the site's registry of stream types). Events of a type the site has not
 //! registered are still stored (and so counted in the frontier and forwarded), just not
-//! folded into a view.
+//! folded into a view. The first event of a stream the site holds none of, received or
+//! written here (a handle's first `Emit`), it stores itself too, starting no actor: the stream's first
+//! actor, if one is ever needed, loads it from storage.
 //!
 //! [`Pending`] is its pure core, the causal buffer; the [`Router`] actor is a thin shell
 //! that feeds it and routes what it releases.
@@ -22,11 +24,11 @@ use self::outbox::Outboxes;
 
 pub use self::live::Passivation;
 use self::live::{Open, Passivating};
-pub(crate) use self::messages::Verified;
 pub use self::messages::{
     BatchSent, FrontierAdvanced, GetEquivocations, GetFrontier, GetHeldBack, GetMetrics, Listen, LiveStream,
     OpenStream, Receive, Register, WaitFor,
 };
+pub(crate) use self::messages::{Verified, WriteNew};
 pub use self::pending::{Contested, Insert, Pending, PendingLimits, PendingStats, Stored};
 pub use crate::attest::Equivocation;
 
@@ -37,7 +39,8 @@ use crate::id::{EventId, Lane, Seq, StreamId};
 use crate::limits;
 use crate::storage::{Append, Storage, StorageError};
 use crate::stream::{
-    check_lamport, DeliverIdsMatched, Delivered, Gate, Passivate, StreamActor, StreamConfig, StreamError, WatchDurable,
+    check_lamport, first_event, DeliverIdsMatched, Delivered, Emit, Emitted, Gate, Passivate, StreamActor,
+    StreamConfig, StreamError, WatchDurable,
 };
 use crate::view::Stream;
 use actix::dev::SendError;
@@ -186,8 +189,9 @@ pub struct Router {
     /// A stream refused an event since listeners were last told: peers must hear our
     /// real frontier again, or they would never resend it.
     rewound: bool,
-    /// Appends of unregistered streams not yet durable, per stream. A stream actor may
-    /// only open on a stream once they are: it loads what storage holds.
+    /// Appends the router made itself (events of unregistered types, first events of new
+    /// streams) not yet durable, per stream. A stream actor may only open on a stream once
+    /// they are: it loads what storage holds.
     relaying: HashMap<StreamId, u32>,
     /// The order keys of events stored without an actor, not durable yet: what later events
     /// of their streams depend on and storage may not show yet.
@@ -421,13 +425,23 @@ impl Router {
     }
 
     /// An event whose slot is delivered here: a copy, or an equivocation if another id
-    /// holds it. When the one delivered is not stored yet: if the router stored it without
-    /// an actor, it knows its key; if it is in flight to its stream, the stream, which
-    /// knows what it has in flight, tells which.
+    /// holds it. When the one delivered is not stored yet: if the router is storing it
+    /// without an actor, another event there is judged once that one is durable (the
+    /// proof reads it back); if it is in flight to its stream, the stream, which knows what
+    /// it has in flight, tells which.
     fn receive_delivered(&mut self, event: Event) {
         let (lane, seq) = (event.lane, event.seq);
-        let stored_without_actor = self.relayed_keys.get(&(lane, seq)).copied();
-        match stored_without_actor.map_or_else(|| self.storage.key_at(lane.stream, lane, seq), |key| Ok(Some(key))) {
+        if let Some(&kept) = self.relayed_keys.get(&(lane, seq)) {
+            if kept == event.order_key() {
+                self.metrics.duplicates += 1;
+            } else if self.equivocations.needs_no_proof(lane.site) {
+                self.equivocation(lane, seq, kept.id, false, Ok(event));
+            } else {
+                self.equivocations.judging(&event);
+            }
+            return;
+        }
+        match self.storage.key_at(lane.stream, lane, seq) {
             // The same id with another counter or time is a forgery of the event kept.
             Ok(Some(kept)) if kept != event.order_key() => self.equivocation(lane, seq, kept.id, false, Ok(event)),
             Ok(None) if self.streams.contains_key(&lane.stream) || self.is_passivating(lane.stream) => {
@@ -625,17 +639,57 @@ impl Router {
     /// has events queued, nor while events stored without an actor are not durable yet:
     /// those keep their paths.
     fn starts_new_stream(&self, event: &Event) -> Result<bool, StorageError> {
-        let stream = event.lane.stream;
-        if !self.registry.contains_key(event.stream_type.as_str())
-            || self.streams.contains_key(&stream)
+        if !self.registry.contains_key(event.stream_type.as_str()) {
+            return Ok(false);
+        }
+        self.holds_nothing_of(event.lane.stream)
+    }
+
+    /// Whether this site holds no event of `stream` and none is on its way to storage: no
+    /// actor holds the stream or is stopping, nothing is queued for one, nothing stored
+    /// without one awaits durability, and storage has no type for it (a stream's type is
+    /// stored with its first event).
+    fn holds_nothing_of(&self, stream: StreamId) -> Result<bool, StorageError> {
+        if self.streams.contains_key(&stream)
             || self.is_passivating(stream)
             || self.relaying.contains_key(&stream)
             || self.outboxes.has_queued(stream)
         {
             return Ok(false);
         }
-        // Its type is stored with its first event: none, and none on its way, makes it new.
         Ok(self.storage.stream_type(stream)?.is_none())
+    }
+
+    /// Writes the first event of `stream`, which holds none here ([`Router::holds_nothing_of`]),
+    /// from `emit`, without starting the stream's actor: a stream written once starts no
+    /// actor, and its first actor, when one is needed, loads the event from storage. The
+    /// answer comes once the event is durable and noted here.
+    fn write_first<S: Stream>(
+        &mut self,
+        stream: StreamId,
+        emit: &Emit<S>,
+        ctx: &mut Context<Self>,
+    ) -> Result<oneshot::Receiver<Result<Emitted, StreamError>>, StreamError> {
+        let storage = self.storage.as_ref();
+        let key_at = |lane: Lane, seq| storage.key_at(lane.stream, lane, seq);
+        let event = first_event(storage.site_id(), stream, emit, self.stream_config.snapshot_every, key_at)?;
+        storage.declare_stream(stream, S::TYPE_NAME)?;
+        let commit = storage.append(stream, Append { events: std::slice::from_ref(&event), stale_snapshots: &[] })?;
+        let (lane, seq, emitted) = (event.lane, event.seq, Emitted::of(&event));
+        *self.relaying.entry(stream).or_default() += 1;
+        let (answer, answered) = oneshot::channel();
+        self.then(ctx, commit, move |result, router, ctx| {
+            if result.is_ok() {
+                router.metrics.emitted += 1;
+                router.pending.observe(lane, seq);
+                router.advanced = true;
+            }
+            router.relayed_durable(stream);
+            router.release(ctx);
+            let _ = answer.send(result.map(|()| emitted).map_err(StreamError::Storage));
+            // a writer gone needs no answer
+        });
+        Ok(answered)
     }
 
     /// Stores an event of a type this site has not registered, without folding it.
@@ -695,6 +749,9 @@ impl Router {
                 self.then(ctx, commit, move |result, router, ctx| {
                     router.relayed_keys.remove(&(lane, seq));
                     router.settle(lane, seq, result.map(|()| delivered).map_err(StreamError::Storage));
+                    if let Some(other) = router.equivocations.judged(lane, seq) {
+                        router.receive_delivered(other); // another event at its slot, kept to judge now
+                    }
                     router.relayed_durable(lane.stream);
                     router.release(ctx);
                 });

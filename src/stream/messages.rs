@@ -58,7 +58,7 @@ impl Emitted {
         Dependencies { clock: self.clock.clone(), lamport: self.lamport }
     }
 
-    fn of(event: &Event) -> Self {
+    pub(crate) fn of(event: &Event) -> Self {
         Self { id: event.id, seq: event.seq, clock: event.clock.clone(), lamport: event.lamport }
     }
 }

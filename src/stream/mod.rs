@@ -542,6 +542,34 @@ impl<S: Stream> StreamActor<S> {
     }
 }
 
+/// The first event of a stream that holds none at `site`, stamped from `emit` as the
+/// stream's actor would stamp it (`key_at` reads what `emit`'s dependencies name in
+/// other streams), and folded into an empty view first, so that a write whose fold panics
+/// stores nothing: what the router stores for a new stream without starting its actor.
+///
+/// # Errors
+/// As [`Emit`]: the payload does not encode, a dependency is not stored here, or the
+/// fold panicked.
+pub(crate) fn first_event<S: Stream, F>(
+    site: SiteId,
+    stream: StreamId,
+    emit: &Emit<S>,
+    snapshot_every: u32,
+    key_at: F,
+) -> Result<Event, StreamError>
+where
+    F: Fn(Lane, Seq) -> Result<Option<OrderKey>, StorageError>,
+{
+    let payload = encode_payload(&emit.event)?;
+    let empty = VectorClock::new();
+    let mut ledger = Ledger::<S>::new(site, stream, empty.clone(), empty, 0, Fold::new(snapshot_every));
+    let mut stamped = ledger.stamp_all(&emit.dependencies, std::iter::once((now_ms(), payload)), key_at)?;
+    // One stamp in, one event out (`Ledger::stamp_all`).
+    let event = stamped.swap_remove(0);
+    ledger.record(&event, Some(&emit.event))?;
+    Ok(event)
+}
+
 /// Encodes a local event's payload, within [`limits::PAYLOAD_BYTES_MAX`].
 fn encode_payload<E: serde::Serialize>(event: &E) -> Result<Vec<u8>, StreamError> {
     let payload = codec::encode(event).map_err(StreamError::Payload)?;
