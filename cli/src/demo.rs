@@ -2,7 +2,7 @@
 //! a partition cuts A off from B and C; both sides go on writing, to the same stream;
 //! the partition heals; every view ends equal. Prints a timeline as it goes.
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use gundb::node::transport::{faulty, Faults};
 use gundb::node::{connect, NodeConfig};
 use gundb::storage::{SledConfig, SledStorage};
@@ -72,9 +72,15 @@ impl Demo {
             union.merge(&site.frontier().await?);
         }
         for (n, site) in self.sites.iter().enumerate() {
-            tokio::time::timeout(Duration::from_secs(30), site.wait_for(&union))
-                .await
-                .with_context(|| format!("site {} did not catch up", NAMES[n]))??;
+            let Ok(waited) = tokio::time::timeout(Duration::from_secs(30), site.wait_for(&union)).await else {
+                // Say what it holds and what its router saw, so that a failure can be read.
+                let (held, metrics) = (site.frontier().await?, site.metrics().await?);
+                anyhow::bail!(
+                    "site {} did not catch up in 30 s: it holds {held:?} of {union:?}; its router: {metrics:?}",
+                    NAMES[n]
+                );
+            };
+            waited?;
         }
         Ok(union)
     }
