@@ -520,8 +520,8 @@ impl Sim {
                 self.settle(to);
             }
             Take::Stale { ack: Some(upto) } => self.ack(from, to, upto),
-            Take::Gap { want: Some(after) } => self.want(from, to, after),
-            Take::Stale { ack: None } | Take::Gap { want: None } | Take::Superseded => {}
+            Take::Gap { want: Some(after) } | Take::Superseded { want: Some(after) } => self.want(from, to, after),
+            Take::Stale { ack: None } | Take::Gap { want: None } | Take::Superseded { want: None } => {}
         }
     }
 

@@ -154,11 +154,10 @@ impl SinkNode {
         };
         match intake.frame(epoch, after, last, limits::UNACKED_FRAMES_MAX, clock_ms()) {
             Take::Events(id) => return Ok(Some(id)),
-            Take::Superseded => {}
             // Sent again and durable: our `Ack` was lost.
             Take::Stale { ack: Some(upto) } => self.ack(upto),
-            Take::Gap { want: Some(after) } => self.want(after),
-            Take::Stale { ack: None } | Take::Gap { want: None } => {}
+            Take::Gap { want: Some(after) } | Take::Superseded { want: Some(after) } => self.want(after),
+            Take::Stale { ack: None } | Take::Gap { want: None } | Take::Superseded { want: None } => {}
         }
         Ok(None)
     }

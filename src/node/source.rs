@@ -238,6 +238,9 @@ impl Handler<FromPeer> for SourceNode {
         }
         match said {
             FromPeer::Hello(site) => self.peer = Some(site),
+            // A `Want` older than the one followed (a link delayed or duplicated it): the
+            // peer drops frames of its epoch, so following it would send nothing it takes.
+            FromPeer::Want { epoch, .. } if epoch < self.epoch => return,
             FromPeer::Want { epoch, after, mut filter } => {
                 if filter.behind.len() > limits::ORIGINS_MAX {
                     tracing::warn!(
