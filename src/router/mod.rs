@@ -686,8 +686,8 @@ impl Router {
             }
             router.relayed_durable(stream);
             router.release(ctx);
+            // A writer that went away needs no answer.
             let _ = answer.send(result.map(|()| emitted).map_err(StreamError::Storage));
-            // a writer gone needs no answer
         });
         Ok(answered)
     }
